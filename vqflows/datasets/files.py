@@ -1,0 +1,109 @@
+"""Loading points: a built-in dataset by name, or the user's own ``.npy`` / ``.csv`` file.
+
+A file holds an ``(N, D)`` array; ``.csv`` files are comma-separated, may start with one
+header line and may contain ``#`` comments. File points have no known density, so their
+:class:`Splits` carry ``dataset=None``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..checks import as_points, positive_int
+from .base import MIN_POINTS, N_POINTS, REGISTRY, SPLITS, Splits, load_builtin, split, split_sizes
+
+#: File suffixes :func:`read_points` understands.
+SUFFIXES = (".npy", ".csv")
+
+
+def load(name: str | os.PathLike, n: int | None = None, seed: int | None = 0, *,
+         splits: Sequence[float] = SPLITS, min_points: int = MIN_POINTS) -> Splits:
+    """Train, validation and test points of a built-in dataset or of a file.
+
+    Arguments:
+        name: a registered name (see :func:`names`) or a path to a ``.npy`` or ``.csv`` file
+            holding an ``(N, D)`` array.
+        n: points to draw from a built-in set (default 10,000); for a file, a seeded random
+            subset of ``n`` rows (default: all rows).
+        seed: seeds the draw (built-in) or the row permutation (file); equal seeds give
+            identical splits.
+        splits: fractions ``(train, val, test)`` of the ``n`` points, adding to 1.
+        min_points: the fewest points accepted before splitting.
+
+    Returns:
+        :class:`Splits` with float32 tensors of shapes ``(N_train, D)``, ``(N_val, D)`` and
+        ``(N_test, D)``; ``dataset`` is the generator for built-in sets and ``None`` for files.
+
+    Example:
+        >>> s = load("helix", n=1_000, seed=0)
+        >>> s.train.shape, s.val.shape, s.test.shape
+        (torch.Size([500, 3]), torch.Size([250, 3]), torch.Size([250, 3]))
+    """
+    if isinstance(name, str) and name in REGISTRY:
+        return load_builtin(name, n=N_POINTS if n is None else n, seed=seed, splits=splits, min_points=min_points)
+    if not isinstance(name, (str, os.PathLike)):
+        raise ValueError(f"dataset: expected a name or a path, got {type(name).__name__}")
+    path = Path(name)
+    if not path.exists() and path.suffix.lower() not in SUFFIXES:
+        known = ", ".join(map(repr, REGISTRY))
+        raise ValueError(f"dataset: expected one of {known} or a path to a .npy or .csv file, got {str(name)!r}")
+    points = read_points(path, min_points=min_points)
+    split_sizes(len(points), splits)  # report too few points for the splits before subsetting
+    if n is not None:
+        n = positive_int(n, name="n", minimum=min_points)
+        if n > len(points):
+            raise ValueError(f"n: expected at most the {len(points)} rows of {str(path)!r}, got {n}")
+        points = points[torch.from_numpy(np.random.default_rng(seed).permutation(len(points))[:n])]
+    train, val, test = split(points, splits, seed=seed)
+    return Splits(path.stem, train, val, test, dataset=None)
+
+
+def read_points(path: str | os.PathLike, *, min_points: int = MIN_POINTS) -> torch.Tensor:
+    """Read a finite ``(N, D)`` float32 tensor from a ``.npy`` or ``.csv`` file.
+
+    Raises ``ValueError`` naming the path for a missing file, another suffix, unparsable text,
+    an array that is not 2-D, NaN or inf, or fewer than ``min_points`` rows.
+    """
+    min_points = positive_int(min_points, name="min_points")
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise ValueError(f"{where}: expected an existing .npy or .csv file, got no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{where}: expected a NumPy .npy array, got unreadable data ({e})") from None
+    elif suffix == ".csv":
+        array = _read_csv(path)
+    else:
+        raise ValueError(f"{where}: expected a file ending in .npy or .csv, got {path.suffix or 'no suffix'!r}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: expected a real-valued array, got dtype {array.dtype}")
+    # Cast first so values beyond float32's range surface as inf in the finiteness check.
+    with np.errstate(over="ignore"):
+        array = array.astype(np.float32)
+    return as_points(torch.from_numpy(array), name=where, min_points=min_points)
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    lines = path.read_text().splitlines()
+    # The first line with content (outside comments) is a header if it does not parse as numbers.
+    for i, line in enumerate(lines):
+        content = line.split("#", 1)[0].strip()
+        if content:
+            try:
+                [float(v) for v in content.split(",")]
+            except ValueError:
+                lines = lines[:i] + lines[i + 1:]
+            break
+    try:
+        return np.loadtxt(lines, delimiter=",", comments="#", ndmin=2, dtype=np.float64)
+    except ValueError as e:
+        raise ValueError(f"{path}: expected comma-separated numbers with one optional header line, got {e}") from None

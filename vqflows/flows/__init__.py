@@ -1,0 +1,29 @@
+"""Chart maps: conditional normalizing flows ``p(x | c)`` behind one contract (:mod:`.base`)."""
+
+from __future__ import annotations
+
+from .base import ConditionalDensity
+from .standard import ZUKO_FLOWS, ZukoFlow
+
+#: Every base flow by name.
+FLOWS = ("realnvp", "maf", "nsf", "cef")
+
+
+def build(name: str, features: int, context: int = 0, **options) -> ConditionalDensity:
+    """Build the base flow called ``name`` on ``R^features`` with ``context`` context features.
+
+    ``options`` go to the flow's constructor (``transforms``, ``hidden_features``, and for ``"cef"``
+    ``manifold_dim``, ``alpha``, ``beta``).
+    """
+    from ..checks import one_of
+
+    one_of(name, FLOWS, name="flow")
+    if name == "cef":
+        from .cef import CEF
+
+        return CEF(features, context, **options)
+    options = {k: v for k, v in options.items() if k in ("transforms", "hidden_features")}
+    return ZukoFlow(name, features, context, **options)
+
+
+__all__ = ["ConditionalDensity", "ZukoFlow", "ZUKO_FLOWS", "FLOWS", "build"]

@@ -1,0 +1,406 @@
+r"""Fréchet distances between image sets, with features from a classifier trained on the dataset.
+
+The Fréchet (2-Wasserstein) distance between Gaussians fitted to two feature sets
+(Heusel et al., 2017) is
+
+.. math::
+    \mathrm{FID} = \lVert \mu_1 - \mu_2 \rVert^2
+        + \operatorname{tr}\bigl(\Sigma_1 + \Sigma_2 - 2 (\Sigma_1 \Sigma_2)^{1/2}\bigr).
+
+The usual features are Inception-v3's pool layer, trained on ImageNet, which is far from 8×8
+digits or MNIST and needs weights this package never downloads. :class:`ClassifierFID` instead
+trains a small MLP on the dataset's own labels and takes its penultimate activations as the
+features (as done for MNIST by e.g. Binkowski et al., 2018, with LeNet); its numbers are therefore
+comparable only between runs that share the cached classifier, not with Inception FIDs.
+:func:`inception_fid` computes the Inception version when ``torch_fidelity`` or ``pytorch_fid``
+and their weights are already on this machine.
+
+Letters: N images, D = H·W pixels, F feature dimensions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor, nn
+
+from ..checks import as_points, positive_int
+from .data import ImageSplits
+
+__all__ = [
+    "frechet_distance",
+    "feature_stats",
+    "ImageClassifier",
+    "ClassifierFID",
+    "default_classifier_path",
+    "inception_backend",
+    "inception_fid",
+]
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(F,)`` and unbiased covariance ``(F, F)`` of features ``(N, F)``, in float64."""
+    f = as_points(features, name="features", min_points=2, dtype=torch.float64).cpu().numpy()
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
+    r"""Fréchet distance between ``N(μ₁, Σ₁)`` and ``N(μ₂, Σ₂)`` (see the module docstring).
+
+    ``(Σ₁Σ₂)^{1/2}`` comes from :func:`scipy.linalg.sqrtm` in float64. When it is not finite
+    (singular covariances, e.g. fewer images than features) both covariances get ``eps·I`` added
+    and it is recomputed; a small imaginary part left by rounding is dropped. The result can be
+    negative by rounding error only (of order ``1e-12·tr Σ``).
+
+    Arguments:
+        mu1, mu2: means, shape ``(F,)``.
+        sigma1, sigma2: covariances, shape ``(F, F)``, symmetric positive semi-definite.
+        eps: diagonal offset used only when the plain square root fails.
+
+    Example:
+        >>> import torch
+        >>> mu, sigma = feature_stats(torch.randn(500, 4, dtype=torch.float64))
+        >>> abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-9
+        True
+    """
+    mu1, mu2 = _vector(mu1, "mu1"), _vector(mu2, "mu2")
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"mu2: expected shape {mu1.shape} like mu1, got {mu2.shape}")
+    F = mu1.shape[0]
+    sigma1, sigma2 = _covariance(sigma1, F, "sigma1"), _covariance(sigma2, F, "sigma2")
+    if not eps > 0:
+        raise ValueError(f"eps: expected a positive number, got {eps!r}")
+
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = eps * np.eye(F)
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        scale = max(np.abs(covmean).max(), 1e-300)
+        if np.abs(covmean.imag).max() > 1e-3 * scale:
+            # a genuinely complex root means a covariance was not PSD; retry regularised
+            offset = eps * np.eye(F)
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def _vector(mu, name: str) -> np.ndarray:
+    mu = np.asarray(mu.detach().cpu() if isinstance(mu, Tensor) else mu, dtype=np.float64)
+    if mu.ndim != 1 or mu.shape[0] < 1:
+        raise ValueError(f"{name}: expected shape (F,), got {mu.shape}")
+    if not np.isfinite(mu).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    return mu
+
+
+def _covariance(sigma, F: int, name: str) -> np.ndarray:
+    sigma = np.asarray(sigma.detach().cpu() if isinstance(sigma, Tensor) else sigma, dtype=np.float64)
+    if sigma.shape != (F, F):
+        raise ValueError(f"{name}: expected shape ({F}, {F}), got {sigma.shape}")
+    if not np.isfinite(sigma).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-12 * max(np.abs(sigma).max(), 1.0)):
+        raise ValueError(f"{name}: expected a symmetric matrix, got max |Σ − Σᵀ| = {np.abs(sigma - sigma.T).max():.3g}")
+    return sigma
+
+
+class ImageClassifier(nn.Module):
+    """An MLP classifier ``(N, D) → (N, classes)`` whose last hidden layer gives the FID features.
+
+    Inputs are pixel intensities scaled to ``[−1, 1]``. SiLU rather than ReLU keeps every
+    feature alive on every image, so feature covariances are not rank-deficient.
+
+    Arguments:
+        features: ``D``.
+        classes: number of classes.
+        hidden: widths of the hidden layers; the last is ``F``.
+    """
+
+    def __init__(self, features: int, classes: int = 10, hidden: tuple[int, ...] = (256, 64)):
+        super().__init__()
+        features = positive_int(features, name="features")
+        classes = positive_int(classes, name="classes", minimum=2)
+        if isinstance(hidden, int) or len(hidden) < 1:
+            raise ValueError(f"hidden: expected a non-empty tuple of widths, got {hidden!r}")
+        hidden = tuple(positive_int(h, name="hidden") for h in hidden)
+        layers: list[nn.Module] = []
+        for a, b in zip((features, *hidden[:-1]), hidden):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden[-1], classes)
+        self.config = {"features": features, "classes": classes, "hidden": list(hidden)}
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate activations ``(N, D) → (N, F)``."""
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(N, D) → (N, classes)``."""
+        return self.head(self.body(x))
+
+
+def default_classifier_path(dataset: str) -> Path:
+    """``$VQFLOWS_CACHE/fid/<dataset>-classifier.pt``, with ``VQFLOWS_CACHE`` defaulting to ``~/.cache/vqflows``."""
+    root = os.environ.get("VQFLOWS_CACHE") or Path.home() / ".cache" / "vqflows"
+    return Path(root).expanduser() / "fid" / f"{dataset}-classifier.pt"
+
+
+class ClassifierFID:
+    """FID with features from an :class:`ImageClassifier` trained on the dataset's labels.
+
+    Images are passed as level values ``(N, D)`` in ``[0, L−1]`` (integers from
+    :func:`~vqflows.images.load_images` or from :meth:`LogitDequantization.inverse`; floats are
+    accepted too) and scaled by ``1/(L−1)``.
+
+    Example:
+        >>> splits = load_images("digits")
+        >>> fid = ClassifierFID.load_or_fit(splits)      # trains once (~seconds), then cached
+        >>> fid.test_accuracy > 0.9
+        True
+        >>> fid.score(splits.val, splits.test) < 10.0
+        True
+    """
+
+    def __init__(self, classifier: ImageClassifier, *, dataset: str, shape: tuple[int, int], levels: int,
+                 test_accuracy: float | None = None):
+        if not isinstance(classifier, ImageClassifier):
+            raise ValueError(f"classifier: expected an ImageClassifier, got {type(classifier).__name__}")
+        self.classifier = classifier.eval()
+        self.dataset = str(dataset)
+        self.shape = (positive_int(shape[0], name="shape[0]"), positive_int(shape[1], name="shape[1]"))
+        self.levels = positive_int(levels, name="levels", minimum=2)
+        if classifier.config["features"] != self.shape[0] * self.shape[1]:
+            raise ValueError(f"classifier: expected {self.shape[0] * self.shape[1]} input features for images "
+                             f"of shape {self.shape}, got {classifier.config['features']}")
+        self.test_accuracy = test_accuracy
+
+    def __repr__(self) -> str:
+        acc = "?" if self.test_accuracy is None else f"{self.test_accuracy:.4f}"
+        return (f"ClassifierFID(dataset={self.dataset!r}, shape={self.shape}, levels={self.levels}, "
+                f"features={self.classifier.config['hidden'][-1]}, test_accuracy={acc})")
+
+    @property
+    def D(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    # -- training and caching -------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, splits: ImageSplits, *, path: str | os.PathLike | None = None, save: bool = True,
+            hidden: tuple[int, ...] = (256, 64), epochs: int = 60, patience: int = 8, batch_size: int = 128,
+            lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, verbose: bool = False) -> ClassifierFID:
+        """Train the classifier on ``splits.train`` with labels, keep the epoch with the best
+        validation accuracy (early stopping with ``patience`` epochs), measure test accuracy, and
+        save to ``path`` (default :func:`default_classifier_path`) unless ``save=False``.
+
+        Training is seeded and does not touch torch's global random state.
+        """
+        if not isinstance(splits, ImageSplits):
+            raise ValueError(f"splits: expected an ImageSplits from load_images, got {type(splits).__name__}")
+        epochs = positive_int(epochs, name="epochs")
+        patience = positive_int(patience, name="patience")
+        batch_size = positive_int(batch_size, name="batch_size")
+        if not lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
+        classes = max(int(splits.train_labels.max()) + 1, splits.classes)
+
+        gen = torch.Generator().manual_seed(int(seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            net = ImageClassifier(splits.features, classes, tuple(hidden))
+        fid = cls(net, dataset=splits.name, shape=splits.shape, levels=splits.levels)
+
+        x_train, y_train = fid._scale(splits.train), splits.train_labels
+        x_val, y_val = fid._scale(splits.val), splits.val_labels
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+        best, best_state, stale = -1.0, None, 0
+        for epoch in range(epochs):
+            net.train()
+            for idx in torch.randperm(len(x_train), generator=gen).split(batch_size):
+                loss = nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            val = fid._accuracy_scaled(x_val, y_val) if len(x_val) else 0.0
+            if verbose:
+                print(f"epoch {epoch + 1:3d}  loss {loss.item():.4f}  val accuracy {val:.4f}")
+            if val > best:
+                best, stale = val, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+        net.load_state_dict(best_state)
+        net.eval()
+        if len(splits.test):
+            fid.test_accuracy = fid.accuracy(splits.test, splits.test_labels)
+        if save:
+            fid.save(path if path is not None else default_classifier_path(splits.name))
+        return fid
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the classifier and its metadata to ``path`` (parent folders are created)."""
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "state_dict": self.classifier.state_dict(),
+            "config": self.classifier.config,
+            "dataset": self.dataset,
+            "shape": list(self.shape),
+            "levels": self.levels,
+            "test_accuracy": self.test_accuracy,
+        }, path)
+        return path
+
+    @classmethod
+    def load(cls, dataset: str | None = None, *, path: str | os.PathLike | None = None) -> ClassifierFID:
+        """Load a classifier saved by :meth:`fit` from ``path`` or from the dataset's default path."""
+        if path is None:
+            if dataset is None:
+                raise ValueError("dataset, path: expected a dataset name or a file path, got neither")
+            path = default_classifier_path(dataset)
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"path: expected a saved FID classifier at {path}, got no such file "
+                             "(train one with ClassifierFID.fit)")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if dataset is not None and blob["dataset"] != dataset:
+            raise ValueError(f"path: expected a classifier for dataset {dataset!r}, got one for {blob['dataset']!r}")
+        config = blob["config"]
+        net = ImageClassifier(config["features"], config["classes"], tuple(config["hidden"]))
+        net.load_state_dict(blob["state_dict"])
+        return cls(net, dataset=blob["dataset"], shape=tuple(blob["shape"]), levels=blob["levels"],
+                   test_accuracy=blob["test_accuracy"])
+
+    @classmethod
+    def load_or_fit(cls, splits: ImageSplits, *, path: str | os.PathLike | None = None, **fit_kwargs) -> ClassifierFID:
+        """:meth:`load` the cached classifier for ``splits`` if there is one, else :meth:`fit` and cache it."""
+        target = Path(path).expanduser() if path is not None else default_classifier_path(splits.name)
+        if target.is_file():
+            fid = cls.load(splits.name, path=target)
+            if fid.shape != splits.shape or fid.levels != splits.levels:
+                raise ValueError(f"path: expected a classifier for {splits.shape} images with {splits.levels} levels, "
+                                 f"got one for {fid.shape} with {fid.levels} at {target}")
+            return fid
+        return cls.fit(splits, path=target, **fit_kwargs)
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def _scale(self, images, name: str = "images") -> Tensor:
+        x = as_points(images, self.D, name=name, dtype=torch.float32)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > self.levels - 1:
+            raise ValueError(f"{name}: expected level values in [0, {self.levels - 1}], got range [{lo:g}, {hi:g}]")
+        return x * (2.0 / (self.levels - 1)) - 1.0
+
+    @torch.no_grad()
+    def _accuracy_scaled(self, x: Tensor, y: Tensor) -> float:
+        self.classifier.eval()
+        return float((self.classifier(x).argmax(dim=1) == y).double().mean())
+
+    def accuracy(self, images, labels) -> float:
+        """Fraction of ``images`` ``(N, D)`` classified as ``labels`` ``(N,)``."""
+        x = self._scale(images)
+        labels = torch.as_tensor(labels)
+        if labels.shape != (len(x),):
+            raise ValueError(f"labels: expected shape ({len(x)},), got {tuple(labels.shape)}")
+        return self._accuracy_scaled(x, labels.long())
+
+    @torch.no_grad()
+    def features(self, images, *, batch_size: int = 4096) -> Tensor:
+        """Penultimate activations ``(N, D) → (N, F)`` in float64."""
+        x = self._scale(images)
+        self.classifier.eval()
+        return torch.cat([self.classifier.embed(b) for b in x.split(batch_size)]).double()
+
+    def stats(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`feature_stats` of :meth:`features`; compute once for a fixed reference set."""
+        return feature_stats(self.features(images))
+
+    def score(self, generated, reference) -> float:
+        """FID between two image sets ``(N₁, D)`` and ``(N₂, D)``, or a precomputed
+        ``(μ, Σ)`` from :meth:`stats` as ``reference``. Both need ``N ≥ 2``; ``N`` well above
+        ``F`` keeps the covariance estimates (and the score's bias) small."""
+        mu1, sigma1 = self.stats(generated)
+        if isinstance(reference, tuple) and len(reference) == 2:
+            mu2, sigma2 = reference
+        else:
+            mu2, sigma2 = self.stats(reference)
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
+# -- Inception FID, only from weights already on disk ------------------------------------------------
+
+_INCEPTION_WEIGHTS = {
+    "torch_fidelity": "weights-inception-2015-12-05-6726825d.pth",
+    "pytorch_fid": "pt_inception-2015-12-05-6726825d.pth",
+}
+
+
+def _inception_weights(backend: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / _INCEPTION_WEIGHTS[backend]
+
+
+def inception_backend() -> str | None:
+    """``"torch_fidelity"`` or ``"pytorch_fid"`` if that package imports and its Inception weights
+    are already in torch's hub cache (``torch.hub.get_dir()/checkpoints``), else ``None``."""
+    for backend in _INCEPTION_WEIGHTS:
+        try:
+            importlib.import_module(backend)
+        except ImportError:
+            continue
+        if _inception_weights(backend).is_file():
+            return backend
+    return None
+
+
+def inception_fid(generated, reference, *, shape: tuple[int, int], levels: int, batch_size: int = 100) -> float:
+    """Inception-v3 FID (2048 pool features) between two image sets of levels ``(N, H·W)``.
+
+    Images are rescaled to 0..255, repeated over three channels and resized by the backend to
+    299×299. Never downloads: raises ``RuntimeError`` unless :func:`inception_backend` finds a
+    package with cached weights.
+    """
+    backend = inception_backend()
+    if backend is None:
+        raise RuntimeError(
+            "inception_fid: needs torch_fidelity or pytorch_fid installed with its Inception weights already in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} ({' or '.join(_INCEPTION_WEIGHTS.values())}); "
+            "weights are never downloaded here — use ClassifierFID instead")
+    H, W = positive_int(shape[0], name="shape[0]"), positive_int(shape[1], name="shape[1]")
+    levels = positive_int(levels, name="levels", minimum=2)
+    batch_size = positive_int(batch_size, name="batch_size")
+
+    def as_uint8(images, name):
+        x = as_points(images, H * W, name=name, min_points=2, dtype=torch.float64)
+        if x.min() < 0 or x.max() > levels - 1:
+            raise ValueError(f"{name}: expected level values in [0, {levels - 1}], got range "
+                             f"[{float(x.min()):g}, {float(x.max()):g}]")
+        x = torch.round(x * (255.0 / (levels - 1))).to(torch.uint8)
+        return x.reshape(-1, 1, H, W).expand(-1, 3, H, W)
+
+    if backend == "torch_fidelity":
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=str(_inception_weights(backend)))
+        embed = lambda b: net(b.contiguous())[0]
+    else:
+        from pytorch_fid.inception import InceptionV3
+
+        net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
+        embed = lambda b: net(b.float() / 255.0)[0].flatten(1)
+    net.eval()
+
+    with torch.no_grad():
+        stats = [feature_stats(torch.cat([embed(b) for b in as_uint8(images, name).split(batch_size)]).double())
+                 for images, name in ((generated, "generated"), (reference, "reference"))]
+    return frechet_distance(*stats[0], *stats[1])
