@@ -37,7 +37,8 @@ class VQFlow(nn.Module):
         flow: base flow, ``"realnvp"``, ``"maf"``, ``"nsf"`` or ``"cef"``.
         charts: ``K``, or ``None`` for the plain flow (one global chart, no context).
         partition: ``"vqae"`` (VQ autoencoder) or ``"kmeans"`` (k-means in data space).
-        latent: code dimension ``C`` of the VQ-AE.
+        latent: code dimension ``C`` of the VQ-AE (default 3: a 2-D code space cannot hold a sphere
+            and folds long curves so that one code cell catches pieces of several turns).
         m, eps: membership — the ``m`` nearest codes, enlarged by ``ε`` (``m=1, ε=0``: hard boundary).
         transforms, hidden_features: size of the flow.
         manifold_dim: ``d`` for ``flow="cef"``.
@@ -51,7 +52,7 @@ class VQFlow(nn.Module):
     """
 
     def __init__(self, features: int, flow: str = "maf", charts: int | None = 32, *,
-                 partition: str = "vqae", latent: int = 2, m: int = 1, eps: float = 0.0,
+                 partition: str = "vqae", latent: int = 3, m: int = 1, eps: float = 0.0,
                  transforms: int = 5, hidden_features: Sequence[int] = (64, 64),
                  vq_hidden: Sequence[int] = (64, 64), manifold_dim: int = 2, frames: bool = True,
                  flow_options: dict[str, Any] | None = None) -> None:
@@ -75,13 +76,13 @@ class VQFlow(nn.Module):
         self.features = features
         self.K = charts or 1
         self.m, self.eps = m, float(eps)
-        if charts is None:
+        if self.K == 1:  # one chart needs no partition: the plain flow
             self.partition = None
         elif partition == "vqae":
             self.partition = PARTITIONS[partition](features, charts, latent, hidden=tuple(vq_hidden))
         else:
             self.partition = PARTITIONS[partition](features, charts)
-        ctx = 0 if self.K == 1 else self.partition.latent
+        ctx = 0 if self.partition is None else self.partition.latent
         options = dict(transforms=transforms, hidden_features=tuple(hidden_features), **(flow_options or {}))
         if flow == "cef":
             options["manifold_dim"] = manifold_dim

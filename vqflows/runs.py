@@ -44,7 +44,7 @@ class RunConfig:
     lr: float = 1e-3
     charts: int = 32
     partition: str = "vqae"
-    latent: int = 2
+    latent: int = 3
     m: int = 1
     eps: float = 0.0
     chart_epochs: int = 30

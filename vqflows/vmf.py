@@ -71,7 +71,7 @@ def vmf_log_prob(x, mu, kappa) -> Tensor:
     Example:
         >>> x = torch.tensor([[0.0, 0.0, 1.0]])
         >>> vmf_log_prob(x, torch.tensor([0.0, 0.0, 1.0]), 0.0)  # uniform: -log 4π
-        tensor([-2.5310], dtype=torch.float64)
+        tensor([-2.5310])
     """
     out_dtype = x.dtype if isinstance(x, Tensor) and x.is_floating_point() else torch.float64
     x = _unit_points(x, name="x")

@@ -1,0 +1,136 @@
+"""The ``vqflows`` command line: ``datasets``, ``train``, ``evaluate``, ``sample``, ``benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=None, default=lambda o: None))
+
+
+def _cmd_datasets(args) -> int:
+    from . import datasets
+
+    rows = datasets.info()
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'name':22s} {'D':>2s} {'train':>6s} {'val':>6s} {'test':>6s} {'oracle E[log p]':>16s}")
+    for r in rows:
+        print(f"{r['name']:22s} {r['features']:>2d} {r['train']:>6d} {r['val']:>6d} {r['test']:>6d} {r['oracle']:>16.3f}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .runs import RunConfig, train_run
+
+    config = RunConfig(dataset=args.dataset, model=args.model, seed=args.seed, epochs=args.epochs,
+                       device=args.device, threads=args.threads)
+    config = config.with_overrides(args.set or [])
+    out = Path(args.out or f"runs/{Path(config.dataset).stem}-{config.model}-{config.seed}")
+    try:
+        metrics = train_run(config, out, progress=not args.json and not args.quiet, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"interrupted: best weights so far saved in {out}", file=sys.stderr)
+        return 130
+    metrics["out"] = str(out)
+    _report(metrics, args.json)
+    return 0
+
+
+def _report(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        _print_json(metrics)
+        return
+    for key in ("dataset", "model", "seed", "test_log_likelihood", "test_log_likelihood_charts", "val_log_likelihood",
+                "oracle_log_likelihood", "gap_to_oracle", "reconstruction_error", "epochs", "train_seconds",
+                "parameters", "out"):
+        if key in metrics and metrics[key] is not None:
+            v = metrics[key]
+            print(f"{key:28s} {v:.4f}" if isinstance(v, float) else f"{key:28s} {v}")
+
+
+def _cmd_evaluate(args) -> int:
+    from .runs import evaluate_run
+
+    metrics = evaluate_run(args.run)
+    _report(metrics, args.json)
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .runs import load_run
+
+    model, _ = load_run(args.run)
+    x = model.sample(args.n, seed=args.seed).numpy()
+    out = Path(args.out)
+    if out.suffix == ".csv":
+        np.savetxt(out, x, delimiter=",")
+    else:
+        np.save(out, x)
+    print(f"wrote {args.n} samples of shape {x.shape} to {out}")
+    return 0
+
+
+def _cmd_benchmark(args, rest: list[str]) -> int:
+    try:
+        from .benchmark.cli import main as bench_main
+    except ImportError as e:  # pragma: no cover - the benchmark package ships with the library
+        raise SystemExit(f"benchmark: unavailable ({e})")
+    return bench_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .runs import MODELS
+
+    p = argparse.ArgumentParser(prog="vqflows", description="VQ-Flows: exact densities on data manifolds.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("datasets", help="list the built-in datasets with their oracle E[log p]")
+    d.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("train", help="train one model into a run folder")
+    t.add_argument("--dataset", default="helix", help="a built-in name or a .npy/.csv file of points (N, D)")
+    t.add_argument("--model", default="vq-maf", choices=MODELS)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<model>-<seed>)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. charts=16 lr=0.002")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished run folder")
+    t.add_argument("--json", action="store_true", help="print one JSON object with the metrics")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run folder")
+    e.add_argument("run")
+    e.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("run")
+    s.add_argument("-n", type=int, default=10_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="samples.npy", help=".npy or .csv")
+
+    sub.add_parser("benchmark", help="reproduce the paper's tables and figures (see `vqflows benchmark -h`)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "benchmark":
+        return _cmd_benchmark(None, argv[1:])
+    args = build_parser().parse_args(argv)
+    handler = {"datasets": _cmd_datasets, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+    try:
+        return handler[args.command](args)
+    except ValueError as e:
+        print(f"vqflows {args.command}: error: {e}", file=sys.stderr)
+        return 2
