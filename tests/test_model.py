@@ -238,3 +238,28 @@ def test_bad_constructor_arguments(kwargs, message):
 def test_load_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="expected a folder with config.json"):
         VQFlow.load(tmp_path / "nope")
+
+
+def test_ctrl_c_keeps_the_best_weights(tmp_path, monkeypatch):
+    """An interrupt mid-training returns the best model so far, and a run folder keeps it on disk."""
+    x = _points(300).float()
+    model = VQFlow(3, "maf", 2, transforms=2, hidden_features=(8,))
+
+    def stop(epoch, m, h):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    h = fit(model, x[:200], x[200:], epochs=10, chart_epochs=1, callback=stop)
+    assert h.interrupted and h.epochs == 2 and h.best_epoch in (1, 2)
+    assert torch.isfinite(model.log_prob(x)).all()
+
+    from vqflows import runs
+
+    real_fit = runs.fit
+    monkeypatch.setattr(runs, "fit", lambda *a, **k: real_fit(*a, **{**k, "callback": stop}))
+    cfg = runs.RunConfig(model="vq-maf").with_overrides(["n=400", "charts=2", "chart_epochs=1", "hidden=8", "epochs=5"])
+    with pytest.raises(KeyboardInterrupt):
+        runs.train_run(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "interrupted.json").exists() and not (tmp_path / "run" / "metrics.json").exists()
+    again = VQFlow.load(tmp_path / "run")
+    assert again.K == 2

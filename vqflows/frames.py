@@ -94,6 +94,26 @@ class ChartFrames(nn.Module):
         self.inverse_matrix.copy_(inverse.to(dt))
         self.logdet.copy_(logdet.to(dt))
 
+    @torch.no_grad()
+    def fit_rotations(self, x: Tensor, member: Tensor) -> None:
+        """Rotation-only frames for data on the unit sphere: ``A_k = R_kᵀ`` turns the chart's mean
+        direction onto ``e_3`` (``μ_k = 0``, ``log|det A_k| = 0``), so a density on the fixed sphere
+        keeps its meaning and its projection point sits opposite the chart."""
+        from .flows.sphere import rotation_to
+
+        x = x.double()
+        w = member.double()
+        glob = x.mean(0)
+        for k in range(member.shape[1]):
+            m = w[:, k] @ x if w[:, k].sum() > 0 else glob
+            if float(m.norm()) < 1e-9:
+                m = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+            r = rotation_to(m)
+            self.shift[k].zero_()
+            self.matrix[k].copy_(r.T.to(self.matrix.dtype))
+            self.inverse_matrix[k].copy_(r.to(self.matrix.dtype))
+            self.logdet[k] = 0.0
+
     def forward(self, x: Tensor, k: Tensor) -> Tensor:
         """``y = A_k (x - μ_k)`` row by row: ``(M, D), (M,) -> (M, D)``."""
         return torch.einsum("mij,mj->mi", self.matrix[k], x - self.shift[k])

@@ -34,7 +34,8 @@ class VQFlow(nn.Module):
 
     Arguments:
         features: ``D``.
-        flow: base flow, ``"realnvp"``, ``"maf"``, ``"nsf"`` or ``"cef"``.
+        flow: base flow, ``"realnvp"``, ``"maf"``, ``"nsf"``, ``"cef"`` (a learned d-manifold), or
+            ``"sphere"`` (a CEF on the fixed unit sphere, for directional data; density w.r.t. area).
         charts: ``K``, or ``None`` for the plain flow (one global chart, no context).
         partition: ``"vqae"`` (VQ autoencoder) or ``"kmeans"`` (k-means in data space).
         latent: code dimension ``C`` of the VQ-AE (default 3: a 2-D code space cannot hold a sphere
@@ -130,7 +131,9 @@ class VQFlow(nn.Module):
         member = self.membership(x)
         self.log_weights.copy_(chart_weights(member).clamp_min(1e-12).log().to(self.log_weights.dtype))
         sim = self.manifold_dim if self.flow.conformal else None
-        if self.config["frames"]:
+        if self.config["flow"] == "sphere":
+            self.frames.fit_rotations(x, member if self.config["frames"] else torch.ones_like(member))
+        elif self.config["frames"]:
             self.frames.fit(x, member, similarity_dim=sim)
         else:
             self.frames.fit(x, torch.ones(x.shape[0], self.K, dtype=torch.bool), similarity_dim=sim)
@@ -190,6 +193,18 @@ class VQFlow(nn.Module):
         k = nearest(self.chart_distances(x))
         y = self.frames(x, k)
         return self.flow.reconstruction(y, self._context(k)) * self.frames.scale2(k)
+
+    def penalty(self, x: Tensor) -> Tensor:
+        """The training loss's penalty beyond ``-log p`` on each point's nearest chart, ``(N,)``.
+
+        ``(β/α)·||y - c(c†(y))||²`` in chart coordinates for embedding flows, 0 for full flows; early
+        stopping subtracts it so that it watches the quantity training minimises.
+        """
+        beta = getattr(self.flow, "beta", 0.0) / getattr(self.flow, "alpha", 1.0)
+        if self.flow.manifold_dim == self.features or beta == 0.0:
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        k = nearest(self.chart_distances(x))
+        return beta * self.flow.reconstruction(self.frames(x, k), self._context(k))
 
     # ------------------------------------------------------ sampling, inference
     @torch.no_grad()

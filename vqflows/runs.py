@@ -27,7 +27,7 @@ from .model import VQFlow
 from .training import History, fit
 
 #: Model names: base flows and their VQ versions.
-MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf", "nsf", "vq-nsf", "cef", "vq-cef")
+MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf", "nsf", "vq-nsf", "cef", "vq-cef", "sphere", "vq-sphere")
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 The flow is trained by Adam on ``-log p(x | k)`` with each point's chart ``k`` (hard boundaries) or a
 chart drawn among those containing it, ``k ~ p_k / Σ_{j: x ∈ U_j} p_j`` (equation 17, soft charts).
-Early stopping watches the exact mixture log-likelihood of a fixed random subset of the validation
-points (``val_points``, so that its cost stays small beside an epoch) and restores the best weights.
+Early stopping watches the validation objective: the exact mixture log-likelihood of a fixed random subset of the validation
+points (``val_points``, so that its cost stays small beside an epoch), less the flow's penalty (the
+reconstruction term of embedding flows), and restores the best weights.
 The mixture, not the cheaper ``"charts"`` sum, is watched because a chart's cell can catch a few
 stray points of a distant piece of the manifold, whose chart-only scores would swamp the mean.
 """
@@ -38,7 +39,8 @@ class History:
     epoch_seconds: list[float] = field(default_factory=list)
     chart_loss: list[float] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_log_likelihood: float = -math.inf
+    val_score: list[float] = field(default_factory=list)
+    best_val_score: float = -math.inf
     stopped_early: bool = False
     interrupted: bool = False
     chart_seconds: float = 0.0
@@ -164,12 +166,14 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
             model.eval()
             with torch.no_grad():
                 val_ll = float(model.log_prob(val, mode="mixture").mean())
+                score = val_ll - float(model.penalty(val).mean())
             history.epoch.append(epoch)
             history.train_loss.append(total / n)
             history.val_log_likelihood.append(val_ll)
             history.epoch_seconds.append(time.perf_counter() - te)
-            if val_ll > history.best_val_log_likelihood:
-                history.best_val_log_likelihood, history.best_epoch = val_ll, epoch
+            history.val_score.append(score)
+            if score > history.best_val_score:
+                history.best_val_score, history.best_epoch = score, epoch
                 best = copy.deepcopy(model.state_dict())
                 since_best = 0
             else:

@@ -6,14 +6,15 @@ from .base import ConditionalDensity
 from .standard import ZUKO_FLOWS, ZukoFlow
 
 #: Every base flow by name.
-FLOWS = ("realnvp", "maf", "nsf", "cef")
+FLOWS = ("realnvp", "maf", "nsf", "cef", "sphere")
 
 
 def build(name: str, features: int, context: int = 0, **options) -> ConditionalDensity:
     """Build the base flow called ``name`` on ``R^features`` with ``context`` context features.
 
     ``options`` go to the flow's constructor (``transforms``, ``hidden_features``, and for ``"cef"``
-    ``manifold_dim``, ``alpha``, ``beta``).
+    ``manifold_dim``, ``alpha``, ``beta``). ``"sphere"`` is a CEF on the fixed unit sphere
+    (stereographic charts; density w.r.t. its area measure).
     """
     from ..checks import one_of
 
@@ -22,6 +23,14 @@ def build(name: str, features: int, context: int = 0, **options) -> ConditionalD
         from .cef import CEF
 
         return CEF(features, context, **options)
+    if name == "sphere":
+        from .sphere import SphereCEF
+
+        if features != 3:
+            raise ValueError(f"features: expected 3 for flow 'sphere' (the unit sphere S² in R³), got {features}")
+        options = {k: v for k, v in options.items() if k in ("transforms", "hidden_features")}
+        # u = 0 sits at e_3, the projection point at -e_3: chart frames turn each chart's centre onto e_3
+        return SphereCEF(1.0, context=context, pole="south", **options)
     options = {k: v for k, v in options.items() if k in ("transforms", "hidden_features")}
     return ZukoFlow(name, features, context, **options)
 

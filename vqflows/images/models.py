@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from scipy.stats import chi2
+from sklearn.cluster import KMeans
 from torch import Tensor
 
 from ..charts import VQAutoencoder
@@ -32,7 +33,7 @@ from ..frames import ChartFrames
 from ..model import VQFlow
 from .encoders import ConvDecoder, ConvEncoder
 
-__all__ = ["ImageFrames", "ImageFlowConfig", "build_image_flow", "IMAGE_MODELS", "ENCODERS"]
+__all__ = ["ImageFrames", "ImageVQAutoencoder", "ImageFlowConfig", "build_image_flow", "IMAGE_MODELS", "ENCODERS"]
 
 #: Model names of the image study: base flows and their VQ versions.
 IMAGE_MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf")
@@ -125,6 +126,38 @@ class ImageFrames(ChartFrames):
         return self.inverse_matrix[:, :, 0].square().sum(-1)[k]
 
 
+class ImageVQAutoencoder(VQAutoencoder):
+    """A :class:`~vqflows.charts.VQAutoencoder` whose codebook placement also runs on a GPU and on
+    many images: encodings are computed in batches and moved to the CPU for k-means and for the
+    seeded draws that restart unused codes."""
+
+    @torch.no_grad()
+    def _encode_all(self, x: Tensor, batch: int = 4096) -> Tensor:
+        return torch.cat([self.encode(b) for b in x.split(batch)])
+
+    @torch.no_grad()
+    def _init_codebook(self, x: Tensor, seed: int) -> None:
+        e = self._encode_all(x).double().cpu().numpy()
+        km = KMeans(self.codes, n_init=1, random_state=seed).fit(e)
+        self.codebook.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.codebook.dtype))
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, x: Tensor, gen: torch.Generator) -> None:
+        """Move each unused code onto an encoding drawn with probability ∝ its squared distance to the codebook."""
+        e = self._encode_all(x)
+        for _ in range(self.codes):
+            d2 = torch.cdist(e, self.codebook).square()
+            counts = torch.bincount(d2.argmin(-1), minlength=self.codes)
+            dead = (counts == 0).nonzero().flatten()
+            if len(dead) == 0:
+                return
+            dmin = d2.min(-1).values.double().cpu()
+            if float(dmin.sum()) <= 0:
+                return  # fewer distinct encodings than codes
+            pick = int(torch.multinomial(dmin / dmin.sum(), 1, generator=gen))
+            self.codebook[dead[0]] = e[pick]
+
+
 @dataclass
 class ImageFlowConfig:
     """The architecture of one image model; a base flow and its VQ version differ only in ``charts``.
@@ -187,11 +220,14 @@ def build_image_flow(config: ImageFlowConfig, shape: tuple[int, int]) -> VQFlow:
     model = VQFlow(D, flow=config.flow, charts=config.charts, partition="vqae", latent=config.latent,
                    transforms=config.transforms, hidden_features=config.hidden, vq_hidden=config.vq_hidden,
                    frames=config.frames)
-    if model.partition is not None and config.encoder == "conv":
-        width = config.vq_hidden[0]
-        model.partition = VQAutoencoder(
-            D, config.charts, config.latent,
-            encoder=ConvEncoder((H, W), config.latent, channels=config.vq_channels, hidden=width),
-            decoder=ConvDecoder((H, W), config.latent, channels=tuple(reversed(config.vq_channels)), hidden=width))
+    if model.partition is not None:
+        if config.encoder == "conv":
+            width = config.vq_hidden[0]
+            nets = dict(encoder=ConvEncoder((H, W), config.latent, channels=config.vq_channels, hidden=width),
+                        decoder=ConvDecoder((H, W), config.latent, channels=tuple(reversed(config.vq_channels)),
+                                            hidden=width))
+        else:
+            nets = dict(hidden=config.vq_hidden)
+        model.partition = ImageVQAutoencoder(D, config.charts, config.latent, **nets)
     model.frames = ImageFrames(model.K, D)
     return model

@@ -1,0 +1,126 @@
+"""The ablation of the paper's Figure 6: number of charts K and partition method on the helix.
+
+VQ-MAF on ``helix`` with ``charts=K`` for K ∈ {1, 2, 4, 8, 16, 32, 64} and ``partition`` either
+the VQ-AE or k-means, three trials, 25 epochs (the paper's setting) unless told otherwise. Run
+folders are ``<root>/ablation/<partition>/K-<K>/seed-<seed>`` and each run's samples are scored
+as for Table 2. Results are shown as mean ± one standard deviation over trials, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..runs import RunConfig
+from .figures import val_curve, stack_curves, plot_band, pyplot, save_figure
+from .grid import Job
+from .tables import Table, summary_table
+
+CHARTS = (1, 2, 4, 8, 16, 32, 64)
+PARTITIONS = ("vqae", "kmeans")
+DATASET = "helix"
+MODEL = "vq-maf"
+TRIALS = 3
+EPOCHS = 25
+
+PARTITION_NAMES = {"vqae": "VQ-AE", "kmeans": "k-means"}
+
+
+def plan(root: str | os.PathLike, base: RunConfig, *, charts: Sequence[int] = CHARTS,
+         partitions: Sequence[str] = PARTITIONS, seeds: Iterable[int] = range(TRIALS)) -> list[Job]:
+    """Jobs for every partition × K × seed on :data:`DATASET` with :data:`MODEL`; ``base`` sets the rest."""
+    root = Path(root)
+    return [Job(base.with_overrides({"dataset": DATASET, "model": MODEL, "seed": s, "charts": k, "partition": p}),
+                root / "ablation" / p / f"K-{k}" / f"seed-{s}", True, root / "kde")
+            for s in seeds for p in partitions for k in charts]
+
+
+def collect(root: str | os.PathLike, *, charts: Iterable[int] | None = None,
+            seeds: Iterable[int] | None = None) -> list[dict]:
+    """One record per finished ablation run: metrics plus ``partition``, ``charts``, ``sample_kde``, ``folder``."""
+    keep_k = None if charts is None else set(charts)
+    keep_s = None if seeds is None else set(seeds)
+    records = []
+    for path in sorted(Path(root).glob("ablation/*/K-*/seed-*/metrics.json")):
+        folder = path.parent
+        k = int(folder.parent.name.removeprefix("K-"))
+        record = json.loads(path.read_text())
+        if (keep_k is not None and k not in keep_k) or (keep_s is not None and record["seed"] not in keep_s):
+            continue
+        kde_path = folder / "sample_kde.json"
+        record.update(partition=folder.parent.parent.name, charts=k, folder=str(folder),
+                      sample_kde=json.loads(kde_path.read_text()) if kde_path.exists() else None)
+        records.append(record)
+    return records
+
+
+def tables(records: Sequence[dict]) -> list[Table]:
+    """Test log-likelihood and sample KDE score, rows partitions × columns K, mean ± std."""
+    common = dict(rows_key="partition", columns_key="charts", spread="std", row_order=PARTITIONS,
+                  column_order=CHARTS, row_label="Partition", names=_names(records))
+    out = [summary_table(records, lambda r: r.get("test_log_likelihood"), name="ablation-test",
+                         title=f"Ablation ({DATASET}, {MODEL}): test log-likelihood against K", **common),
+           summary_table(records, lambda r: (r.get("sample_kde") or {}).get("score"), name="ablation-samples",
+                         title=f"Ablation ({DATASET}, {MODEL}): KDE log-likelihood of samples against K", **common)]
+    return [t for t in out if t.rows]
+
+
+def figure(records: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
+    """Figure 6: (a) sample KDE score and (b) test log-likelihood against K; (c) validation curves at K = 32.
+
+    Lines are means over trials with ± one standard deviation shaded; (c) uses K = 32 when run,
+    else the largest K available.
+    """
+    if not records:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("(a) Sample generation", lambda r: (r.get("sample_kde") or {}).get("score"), "KDE log-likelihood of samples"),
+              ("(b) Density estimation", lambda r: r.get("test_log_likelihood"), "test log-likelihood")]
+    for ax, (title, value, ylabel) in zip(axes, panels):
+        for p in PARTITIONS:
+            ks, mean, std = _by_charts(records, p, value)
+            if len(ks):
+                plot_band(ax, ks, mean, std, label=PARTITION_NAMES[p], marker="o", markersize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("number of charts K")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ks = sorted({r["charts"] for r in records})
+    k = 32 if 32 in ks else ks[-1]
+    ax = axes[2]
+    for p in PARTITIONS:
+        curves = [c for c in (val_curve(r["folder"]) for r in records if r["partition"] == p and r["charts"] == k) if c]
+        if curves:
+            plot_band(ax, *stack_curves(curves), label=PARTITION_NAMES[p])
+    ax.set_title(f"(c) Training, K = {k}", fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation log-likelihood")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"Ablation on {DATASET} with {MODEL}: mean ± one std over trials", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, folder, "figure6-ablation")
+
+
+def _by_charts(records: Sequence[dict], partition: str, value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ks, means, stds = [], [], []
+    for k in sorted({r["charts"] for r in records if r["partition"] == partition}):
+        v = np.array([x for r in records if r["partition"] == partition and r["charts"] == k
+                      if (x := value(r)) is not None], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size:
+            ks.append(k)
+            means.append(v.mean())
+            stds.append(v.std(ddof=1) if v.size > 1 else 0.0)
+    return np.array(ks), np.array(means), np.array(stds)
+
+
+def _names(records: Sequence[dict]) -> dict:
+    return {**PARTITION_NAMES, **{k: f"K={k}" for k in {r["charts"] for r in records}}}

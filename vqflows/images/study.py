@@ -1,0 +1,545 @@
+r"""The image study (paper §5.3, Figure 5): RealNVP and MAF with and without VQ charts, FID over training.
+
+Each run trains one model on dequantised, logit-transformed training images — a fresh draw of the
+dequantisation noise every epoch (:class:`~vqflows.images.LogitDequantization`) — and every
+``eval_every`` epochs records
+
+- the classifier FID (:class:`~vqflows.images.ClassifierFID`) of ``min(test size, fid_samples)``
+  samples, mapped back to integer levels by the dequantiser's inverse, against the test images;
+- the test bits/dim, ``−(log p_y(y) + log|∂y/∂x| − D log L) / (D log 2)`` averaged over the test
+  images under one fixed draw of the noise (the same for every run), with ``log p_y`` the exact
+  mixture density over all K charts.
+
+A base flow and its VQ version share every setting of :class:`StudyConfig` except ``charts``. Runs
+are written one JSON file each (``runs/<model>-trial<t>.json``, the curve, with the final samples
+beside it as ``.npy``); a rerun skips finished runs. :mod:`~vqflows.images.report` turns the runs into
+the summary table, the figure and the sample grids.
+
+Command line (``python -m vqflows.images.study --help``)::
+
+    python -m vqflows.images.study --images digits --jobs 2 --out image-study/digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..checks import one_of, positive_int
+from ..training import TrainingError
+from .data import DATASETS, ImageSplits, load_images
+from .dequantize import LogitDequantization, bits_per_dim
+from .fid import ClassifierFID, default_classifier_path
+from .models import ENCODERS, IMAGE_MODELS, ImageFlowConfig, build_image_flow
+
+__all__ = ["StudyConfig", "run_image_study", "train_image_run", "evaluate_image_model", "main", "run_path"]
+
+#: Seed of the one dequantisation draw of the test images that every run is scored on.
+TEST_NOISE_SEED = 20_240_501
+
+
+@dataclass
+class StudyConfig:
+    """Every setting of the image study; a base flow and its VQ version differ only in ``charts``.
+
+    Defaults are the digits study's (:meth:`defaults` gives MNIST's); ``README``-level reasons:
+
+    Attributes:
+        dataset: ``"digits"`` or ``"mnist"``.
+        epochs: training epochs (no early stopping: the curve is the object of study).
+        eval_every: epochs between evaluations (the last epoch is always evaluated).
+        batch_size, lr: Adam on ``−log p(y | k)``.
+        charts: ``K`` of the VQ models.
+        latent: code dimension ``C`` of the VQ autoencoder.
+        transforms, hidden: flow layers and conditioner widths.
+        frames: one PCA-whitening frame per chart (``True``) or one global frame (``False``).
+        encoder, vq_channels, vq_hidden: the VQ autoencoder (see :class:`ImageFlowConfig`).
+        chart_epochs: VQ autoencoder epochs.
+        alpha: logit margin ``α`` of the dequantiser.
+        fid_samples: cap on the number of generated images per FID (the test size otherwise).
+        clip: gradient-norm clip (``0`` for none).
+        seed: the seed of trial 0; trial ``t`` uses ``seed + t``.
+        data_seed: seed of the train / validation split (the same for every run).
+    """
+
+    dataset: str = "digits"
+    epochs: int = 40
+    eval_every: int = 4
+    batch_size: int = 128
+    lr: float = 1e-3
+    charts: int = 16
+    latent: int = 8
+    transforms: int = 5
+    hidden: tuple[int, ...] = (256, 256)
+    frames: bool = False
+    encoder: str = "conv"
+    vq_channels: tuple[int, ...] = (16, 32)
+    vq_hidden: tuple[int, ...] = (128,)
+    chart_epochs: int = 30
+    alpha: float = 1e-6
+    fid_samples: int = 2000
+    clip: float = 0.0
+    seed: int = 0
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        one_of(self.dataset, DATASETS, name="dataset")
+        for name in ("epochs", "eval_every", "batch_size", "charts", "latent", "transforms", "chart_epochs",
+                     "fid_samples"):
+            positive_int(getattr(self, name), name=name)
+        for name in ("seed", "data_seed"):
+            positive_int(getattr(self, name), name=name, minimum=0)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not self.clip >= 0:
+            raise ValueError(f"clip: expected a number >= 0, got {self.clip!r}")
+        one_of(self.encoder, ENCODERS, name="encoder")
+        for name in ("hidden", "vq_channels", "vq_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes, int)) or not hasattr(value, "__iter__"):
+                raise ValueError(f"{name}: expected a list of widths, got {value!r}")
+            setattr(self, name, tuple(positive_int(v, name=name) for v in value))
+        if not isinstance(self.frames, bool):
+            raise ValueError(f"frames: expected true or false, got {self.frames!r}")
+        self.flow_config("vq-maf")  # checks the architecture once
+
+    @classmethod
+    def defaults(cls, dataset: str = "digits") -> StudyConfig:
+        """The documented defaults for ``dataset``.
+
+        - digits (CPU, 1,257 training images of 8×8): the class defaults.
+        - MNIST (GPU, 50,000 of 28×28): MAF's MNIST widths (1024), K = 32, 30 epochs of 391
+          iterations, evaluated every epoch.
+        """
+        one_of(dataset, DATASETS, name="dataset")
+        if dataset == "digits":
+            return cls()
+        return cls(dataset="mnist", epochs=30, eval_every=1, charts=32, latent=16, hidden=(1024, 1024),
+                   vq_channels=(32, 64), vq_hidden=(256,), chart_epochs=20)
+
+    def with_overrides(self, overrides: dict[str, Any] | Sequence[str]) -> StudyConfig:
+        """A copy with ``key=value`` overrides (strings are parsed as JSON, lists as ``a,b``);
+        unknown keys and values of the wrong type raise ``ValueError``."""
+        if not isinstance(overrides, dict):
+            pairs = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise ValueError(f"override: expected key=value, got {item!r}")
+                key, value = item.split("=", 1)
+                pairs[key.strip()] = value.strip()
+            overrides = pairs
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes = {}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise ValueError(f"override: expected one of {', '.join(sorted(fields))}, got {key!r}")
+            changes[key] = _coerce(key, value, getattr(self, key))
+        return dataclasses.replace(self, **changes)
+
+    def flow_config(self, model: str) -> ImageFlowConfig:
+        """The architecture of ``model`` (one of :data:`IMAGE_MODELS`)."""
+        one_of(model, IMAGE_MODELS, name="model")
+        return ImageFlowConfig(flow=model.removeprefix("vq-"), charts=self.charts if model.startswith("vq-") else None,
+                               latent=self.latent, transforms=self.transforms, hidden=self.hidden, frames=self.frames,
+                               encoder=self.encoder, vq_channels=self.vq_channels, vq_hidden=self.vq_hidden)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    if isinstance(value, str):
+        text = value
+        if isinstance(current, tuple):
+            value = [v for v in text.strip("[]() ").split(",") if v.strip()]
+            try:
+                value = [int(v) for v in value]
+            except ValueError as e:
+                raise ValueError(f"{key}: expected comma-separated integers, got {text!r}") from e
+        elif not isinstance(current, str):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{key}: expected a {type(current).__name__}, got {text!r}") from e
+    if isinstance(current, tuple):
+        if isinstance(value, (str, bytes, int)) or not hasattr(value, "__iter__"):
+            raise ValueError(f"{key}: expected a list of integers, got {value!r}")
+        return tuple(value)
+    kind = type(current)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+# -- one run ------------------------------------------------------------------------------------------
+
+
+def run_path(out: str | os.PathLike, model: str, trial: int) -> Path:
+    """The curve file of ``model``'s trial ``trial`` under the study folder ``out``."""
+    return Path(out) / "runs" / f"{model}-trial{trial}.json"
+
+
+@torch.no_grad()
+def evaluate_image_model(model, splits: ImageSplits, dequantizer: LogitDequantization, fid: ClassifierFID, *,
+                         test_y: torch.Tensor, test_logdet: torch.Tensor, reference, samples: int, seed: int,
+                         rows: int = 16384) -> dict[str, Any]:
+    """FID of ``samples`` generated images and test bits/dim of ``model``.
+
+    Arguments:
+        model: a :class:`~vqflows.VQFlow` on the logit-space images.
+        splits: the dataset (for ``D`` and ``L``).
+        dequantizer: maps samples back to levels (:meth:`LogitDequantization.inverse`).
+        fid: the FID feature network.
+        test_y, test_logdet: the dequantised test images ``(N, D)`` and their ``log|∂y/∂x|`` ``(N,)``.
+        reference: ``(μ, Σ)`` of the test images' features (:meth:`ClassifierFID.stats`).
+        samples: number of generated images.
+        seed: seed of the sampler.
+        rows: flow rows per pass when scoring all K charts (bounds memory; a batch holds ``rows / K`` images).
+
+    Returns:
+        ``{"fid", "bits_per_dim", "nonfinite_samples", "levels"}`` with the sampled levels ``(samples, D)`` uint8.
+    """
+    model.eval()
+    device = model.log_weights.device
+    per_batch = max(1, rows // model.K)
+    log_p = torch.cat([model.log_prob(b.to(device), "mixture", chunk=rows).double().cpu()
+                       for b in test_y.split(per_batch)])
+    bpd = float(bits_per_dim(log_p, test_logdet.double(), splits.features, splits.levels).mean())
+    y = model.sample(samples, seed=seed).cpu()
+    bad = ~torch.isfinite(y).all(dim=1)
+    # ±inf saturate to the extreme levels in the inverse; NaN (an overflowed inverse) is set to the middle
+    levels = dequantizer.inverse(torch.nan_to_num(y, nan=0.0))
+    score = fid.score(levels, reference)
+    return {"fid": score, "bits_per_dim": bpd, "nonfinite_samples": int(bad.sum()),
+            "levels": levels.to(torch.uint8).numpy()}
+
+
+def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: ImageSplits, fid: ClassifierFID, *,
+                    device: str | torch.device = "cpu", path: str | os.PathLike | None = None,
+                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train ``model_name`` for trial ``trial`` and return its record (the curve and final values).
+
+    With ``path``, the record is written there after every evaluation (``"finished": false`` until
+    the end) and the final samples beside it as ``<name>-samples.npy``.
+
+    The record: ``{"model", "trial", "seed", "config", "parameters", "finished", "curve": {"epoch",
+    "iteration", "fid", "bits_per_dim", "train_loss", "seconds", "nonfinite_samples"}, "final": {...},
+    "chart_seconds", "train_seconds", "device"}``.
+    """
+    one_of(model_name, IMAGE_MODELS, name="model")
+    trial = positive_int(trial, name="trial", minimum=0)
+    if not isinstance(config, StudyConfig):
+        raise ValueError(f"config: expected a StudyConfig, got {type(config).__name__}")
+    if splits.name != config.dataset:
+        raise ValueError(f"splits: expected the {config.dataset!r} images of the config, got {splits.name!r}")
+    device = torch.device(device)
+    seed = config.seed + trial
+    path = Path(path) if path is not None else None
+    torch.manual_seed(seed)
+    model = build_image_flow(config.flow_config(model_name), splits.shape).to(device)
+    dequantizer = LogitDequantization(splits.levels, alpha=config.alpha)
+    noise = torch.Generator().manual_seed(seed)
+    test_y, test_logdet = dequantizer(splits.test, torch.Generator().manual_seed(TEST_NOISE_SEED))
+    reference = fid.stats(splits.test)
+    n_samples = min(len(splits.test), config.fid_samples)
+
+    t0 = time.perf_counter()
+    y = dequantizer(splits.train, noise)[0].to(device)
+    model.fit_charts(y, seed=seed, epochs=config.chart_epochs)
+    model.fit_weights(y)
+    chart_seconds = time.perf_counter() - t0
+
+    record: dict[str, Any] = {
+        "model": model_name, "trial": trial, "seed": seed, "dataset": config.dataset, "config": config.to_dict(),
+        "flow_config": config.flow_config(model_name).to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()), "finished": False, "device": str(device),
+        "chart_seconds": chart_seconds,
+        "curve": {k: [] for k in ("epoch", "iteration", "fid", "bits_per_dim", "train_loss", "seconds",
+                                  "nonfinite_samples")},
+    }
+    params = [p for p in model.flow.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    n = splits.train.shape[0]
+    per_epoch = math.ceil(n / config.batch_size)
+    train_seconds, last = 0.0, None
+
+    def evaluate(epoch: int, train_loss: float) -> None:
+        nonlocal last
+        result = evaluate_image_model(model, splits, dequantizer, fid, test_y=test_y, test_logdet=test_logdet,
+                                      reference=reference, samples=n_samples, seed=seed * 1_000_003 + epoch)
+        last = result
+        curve = record["curve"]
+        for key, value in (("epoch", epoch), ("iteration", epoch * per_epoch), ("fid", result["fid"]),
+                           ("bits_per_dim", result["bits_per_dim"]), ("train_loss", train_loss),
+                           ("seconds", chart_seconds + train_seconds),
+                           ("nonfinite_samples", result["nonfinite_samples"])):
+            curve[key].append(value)
+        if log is not None:
+            log(f"{model_name} trial {trial}: epoch {epoch:3d}  FID {result['fid']:8.2f}  "
+                f"bits/dim {result['bits_per_dim']:.4f}  ({chart_seconds + train_seconds:.0f} s)")
+        if path is not None:
+            _write_json(path, record)
+
+    evaluate(0, math.nan)
+    for epoch in range(1, config.epochs + 1):
+        te = time.perf_counter()
+        model.train()
+        if epoch > 1:  # a fresh draw of the dequantisation noise; epoch 1 reuses the charts' draw
+            y = dequantizer(splits.train, noise)[0].to(device)
+        with torch.no_grad():
+            charts = torch.cat([model.assign(b) for b in y.split(8192)])
+        perm = torch.randperm(n, generator=noise).to(device)
+        total = 0.0
+        for b, i in enumerate(range(0, n, config.batch_size)):
+            idx = perm[i:i + config.batch_size]
+            loss = model.loss(y[idx], charts[idx]).mean()
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{model_name} trial {trial}: non-finite training loss at epoch {epoch}, "
+                                    f"batch {b + 1}; try a lower learning rate (lr={config.lr}) or clip")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip:
+                torch.nn.utils.clip_grad_norm_(params, config.clip)
+            opt.step()
+            total += loss.item() * idx.shape[0]
+        train_seconds += time.perf_counter() - te
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            evaluate(epoch, total / n)
+
+    record["finished"] = True
+    record["train_seconds"] = train_seconds
+    record["final"] = {k: record["curve"][k][-1] for k in ("epoch", "iteration", "fid", "bits_per_dim")}
+    if path is not None:
+        samples_file = path.with_name(path.stem + "-samples.npy")
+        np.save(samples_file, last["levels"])
+        record["samples"] = samples_file.name
+        _write_json(path, record)
+    return record
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = json.loads(json.dumps(obj, default=str), parse_constant=lambda c: None)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean, indent=1))
+    os.replace(tmp, path)
+
+
+def load_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The run record at ``path``, or ``None`` if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _finished(path: Path, config: StudyConfig) -> bool:
+    record = load_record(path)
+    if record is None or not record.get("finished"):
+        return False
+    if record.get("config") != config.to_dict():
+        raise ValueError(f"out: expected the runs in {path.parent} to use the same settings, got a finished "
+                         f"{path.name} with different ones (use a new --out or delete it)")
+    return True
+
+
+# -- the study ----------------------------------------------------------------------------------------
+
+
+def _worker(config_dict: dict, model_name: str, trial: int, out: str, device: str, data_dir, download: bool,
+            classifier: str, threads: int) -> str:
+    """One run in a worker process; returns its file name."""
+    if threads:
+        torch.set_num_threads(threads)
+    config = StudyConfig(**config_dict)
+    splits = load_images(config.dataset, data_dir, seed=config.data_seed, download=download)
+    fid = ClassifierFID.load(config.dataset, path=classifier)
+    path = run_path(out, model_name, trial)
+    train_image_run(model_name, trial, config, splits, fid, device=device, path=path, log=print)
+    return path.name
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda[:i]', got {device!r}") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: expected an available device, got {device!r} but CUDA is not available")
+    return device
+
+
+def run_image_study(dataset: str = "digits", data_dir: str | os.PathLike | None = None,
+                    models: Sequence[str] = IMAGE_MODELS, trials: int = 3, epochs: int | None = None,
+                    eval_every: int | None = None, charts: int | None = None, latent: int | None = None,
+                    device: str = "cpu", out: str | os.PathLike = "image-study", jobs: int = 1, *,
+                    download: bool = False, overrides: dict[str, Any] | Sequence[str] | None = None,
+                    threads: int = 1, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Run (or resume) the image study into the folder ``out`` and write its report.
+
+    Settings are :meth:`StudyConfig.defaults` for ``dataset``, then ``epochs``, ``eval_every``,
+    ``charts``, ``latent`` when given, then ``overrides`` (``key=value`` strings or a dict).
+    Finished runs in ``out`` are kept (a different configuration there raises ``ValueError``); with
+    ``jobs > 1`` runs go to that many worker processes with ``threads`` torch threads each (one
+    thread per job is fastest on a shared CPU). On Ctrl-C the finished runs are reported and
+    ``KeyboardInterrupt`` is re-raised.
+
+    Writes ``study.json``, ``runs/*.json``, ``summary.{md,csv,json}``, ``fid_curves.{png,pdf}`` and
+    ``samples/*.png`` (see :mod:`vqflows.images.report`). Returns the summary (as ``summary.json``).
+    """
+    from . import report
+
+    one_of(dataset, DATASETS, name="dataset")
+    if isinstance(models, str):
+        models = [models]
+    models = [one_of(m, IMAGE_MODELS, name="models") for m in models]
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f"models: expected distinct names from {', '.join(IMAGE_MODELS)}, got {models!r}")
+    trials = positive_int(trials, name="trials")
+    jobs = positive_int(jobs, name="jobs")
+    threads = positive_int(threads, name="threads", minimum=0)
+    device = _resolve_device(device)
+    config = StudyConfig.defaults(dataset)
+    given = {"epochs": epochs, "eval_every": eval_every, "charts": charts, "latent": latent}
+    config = config.with_overrides({k: v for k, v in given.items() if v is not None})
+    if overrides:
+        config = config.with_overrides(overrides)
+    say = log or (lambda message: None)
+
+    out = Path(out)
+    splits = load_images(dataset, data_dir, seed=config.data_seed, download=download)
+    classifier = default_classifier_path(dataset)
+    t0 = time.perf_counter()
+    fid = ClassifierFID.load_or_fit(splits, path=classifier)
+    say(f"FID classifier {classifier} (test accuracy {fid.test_accuracy:.4f}, {time.perf_counter() - t0:.1f} s)")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "study.json", {"config": config.to_dict(), "models": models, "trials": trials,
+                                     "device": device, "jobs": jobs, "classifier": str(classifier)})
+
+    tasks = [(m, t) for m in models for t in range(trials)]
+    todo = [(m, t) for m, t in tasks if not _finished(run_path(out, m, t), config)]
+    say(f"{len(tasks) - len(todo)} of {len(tasks)} runs already finished in {out}; training {len(todo)}")
+    failures: list[str] = []
+    t_start = time.perf_counter()
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for m, t in todo:
+                try:
+                    train_image_run(m, t, config, splits, fid, device=device, path=run_path(out, m, t), log=log)
+                except TrainingError as e:
+                    failures.append(str(e))
+                    say(f"failed: {e}")
+        else:
+            _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, say, failures)
+    except KeyboardInterrupt:
+        say("interrupted: reporting the finished runs")
+        report.write_report(out, splits, fid, models=models, trials=trials, config=config,
+                            wall_seconds=time.perf_counter() - t_start)
+        raise
+    return report.write_report(out, splits, fid, models=models, trials=trials, config=config,
+                               wall_seconds=time.perf_counter() - t_start, failures=failures)
+
+
+def _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, say, failures) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn, not fork: CUDA cannot be re-initialised in a forked child and forked torch thread pools can hang
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    futures = {}
+    try:
+        for m, t in todo:
+            f = pool.submit(_worker, config.to_dict(), m, t, str(out), device,
+                            None if data_dir is None else str(data_dir), download, str(classifier), threads)
+            futures[f] = (m, t)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                m, t = futures[f]
+                error = f.exception()
+                if error is None:
+                    say(f"finished {m} trial {t}")
+                elif isinstance(error, TrainingError):
+                    failures.append(str(error))
+                    say(f"failed: {error}")
+                else:
+                    raise error
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vqflows benchmark --images",
+        description="Image study (paper §5.3): RealNVP and MAF with and without VQ charts; classifier FID and "
+                    "bits/dim over training, mean ± std over trials.")
+    p.add_argument("--images", choices=DATASETS, default="digits", help="dataset (default digits)")
+    p.add_argument("--data-dir", default=None, help="folder holding the MNIST IDX files")
+    p.add_argument("--download", action="store_true", help="fetch MNIST with torchvision if missing")
+    p.add_argument("--models", nargs="+", default=list(IMAGE_MODELS),
+                   help=f"models, space- or comma-separated (default: {' '.join(IMAGE_MODELS)})")
+    p.add_argument("--trials", type=int, default=3, help="independent trials per model (default 3)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the dataset's)")
+    p.add_argument("--eval-every", type=int, default=None, help="epochs between evaluations")
+    p.add_argument("--charts", type=int, default=None, help="K of the VQ models")
+    p.add_argument("--latent", type=int, default=None, help="code dimension of the VQ autoencoder")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="further StudyConfig overrides, e.g. hidden=128,128 lr=5e-4")
+    p.add_argument("--out", default=None, help="study folder (default image-study/<images>)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: run the image study and print its summary table; returns the exit status."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    models = [m.strip() for item in args.models for m in item.split(",") if m.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"image-study/{args.images}")
+    try:
+        summary = run_image_study(args.images, args.data_dir, models, args.trials, args.epochs, args.eval_every,
+                                  args.charts, args.latent, args.device, out, args.jobs, download=args.download,
+                                  overrides=args.set, threads=args.threads, log=None if args.quiet else print)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished runs are kept in {out}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((out / "summary.md").read_text())
+    return 1 if summary.get("failures") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
