@@ -24,11 +24,14 @@ def _fitted(flow="maf", charts=4, d=3, seed=0, **kw):
     torch.manual_seed(seed)
     model = VQFlow(d, flow, charts, transforms=2, hidden_features=(16, 16), vq_hidden=(16,), **kw).double()
     x = _points(400, d, seed)
+    if flow == "sphere":
+        x = torch.nn.functional.normalize(x - x.mean(0), dim=-1)
     model.fit_charts(x, seed=seed, epochs=3)
     model.fit_weights(x)
     with torch.no_grad():
         for p in model.flow.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+            if p.requires_grad:  # frozen parts (the fixed sphere) stay as they are
+                p.add_(0.1 * torch.randn_like(p))
     return model, x
 
 
@@ -58,7 +61,7 @@ def test_inverse_round_trip(flow):
     assert torch.allclose(model.decode(zs, ks), xs, atol=1e-8)
 
 
-@pytest.mark.parametrize("flow", FULL_FLOWS)
+@pytest.mark.parametrize("flow", FULL_FLOWS + ["cef", "sphere"])
 def test_all_charts_pass_equals_per_chart_loop(flow):
     model, x = _fitted(flow, charts=5)
     batched = model.chart_log_prob(x[:40])
@@ -263,3 +266,25 @@ def test_ctrl_c_keeps_the_best_weights(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "interrupted.json").exists() and not (tmp_path / "run" / "metrics.json").exists()
     again = VQFlow.load(tmp_path / "run")
     assert again.K == 2
+
+
+@pytest.mark.parametrize("flow", ["cef", "sphere"])
+def test_embedding_flows_encode_decode(flow):
+    """z -> x -> z is exact for embedding flows; x -> z -> x is the projection onto the chart's surface."""
+    model, x = _fitted(flow, charts=3)
+    xs, ks = model.sample(40, seed=0, return_charts=True)
+    zs = model.flow.inverse(model.frames(xs, ks), model._context(ks))
+    assert zs.shape == (40, 2)
+    assert torch.allclose(model.decode(zs, ks), xs, atol=1e-7)
+    if flow == "sphere":
+        assert torch.allclose(xs.norm(dim=-1), torch.ones(40, dtype=xs.dtype), atol=1e-9)
+        assert torch.allclose(model.reconstruction(x), torch.zeros(len(x), dtype=x.dtype), atol=1e-9)
+
+
+def test_vq_sphere_integrates_to_one_over_the_sphere():
+    from vqflows.flows.sphere import sphere_quadrature
+
+    model, _ = _fitted("sphere", charts=5)
+    with torch.no_grad():
+        total = sphere_quadrature(lambda v: model.log_prob(v), 160, 320)
+    assert abs(total - 1.0) < 0.01

@@ -45,7 +45,7 @@ class RunConfig:
     charts: int = 32
     partition: str = "vqae"
     latent: int = 3
-    m: int = 1
+    m: int | None = None  # None: 2 for vq-cef (overlapping charts), else 1 (hard boundaries)
     eps: float = 0.0
     chart_epochs: int = 30
     transforms: int = 5
@@ -58,6 +58,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         one_of(self.model, MODELS, name="model")
+        if self.m is None:
+            # an embedding flow's chart surface must reach past its cell to meet its neighbours'
+            self.m = 2 if self.flow == "cef" else 1
 
     @property
     def flow(self) -> str:
@@ -82,7 +85,7 @@ class RunConfig:
         for key, value in overrides.items():
             if key not in fields:
                 raise ValueError(f"override: expected one of {', '.join(sorted(fields))}, got {key!r}")
-            out[key] = _coerce(key, value, type(getattr(self, key)))
+            out[key] = _coerce(key, value, float if key in _FLOATS else type(getattr(self, key)))
         return dataclasses.replace(self, **out)
 
     def build_model(self, features: int) -> VQFlow:
@@ -93,6 +96,9 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_FLOATS = ("lr", "eps")
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -81,18 +81,20 @@ def figure(records: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     panels = [("(a) Sample generation", lambda r: (r.get("sample_kde") or {}).get("score"), "KDE log-likelihood of samples"),
               ("(b) Density estimation", lambda r: r.get("test_log_likelihood"), "test log-likelihood")]
+    ks = sorted({r["charts"] for r in records})
     for ax, (title, value, ylabel) in zip(axes, panels):
         for p in PARTITIONS:
             ks, mean, std = _by_charts(records, p, value)
             if len(ks):
                 plot_band(ax, ks, mean, std, label=PARTITION_NAMES[p], marker="o", markersize=3)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         ax.set_xlabel("number of charts K")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ks = sorted({r["charts"] for r in records})
     k = 32 if 32 in ks else ks[-1]
     ax = axes[2]
     for p in PARTITIONS:

@@ -186,7 +186,7 @@ def _scatter(ax, x: torch.Tensor, box, *, colors=None) -> int:
     inside = np.all(np.isfinite(x) & (x >= lo) & (x <= hi), axis=1)
     c = colors[inside] if colors is not None else "tab:blue"
     dims = min(3, x.shape[1])
-    ax.scatter(*[x[inside, i] for i in range(dims)], s=1.5, c=c, alpha=0.6, linewidths=0)
+    ax.scatter(*[x[inside, i] for i in range(dims)], s=1.5, c=c, alpha=0.6, linewidths=0, rasterized=True)
     for i, setter in enumerate([ax.set_xlim, ax.set_ylim] + ([ax.set_zlim] if dims == 3 else [])):
         setter(lo[i], hi[i])
     ax.tick_params(labelsize=5)

@@ -126,7 +126,10 @@ def execute(job: Job) -> Outcome:
         if stage == "train":
             for name in _STALE:
                 (job.folder / name).unlink(missing_ok=True)
-            train_run(job.config, job.folder, overwrite=True)
+            # seed the weight initialisation too, so a run does not depend on what its process ran before
+            with torch.random.fork_rng():
+                torch.manual_seed(job.config.seed)
+                train_run(job.config, job.folder, overwrite=True)
         if stage != "done" and job.sample_kde:
             stage = "score"
             kde.score_run(job.folder, job.kde_cache)

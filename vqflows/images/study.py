@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,6 +44,9 @@ from .fid import ClassifierFID, default_classifier_path
 from .models import ENCODERS, IMAGE_MODELS, ImageFlowConfig, build_image_flow
 
 __all__ = ["StudyConfig", "run_image_study", "train_image_run", "evaluate_image_model", "main", "run_path"]
+
+#: Learning-rate schedules.
+SCHEDULES = ("cosine", "constant")
 
 #: Seed of the one dequantisation draw of the test images that every run is scored on.
 TEST_NOISE_SEED = 20_240_501
@@ -68,6 +71,8 @@ class StudyConfig:
         chart_epochs: VQ autoencoder epochs.
         alpha: logit margin ``α`` of the dequantiser.
         fid_samples: cap on the number of generated images per FID (the test size otherwise).
+        schedule: learning rate over training, ``"cosine"`` (annealed to 0 by the last epoch, so the
+            final model is not caught mid-oscillation) or ``"constant"``.
         clip: gradient-norm clip (``0`` for none).
         seed: the seed of trial 0; trial ``t`` uses ``seed + t``.
         data_seed: seed of the train / validation split (the same for every run).
@@ -89,6 +94,7 @@ class StudyConfig:
     chart_epochs: int = 30
     alpha: float = 1e-6
     fid_samples: int = 2000
+    schedule: str = "cosine"
     clip: float = 0.0
     seed: int = 0
     data_seed: int = 0
@@ -105,6 +111,7 @@ class StudyConfig:
         if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not self.clip >= 0:
             raise ValueError(f"clip: expected a number >= 0, got {self.clip!r}")
         one_of(self.encoder, ENCODERS, name="encoder")
+        one_of(self.schedule, SCHEDULES, name="schedule")
         for name in ("hidden", "vq_channels", "vq_hidden"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes, int)) or not hasattr(value, "__iter__"):
@@ -255,6 +262,8 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
     test_y, test_logdet = dequantizer(splits.test, torch.Generator().manual_seed(TEST_NOISE_SEED))
     reference = fid.stats(splits.test)
     n_samples = min(len(splits.test), config.fid_samples)
+    # the same latent draws at every evaluation, so that the curve shows the model changing, not the draws
+    sample_seed = 1_000_003 * (seed + 1)
 
     t0 = time.perf_counter()
     y = dequantizer(splits.train, noise)[0].to(device)
@@ -274,12 +283,18 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
     opt = torch.optim.Adam(params, lr=config.lr)
     n = splits.train.shape[0]
     per_epoch = math.ceil(n / config.batch_size)
+    total_steps = config.epochs * per_epoch
+    if config.schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    else:
+        schedule = None
     train_seconds, last = 0.0, None
 
     def evaluate(epoch: int, train_loss: float) -> None:
         nonlocal last
         result = evaluate_image_model(model, splits, dequantizer, fid, test_y=test_y, test_logdet=test_logdet,
-                                      reference=reference, samples=n_samples, seed=seed * 1_000_003 + epoch)
+                                      reference=reference, samples=n_samples, seed=sample_seed)
         last = result
         curve = record["curve"]
         for key, value in (("epoch", epoch), ("iteration", epoch * per_epoch), ("fid", result["fid"]),
@@ -314,6 +329,8 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
             if config.clip:
                 torch.nn.utils.clip_grad_norm_(params, config.clip)
             opt.step()
+            if schedule is not None:
+                schedule.step()
             total += loss.item() * idx.shape[0]
         train_seconds += time.perf_counter() - te
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -328,12 +345,6 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
         record["samples"] = samples_file.name
         _write_json(path, record)
     return record
-
-
-def _json_number(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _write_json(path: Path, obj: Any) -> None:
