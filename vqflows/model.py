@@ -76,7 +76,7 @@ class VQFlow(nn.Module):
                            flow_options=dict(flow_options or {}))
         self.features = features
         self.K = charts or 1
-        self.m, self.eps = m, float(eps)
+        self.m, self.eps = min(m, self.K), float(eps)
         if self.K == 1:  # one chart needs no partition: the plain flow
             self.partition = None
         elif partition == "vqae":

@@ -60,7 +60,7 @@ class RunConfig:
         one_of(self.model, MODELS, name="model")
         if self.m is None:
             # an embedding flow's chart surface must reach past its cell to meet its neighbours'
-            self.m = 2 if self.flow == "cef" else 1
+            self.m = 2 if self.model == "vq-cef" else 1
 
     @property
     def flow(self) -> str:
@@ -159,6 +159,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     if config.threads:
         torch.set_num_threads(config.threads)
     splits = load_data(config)
+    torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", config.to_dict())

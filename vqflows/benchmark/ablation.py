@@ -79,7 +79,8 @@ def figure(records: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
         return []
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    panels = [("(a) Sample generation", lambda r: (r.get("sample_kde") or {}).get("score"), "KDE log-likelihood of samples"),
+    panels = [("(a) Sample generation", lambda r: (r.get("sample_kde") or {}).get("score"),
+               "KDE log-likelihood of samples"),
               ("(b) Density estimation", lambda r: r.get("test_log_likelihood"), "test log-likelihood")]
     ks = sorted({r["charts"] for r in records})
     for ax, (title, value, ylabel) in zip(axes, panels):

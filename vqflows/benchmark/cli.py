@@ -49,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPU count)")
     p.add_argument("--out", default="benchmark", help="output folder (default ./benchmark)")
     p.add_argument("--epochs", type=int, help="maximum epochs per run (default: the run config's; ablation 25)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run config overrides, e.g. n=2000 lr=0.002")
-    p.add_argument("--ablation-charts", help=f"comma-separated K for the ablation (default {','.join(map(str, ablation.CHARTS))})")
-    p.add_argument("--tables-only", action="store_true", help="train nothing: rebuild tables and summary from run folders")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="run config overrides, e.g. n=2000 lr=0.002")
+    p.add_argument("--ablation-charts",
+                   help=f"comma-separated K for the ablation (default {','.join(map(str, ablation.CHARTS))})")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train nothing: rebuild tables and summary from the run folders (rerun the "
+                        "training command instead to redraw figures; finished runs are skipped)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"vqflows benchmark: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the grid (tables, figures): finished runs are on disk already
+        print("interrupted; rerun the same command to finish", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -122,8 +129,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     passes = _record_pass(out, argv, started, seconds, report)
     summary = _write_summary(out, argv, seconds, passes, report, built, records + ab_records, drawn, problems)
 
-    print(f"{report.trained} trained, {report.scored} scored, {report.skipped} already finished, "
-          f"{len(report.failures)} failed in {seconds:.0f} s", file=sys.stderr)
+    if not args.tables_only:
+        print(f"{report.trained} trained, {report.scored} scored, {report.skipped} already finished, "
+              f"{len(report.failures)} failed in {seconds:.0f} s", file=sys.stderr)
     for folder, error in report.failures:
         print(f"  failed: {folder}: {error}", file=sys.stderr)
     print(f"tables: {len(written)} files in {out / 'tables'}; figures: {len(drawn)} files; summary: {summary}")
@@ -228,10 +236,12 @@ def _write_summary(out: Path, argv: list[str], seconds: float, passes: list[dict
     hw = hardware()
     trained_passes = [p for p in passes if p.get("trained") or p.get("scored")]
     compute = sum(float(r.get("train_seconds") or 0.0) for r in records)
+    this = (f"{_duration(seconds)} wall time; {report.trained} runs trained, {report.scored} scored, "
+            f"{report.skipped} already finished, {len(report.failures)} failed") if report.total else \
+        f"tables rebuilt from the run folders in {_duration(seconds)}"
     lines = ["# vqflows benchmark", "",
              f"Command: `{_command(argv)}`", "",
-             f"- this command: {_duration(seconds)} wall time; {report.trained} runs trained, {report.scored} scored, "
-             f"{report.skipped} already finished, {len(report.failures)} failed",
+             f"- this command: {this}",
              f"- all passes that trained or scored ({len(trained_passes)}): "
              f"{_duration(sum(p['seconds'] for p in trained_passes))} wall time",
              f"- training time summed over the {len(records)} runs in these tables: {_duration(compute)}",

@@ -82,7 +82,6 @@ def figure_charts(records: Sequence[dict], model: str, folder: str | os.PathLike
     if not pairs:
         return []
     plt = pyplot()
-    cmap = plt.get_cmap("tab20")
     fig = plt.figure(figsize=(3.2 * len(pairs), 3.4))
     for j, (dataset, (path,)) in enumerate(pairs.items()):
         vq, config = load_run(path)
@@ -90,7 +89,7 @@ def figure_charts(records: Sequence[dict], model: str, folder: str | os.PathLike
         with torch.no_grad():
             charts = vq.assign(data).numpy()
         ax = _axes(fig, 1, len(pairs), j + 1, data.shape[1])
-        _scatter(ax, data, _box(data), colors=cmap(charts % cmap.N))
+        _scatter(ax, data, _box(data), colors=chart_colors(charts, vq.K))
         used = len(np.unique(charts))
         ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}\n{used} of {vq.K} charts used", fontsize=8)
     fig.suptitle(f"Learned charts of {MODEL_NAMES.get(model, model)} (colour: nearest chart)")
@@ -120,6 +119,18 @@ def figure_curves(records: Sequence[dict], folder: str | os.PathLike) -> list[Pa
     return save_figure(fig, folder, "training-curves")
 
 
+def chart_colors(charts: np.ndarray, k: int) -> np.ndarray:
+    """RGBA colours ``(N, 4)`` for chart indices ``(N,)``: distinct for up to 20 charts, then cycling.
+
+    Indices step through the 20-colour palette by 7 (coprime to 20), so neighbouring indices get
+    contrasting hues rather than the palette's light/dark pairs.
+    """
+    plt = pyplot()
+    if k <= 10:
+        return plt.get_cmap("tab10")(charts % 10)
+    return plt.get_cmap("tab20")((charts * 7) % 20)
+
+
 def plot_band(ax, x: np.ndarray, mean: np.ndarray, std: np.ndarray, *, label: str | None = None, **kwargs) -> None:
     """A line with a shaded ± one standard deviation band."""
     line, = ax.plot(x, mean, label=label, **kwargs)
@@ -127,7 +138,10 @@ def plot_band(ax, x: np.ndarray, mean: np.ndarray, std: np.ndarray, *, label: st
 
 
 def stack_curves(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std per epoch over curves of unequal length (early stopping): each epoch uses the runs that reached it."""
+    """Epochs, mean and std ``(E,)`` over curves of unequal length (early stopping).
+
+    Each epoch is summarised over the runs that reached it.
+    """
     length = max(map(len, curves))
     table = np.full((len(curves), length), np.nan)
     for i, c in enumerate(curves):
@@ -141,6 +155,7 @@ def stack_curves(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def val_curve(folder: str) -> list[float]:
+    """Validation log-likelihood per epoch from a run folder's ``history.json`` (empty if absent)."""
     path = Path(folder) / "history.json"
     if not path.exists():
         return []

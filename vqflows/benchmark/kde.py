@@ -84,8 +84,9 @@ def log_density(train, points, bandwidth: float) -> np.ndarray:
 def sample_score(train, samples, bandwidth: float) -> dict:
     """Mean KDE log-density of ``samples`` ``(M, D)``, i.e. one Table 2 entry.
 
-    Samples with NaN or inf coordinates (a diverging flow) cannot be scored: they are left out
-    and counted in ``"nonfinite"`` so that a table can flag them.
+    Returns ``{"samples", "nonfinite", "score"}``. Samples with NaN or inf coordinates (a
+    diverging flow) cannot be scored: they are left out and counted in ``"nonfinite"``; the score
+    is ``None`` when nothing finite is left.
     """
     samples = torch.as_tensor(np.asarray(samples) if not isinstance(samples, torch.Tensor) else samples)
     if samples.dim() != 2:

@@ -27,7 +27,7 @@ MODEL_NAMES.update({f"vq-{k}": f"VQ-{v}" for k, v in list(MODEL_NAMES.items())})
 DATASET_NAMES = {"spherical": "Spherical", "helix": "Helix", "lissajous": "Lissajous",
                  "twisted-eight": "Twisted-Eight", "knotted": "Knotted", "interlocked-circles": "Interlocked"}
 
-SPREADS = {"ci": "95% confidence interval (Student t over trials)", "std": "one standard deviation over trials"}
+SPREADS = {"ci": "95% confidence interval (Student t)", "std": "one standard deviation"}
 
 
 @dataclass
@@ -74,9 +74,13 @@ class Table:
             shown = [self._cell(cells.get(c), False, trials) for c in self.columns]
             lines.append("| " + " | ".join([f"*{label}*"] + shown) + " |")
         better = "higher" if self.higher_is_better else "lower"
-        lines += ["", f"Mean ± {SPREADS[self.spread]}; {better} is better; best per column in bold; "
-                      f"(n=…) marks cells with fewer than {trials} trials; — no finished run."]
-        return "\n".join(lines) + "\n"
+        note = f"Mean ± {SPREADS[self.spread]} over {trials} trials; {better} is better; best per column in bold"
+        cells = [cells.get(c) for cells in [*self.rows.values(), *self.references.values()] for c in self.columns]
+        if any(c is not None and 0 < c.n < trials for c in cells):
+            note += "; (n=…) marks cells with fewer trials"
+        if any(c is None or c.mean is None for c in cells):
+            note += "; — no finished run"
+        return "\n".join(lines + ["", note + "."]) + "\n"
 
     def _cell(self, cell: Summary | None, best: bool, trials: int) -> str:
         if cell is None or cell.mean is None:
@@ -135,7 +139,7 @@ def collect(root: str | os.PathLike, *, datasets: Iterable[str] | None = None, m
             seeds: Iterable[int] | None = None) -> list[dict]:
     """One record per finished run under ``<root>/runs``: its metrics, plus ``sample_kde`` if scored.
 
-    Records carry ``dataset`` (the folder name), ``model``, ``seed`` and ``folder``; the filters
+    Records come in the paper's order (datasets, then models, then seeds) and carry ``dataset`` (the folder name), ``model``, ``seed`` and ``folder``; the filters
     keep only the given datasets, models and seeds (``None`` keeps all).
     """
     keep_d = None if datasets is None else {Path(d).stem for d in datasets}
@@ -154,7 +158,9 @@ def collect(root: str | os.PathLike, *, datasets: Iterable[str] | None = None, m
         kde_path = folder / "sample_kde.json"
         record["sample_kde"] = json.loads(kde_path.read_text()) if kde_path.exists() else None
         records.append(record)
-    return records
+    datasets_order, models_order = list(PAPER_DATASETS), _model_order()
+    return sorted(records, key=lambda r: (_rank(r["dataset"], datasets_order), _rank(r["model"], models_order),
+                                          r["seed"] if r["seed"] is not None else -1))
 
 
 def summary_table(records: Sequence[dict], value: Callable[[dict], float | None], *, name: str, title: str,
@@ -171,7 +177,8 @@ def summary_table(records: Sequence[dict], value: Callable[[dict], float | None]
     cells = {row: {} for row in rows}
     for row in rows:
         for col in columns:
-            group = sorted((r for r in records if r[rows_key] == row and r[columns_key] == col), key=lambda r: r["seed"])
+            group = sorted((r for r in records if r[rows_key] == row and r[columns_key] == col),
+                           key=lambda r: r["seed"])
             if group:
                 cells[row][col] = summarize([value(r) for r in group], [r["seed"] for r in group])
     refs = {}
@@ -230,6 +237,10 @@ def _model_order() -> list[str]:
 def _ordered(keys: set, order: Sequence | None) -> list:
     order = list(order or [])
     return [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
+
+
+def _rank(key: str, order: list[str]) -> tuple[int, str]:
+    return (order.index(key) if key in order else len(order), key)
 
 
 def _seed_of(folder: Path) -> int | None:

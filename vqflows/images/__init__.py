@@ -4,6 +4,9 @@
 - :mod:`~vqflows.images.dequantize`: uniform dequantisation + logit, :func:`bits_per_dim`.
 - :mod:`~vqflows.images.fid`: :func:`frechet_distance` and :class:`ClassifierFID`.
 - :mod:`~vqflows.images.encoders`: :class:`ConvEncoder` / :class:`ConvDecoder` for a VQ autoencoder.
+- :mod:`~vqflows.images.models`: :func:`build_image_flow` (VQ-Flows on flattened images), :class:`ImageFrames`.
+- :mod:`~vqflows.images.study`: :func:`run_image_study`, the FID-over-training study (paper §5.3), and its
+  command line; :mod:`~vqflows.images.report` draws its table, figure and sample grids.
 """
 
 from __future__ import annotations
@@ -20,6 +23,21 @@ from .fid import (
     inception_backend,
     inception_fid,
 )
+from .models import IMAGE_MODELS, ImageFlowConfig, ImageFrames, ImageVQAutoencoder, build_image_flow
+
+#: names served lazily from :mod:`.study` and :mod:`.report`, so that ``python -m vqflows.images.study``
+#: does not find its own module already imported by the package
+_LAZY = {"StudyConfig": "study", "run_image_study": "study", "train_image_run": "study",
+         "evaluate_image_model": "study", "write_report": "report"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",
@@ -38,4 +56,14 @@ __all__ = [
     "frechet_distance",
     "inception_backend",
     "inception_fid",
+    "IMAGE_MODELS",
+    "ImageFlowConfig",
+    "ImageFrames",
+    "ImageVQAutoencoder",
+    "build_image_flow",
+    "StudyConfig",
+    "run_image_study",
+    "train_image_run",
+    "evaluate_image_model",
+    "write_report",
 ]

@@ -4,9 +4,10 @@ memory-bounded chart frames.
 The library's model works on flattened images unchanged; two of its parts are swapped for ones
 that scale to ``D = H·W`` of 64 (8×8 digits) to 784 (MNIST):
 
-- the partition becomes a :class:`~vqflows.charts.VQAutoencoder` built on
-  :class:`~vqflows.images.ConvEncoder` / :class:`~vqflows.images.ConvDecoder` (``"conv"``), or keeps
-  the library's MLP (``"mlp"``);
+- the partition becomes an :class:`ImageVQAutoencoder` (a :class:`~vqflows.charts.VQAutoencoder`
+  whose codebook placement works on a GPU and encodes in batches) built on
+  :class:`~vqflows.images.ConvEncoder` / :class:`~vqflows.images.ConvDecoder` (``"conv"``) or on the
+  library's MLP (``"mlp"``);
 - the frames become :class:`ImageFrames`, numerically the same affine maps
   ``y = A_k (x − μ_k)`` as :class:`~vqflows.frames.ChartFrames`, but applied by one matrix product
   per chart instead of gathering a ``(D, D)`` matrix per row (``N·D²`` memory: 40 GB for 65,536

@@ -377,7 +377,7 @@ def _finished(path: Path, config: StudyConfig) -> bool:
 
 
 def _worker(config_dict: dict, model_name: str, trial: int, out: str, device: str, data_dir, download: bool,
-            classifier: str, threads: int) -> str:
+            classifier: str, threads: int, verbose: bool) -> str:
     """One run in a worker process; returns its file name."""
     if threads:
         torch.set_num_threads(threads)
@@ -385,7 +385,7 @@ def _worker(config_dict: dict, model_name: str, trial: int, out: str, device: st
     splits = load_images(config.dataset, data_dir, seed=config.data_seed, download=download)
     fid = ClassifierFID.load(config.dataset, path=classifier)
     path = run_path(out, model_name, trial)
-    train_image_run(model_name, trial, config, splits, fid, device=device, path=path, log=print)
+    train_image_run(model_name, trial, config, splits, fid, device=device, path=path, log=print if verbose else None)
     return path.name
 
 
@@ -462,7 +462,7 @@ def run_image_study(dataset: str = "digits", data_dir: str | os.PathLike | None 
                     failures.append(str(e))
                     say(f"failed: {e}")
         else:
-            _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, say, failures)
+            _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, log, failures)
     except KeyboardInterrupt:
         say("interrupted: reporting the finished runs")
         report.write_report(out, splits, fid, models=models, trials=trials, config=config,
@@ -472,17 +472,19 @@ def run_image_study(dataset: str = "digits", data_dir: str | os.PathLike | None 
                                wall_seconds=time.perf_counter() - t_start, failures=failures)
 
 
-def _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, say, failures) -> None:
+def _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, log, failures) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # spawn, not fork: CUDA cannot be re-initialised in a forked child and forked torch thread pools can hang
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    say = log or (lambda message: None)
     futures = {}
     try:
         for m, t in todo:
             f = pool.submit(_worker, config.to_dict(), m, t, str(out), device,
-                            None if data_dir is None else str(data_dir), download, str(classifier), threads)
+                            None if data_dir is None else str(data_dir), download, str(classifier), threads,
+                            log is not None)
             futures[f] = (m, t)
         pending = set(futures)
         while pending:

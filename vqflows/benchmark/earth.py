@@ -1,0 +1,748 @@
+r"""Earth-science densities on the sphere S²: VQ-flows against the published table.
+
+Four sets of real events (volcanic eruptions, earthquakes, floods, fires; :mod:`vqflows.datasets.earth`)
+under the standard protocol: a random 80/10/10 split, a new one per seed, and the test NLL in nats,
+
+.. math:: \mathrm{NLL} = -\frac{1}{N} \sum_{i=1}^{N} \log p(x_i),
+
+with ``p`` a density w.r.t. the area measure of the unit sphere (uniform: ``ln 4π ≈ 2.531``), as mean
+± standard deviation (``ddof=1``) over the seeds. The models, one table row each:
+
+* ``vq-sphere`` / ``sphere``: VQ-Flow with ``flow="sphere"``, K charts (or one), each a conditional
+  RealNVP carried onto the FIXED unit sphere by the stereographic projection from the antipode of the
+  chart's mean direction. An exact, normalised density w.r.t. the sphere's area: directly comparable
+  with the published rows.
+* ``vq-cef`` / ``cef``: VQ-Flow with ``flow="cef"``, a LEARNED 2-D surface per chart. Its density is
+  w.r.t. the area of the learned surface, so its NLL is comparable only insofar as that surface is the
+  unit sphere; the mean squared distance from the test points to it is reported beside it.
+* ``vmf``: a von Mises–Fisher mixture fitted by EM, its number of components chosen on validation
+  (:func:`vqflows.vmf.fit_vmf_mixture`): the classical anchor.
+
+Every hyperparameter is shared by the four datasets; the only data-dependent choice is the number of
+charts, ``K = round(N_train / points_per_chart)`` within ``[min_charts, max_charts]``.
+
+Layout of ``--out``: ``runs/<dataset>/<model>/seed-<s>/`` (``result.json`` with the numbers and the
+resolved config, and the fitted model), ``table.md``, ``table.csv``, ``table.json``, ``summary.md`` and
+``figures/<dataset>.png|pdf``. A rerun skips the runs whose ``result.json`` holds the same config.
+
+Letters: N points, K charts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shlex
+import signal
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..checks import one_of, positive_int
+from ..datasets.earth import EARTH_DATASETS, EarthSplits, load_earth
+from ..model import VQFlow
+from ..training import fit
+from ..vmf import VMFMixture, fit_vmf_mixture
+from .stats import summarize
+
+#: Table rows of this package, in display order, and what their density is taken w.r.t.
+MODELS = {
+    "vmf": "unit sphere",
+    "sphere": "unit sphere",
+    "vq-sphere": "unit sphere",
+    "cef": "learned surface",
+    "vq-cef": "learned surface",
+}
+
+#: Display names of the datasets (the published table's columns).
+COLUMNS = {"volcano": "Volcano", "earthquake": "Earthquake", "flood": "Flood", "fire": "Fire"}
+
+#: Published test NLL, mean and standard deviation over 5 seeds (``data/earth/README.md``): De Bortoli
+#: et al. 2022 Table 4 (first five rows), Huang et al. 2022, Chen & Lipman 2023.
+PUBLISHED = {
+    "Mixture of Kent": {"volcano": (-0.80, 0.47), "earthquake": (0.33, 0.05), "flood": (0.73, 0.07), "fire": (-1.18, 0.06)},
+    "Riemannian CNF": {"volcano": (-6.05, 0.61), "earthquake": (0.14, 0.23), "flood": (1.11, 0.19), "fire": (-0.80, 0.54)},
+    "Moser Flow": {"volcano": (-4.21, 0.17), "earthquake": (-0.16, 0.06), "flood": (0.57, 0.10), "fire": (-1.28, 0.05)},
+    "Stereographic score-based": {"volcano": (-3.80, 0.27), "earthquake": (-0.19, 0.05), "flood": (0.59, 0.07),
+                                  "fire": (-1.28, 0.12)},
+    "Riemannian score-based": {"volcano": (-4.92, 0.25), "earthquake": (-0.19, 0.07), "flood": (0.45, 0.17),
+                               "fire": (-1.33, 0.06)},
+    "Riemannian diffusion (bound)": {"volcano": (-6.61, 0.97), "earthquake": (-0.40, 0.05), "flood": (0.43, 0.07),
+                                     "fire": (-1.38, 0.05)},
+    "Riemannian flow matching": {"volcano": (-7.93, 1.67), "earthquake": (-0.28, 0.08), "flood": (0.42, 0.05),
+                                 "fire": (-1.86, 0.11)},
+}
+
+#: Resolution of the world maps, in degrees per cell.
+MAP_DEGREES = 1.0
+
+
+@dataclass(frozen=True)
+class EarthConfig:
+    """Hyperparameters shared by every dataset and seed (chosen on validation NLL only).
+
+    Attributes:
+        points_per_chart: training points per chart; ``K = round(N_train / points_per_chart)``.
+        min_charts, max_charts: bounds on ``K``.
+        partition: ``"kmeans"`` or ``"vqae"`` charts.
+        m, eps: chart membership (``m=1, eps=0``: hard charts).
+        transforms, hidden, depth: the coupling flow: ``transforms`` layers, each with ``depth``
+            hidden layers of width ``hidden``.
+        epochs, patience: per learning-rate stage; each stage restarts from the best weights so far.
+        lrs: the learning rate of each stage (a step schedule driven by validation plateaus).
+        batch_size, weight_decay: Adam's.
+        chart_epochs: VQ-AE epochs (ignored by k-means).
+        components: vMF mixture sizes tried, the best kept on validation.
+    """
+
+    points_per_chart: int = 64
+    min_charts: int = 2
+    max_charts: int = 160
+    partition: str = "kmeans"
+    m: int = 1
+    eps: float = 0.0
+    transforms: int = 10
+    hidden: int = 128
+    depth: int = 2
+    epochs: int = 150
+    patience: int = 10
+    lrs: tuple[float, ...] = (3e-3, 1e-3, 3e-4)
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    chart_epochs: int = 30
+    components: tuple[int, ...] = (25, 50, 100, 200)
+
+    def __post_init__(self) -> None:
+        for name in ("points_per_chart", "min_charts", "max_charts", "m", "transforms", "hidden", "depth", "epochs",
+                     "patience", "batch_size", "chart_epochs"):
+            positive_int(getattr(self, name), name=name)
+        one_of(self.partition, ("kmeans", "vqae"), name="partition")
+        if self.min_charts < 2 or self.max_charts < self.min_charts:
+            raise ValueError(f"min_charts, max_charts: expected 2 <= min_charts <= max_charts, "
+                             f"got {self.min_charts} and {self.max_charts}")
+        if self.m > self.min_charts:
+            raise ValueError(f"m: expected at most min_charts={self.min_charts}, got {self.m}")
+        for name in ("eps", "weight_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+        if not self.lrs or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.lrs):
+            raise ValueError(f"lrs: expected one or more learning rates > 0, got {self.lrs!r}")
+        if not self.components:
+            raise ValueError("components: expected one or more mixture sizes, got none")
+        for k in self.components:
+            positive_int(k, name="components")
+
+    def charts(self, n_train: int) -> int:
+        """``K`` for a training set of ``n_train`` points."""
+        return int(min(self.max_charts, max(self.min_charts, round(n_train / self.points_per_chart))))
+
+    def with_overrides(self, overrides: Sequence[str] | dict[str, Any]) -> EarthConfig:
+        """A copy with ``key=value`` overrides (values parsed as JSON; lists for tuples).
+
+        Unknown keys and values of the wrong type raise ``ValueError``.
+        """
+        if not isinstance(overrides, dict):
+            pairs = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise ValueError(f"override: expected key=value, got {item!r}")
+                key, value = item.split("=", 1)
+                pairs[key.strip()] = value.strip()
+            overrides = pairs
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        out = {}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise ValueError(f"override: expected one of {', '.join(sorted(fields))}, got {key!r}")
+            out[key] = _coerce(key, value, getattr(self, key))
+        return dataclasses.replace(self, **out)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _coerce(key: str, value: Any, like: Any) -> Any:
+    if isinstance(value, str) and not isinstance(like, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{key}: expected a JSON value of type {type(like).__name__}, got {value!r}") from None
+    if isinstance(like, tuple):
+        value = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"{key}: expected a list of numbers, got {value!r}")
+        return tuple(_coerce(key, v, like[0]) for v in value)
+    if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(like):
+        raise ValueError(f"{key}: expected {type(like).__name__}, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ one run
+
+
+def build_model(model: str, n_train: int, config: EarthConfig) -> VQFlow:
+    """The VQ-Flow of a table row for a training set of ``n_train`` points (not ``"vmf"``)."""
+    one_of(model, [m for m in MODELS if m != "vmf"], name="model")
+    charts = config.charts(n_train) if model.startswith("vq-") else None
+    return VQFlow(3, model.removeprefix("vq-"), charts, partition=config.partition, m=config.m if charts else 1,
+                  eps=config.eps, transforms=config.transforms, hidden_features=(config.hidden,) * config.depth)
+
+
+@contextmanager
+def _charts_frozen(model: VQFlow) -> Iterator[None]:
+    """Keep the learned charts through a further call of :func:`~vqflows.fit`.
+
+    ``fit`` starts by fitting the charts; a VQ-AE would go on training from where it stopped and move
+    the cells under the flow. Frames and weights are refitted from the unchanged charts, identically.
+    """
+    model.fit_charts = lambda *args, **kwargs: []  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model.fit_charts
+
+
+def train_flow(model: VQFlow, splits: EarthSplits, config: EarthConfig, seed: int) -> dict[str, Any]:
+    """Fit ``model`` in stages, one per learning rate, each from the best weights of the last.
+
+    Returns the epochs run and the best epoch of each stage, and the best validation score.
+    """
+    epochs, best = [], []
+    for stage, lr in enumerate(config.lrs):
+        with _charts_frozen(model) if stage else _no_op():
+            history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
+                          lr=lr, weight_decay=config.weight_decay, patience=config.patience,
+                          chart_epochs=config.chart_epochs, seed=seed + 1000 * stage)
+        epochs.append(history.epochs)
+        best.append(history.best_epoch)
+        if history.interrupted:
+            raise KeyboardInterrupt
+    return {"epochs": epochs, "best_epochs": best}
+
+
+@contextmanager
+def _no_op() -> Iterator[None]:
+    yield
+
+
+@torch.no_grad()
+def _nll(log_prob, x: torch.Tensor) -> float:
+    return -float(torch.cat([log_prob(xs) for xs in x.split(4096)]).double().mean())
+
+
+def run_one(dataset: str, model: str, seed: int, *, data_dir: str | os.PathLike, folder: str | os.PathLike,
+            config: EarthConfig) -> dict[str, Any]:
+    """Fit one table cell's run and write ``folder/result.json`` (and the fitted model); returns the result.
+
+    The result holds the NLL (nats, mean over points) of the train, validation and test splits, the
+    number of charts or components, epochs, wall and CPU seconds, and for ``cef`` rows the mean squared
+    distance from the test points to the learned surface.
+    """
+    one_of(model, MODELS, name="model")
+    folder = Path(folder)
+    wall, cpu = time.perf_counter(), time.process_time()
+    splits = load_earth(dataset, data_dir=data_dir, seed=seed)
+    torch.manual_seed(seed)
+    result: dict[str, Any] = {"dataset": dataset, "model": model, "seed": seed, "density": MODELS[model],
+                              "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+                              "config": config.to_dict()}
+    folder.mkdir(parents=True, exist_ok=True)
+    if model == "vmf":
+        sel = fit_vmf_mixture(splits.train, splits.val, components=config.components, seed=seed)
+        mixture = sel.model
+        log_prob = mixture.log_prob
+        mixture.save(folder / "vmf.json")
+        result.update(components=sel.components, components_val_nll={str(k): v for k, v in sel.val_nll.items()})
+    else:
+        flow = build_model(model, len(splits.train), config)
+        result.update(train_flow(flow, splits, config, seed))
+        result["charts"] = flow.K
+        result["parameters"] = sum(p.numel() for p in flow.parameters())
+        log_prob = flow.log_prob
+        if MODELS[model] == "learned surface":
+            with torch.no_grad():
+                result["reconstruction"] = float(flow.reconstruction(splits.test).double().mean())
+        flow.save(folder / "model")
+    result.update(train_nll=_nll(log_prob, splits.train), val_nll=_nll(log_prob, splits.val),
+                  test_nll=_nll(log_prob, splits.test))
+    result.update(seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
+    _write_json(folder / "result.json", result)
+    return result
+
+
+def load_fitted(folder: str | os.PathLike):
+    """The fitted model of a run folder: a :class:`VQFlow` or a :class:`VMFMixture`."""
+    folder = Path(folder)
+    if (folder / "vmf.json").exists():
+        return VMFMixture.load(folder / "vmf.json")
+    return VQFlow.load(folder / "model")
+
+
+# ----------------------------------------------------------------------------------------- the grid
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the grid; ``cost`` (training points times a model factor) orders and weighs the work."""
+
+    dataset: str
+    model: str
+    seed: int
+    folder: Path
+    cost: float
+
+    def done(self, config: EarthConfig) -> bool:
+        """Whether ``result.json`` exists and was made with ``config``."""
+        try:
+            stored = json.loads((self.folder / "result.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return stored.get("config") == config.to_dict()
+
+
+#: Rough relative cost per training point of each model, for ordering the runs and for the ETA.
+_COST = {"vmf": 0.3, "sphere": 1.0, "vq-sphere": 1.3, "cef": 1.0, "vq-cef": 1.3}
+
+
+def plan(out: str | os.PathLike, datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int],
+         data_dir: str | os.PathLike) -> list[Job]:
+    """Every dataset × model × seed, the most expensive first (so that two workers finish together)."""
+    sizes = {d: round(0.8 * len(_rows(d, data_dir))) for d in datasets}
+    jobs = [Job(d, m, s, Path(out) / "runs" / d / m / f"seed-{s}", sizes[d] * _COST[m])
+            for d in datasets for m in models for s in seeds]
+    return sorted(jobs, key=lambda j: -j.cost)
+
+
+def _rows(dataset: str, data_dir) -> np.ndarray:
+    from ..datasets.earth import earth_path, read_latlon
+
+    return read_latlon(earth_path(dataset, data_dir))
+
+
+def _execute(job: Job, data_dir: str, config: EarthConfig) -> dict[str, Any]:
+    try:
+        return run_one(job.dataset, job.model, job.seed, data_dir=data_dir, folder=job.folder, config=config)
+    except Exception as e:  # noqa: BLE001 - one failed run must not end the grid
+        job.folder.mkdir(parents=True, exist_ok=True)
+        error = {"dataset": job.dataset, "model": job.model, "seed": job.seed, "error": f"{type(e).__name__}: {e}"}
+        _write_json(job.folder / "error.json", error)
+        return error
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def run_grid(jobs: Sequence[Job], *, data_dir: str | os.PathLike, config: EarthConfig, workers: int = 1,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the unfinished ``jobs`` on ``workers`` processes of one torch thread each.
+
+    The bar advances by each run's cost, so its ETA weighs a fire run above a volcano run.
+    Returns counts (``total``, ``skipped``, ``trained``, ``failed`` with messages) and ``seconds``.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    pending = [j for j in jobs if not j.done(config)]
+    report: dict[str, Any] = {"total": len(jobs), "skipped": len(jobs) - len(pending), "trained": 0, "failures": []}
+    bar = tqdm(total=round(sum(j.cost for j in pending)), disable=not progress or not pending, file=sys.stderr,
+               desc="earth", smoothing=0, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+    bar.set_postfix_str(f"0/{len(pending)} runs")
+
+    def record(job: Job, result: dict[str, Any]) -> None:
+        if "error" in result:
+            report["failures"].append(f"{job.dataset}/{job.model}/seed-{job.seed}: {result['error']}")
+            bar.write(f"failed: {report['failures'][-1]}", file=sys.stderr)
+        else:
+            report["trained"] += 1
+        bar.update(round(job.cost))
+        bar.set_postfix_str(f"{report['trained'] + len(report['failures'])}/{len(pending)} runs", refresh=True)
+
+    data_dir = str(data_dir)
+    try:
+        if workers <= 1 or len(pending) <= 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                for job in pending:
+                    record(job, _execute(job, data_dir, config))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            # spawn: a fresh interpreter per worker, whatever threads torch started in this one
+            pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker)
+            try:
+                futures = {pool.submit(_execute, job, data_dir, config): job for job in pending}
+                for future in as_completed(futures):
+                    job = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as e:  # noqa: BLE001 - a worker that died (e.g. killed for memory)
+                        result = {"error": f"{type(e).__name__}: {e}"}
+                    record(job, result)
+            except KeyboardInterrupt:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        report["interrupted"] = True
+    finally:
+        bar.close()
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+# ---------------------------------------------------------------------------------------- the table
+
+
+def collect(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """The ``result.json`` of every finished job."""
+    out = []
+    for job in jobs:
+        path = job.folder / "result.json"
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+    return out
+
+
+def table(results: Sequence[dict[str, Any]], datasets: Sequence[str], models: Sequence[str]) -> dict[str, Any]:
+    """Mean ± std (``ddof=1``) of the test NLL per model and dataset, with the published rows.
+
+    Returns ``{"published": {method: {dataset: {"mean", "std"}}}, "rows": {model: {dataset: summary}}}``
+    where a summary also holds ``n``, ``values`` and ``seeds`` (and the mean ``reconstruction`` of
+    learned-surface rows, the mean chart count ``charts`` of flows and ``components`` of the vMF mixture).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for model in models:
+        rows[model] = {}
+        for d in datasets:
+            runs = sorted((r for r in results if r["model"] == model and r["dataset"] == d), key=lambda r: r["seed"])
+            s = summarize([r["test_nll"] for r in runs], [r["seed"] for r in runs])
+            cell = {"mean": s.mean, "std": s.std, "n": s.n, "values": list(s.values), "seeds": list(s.seeds),
+                    "val_mean": _mean(r["val_nll"] for r in runs)}
+            for key in ("reconstruction", "charts", "components", "cpu_seconds"):
+                if runs and key in runs[0]:
+                    cell[key] = _mean(r[key] for r in runs)
+            rows[model][d] = cell
+    published = {name: {d: {"mean": v[0], "std": v[1]} for d, v in cells.items() if d in datasets}
+                 for name, cells in PUBLISHED.items()}
+    return {"published": published, "rows": rows, "datasets": list(datasets)}
+
+
+def _mean(values) -> float | None:
+    v = [float(x) for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _label(model: str) -> str:
+    return {"vmf": "vMF mixture (EM)", "sphere": "sphere", "vq-sphere": "vq-sphere", "cef": "cef ‡",
+            "vq-cef": "vq-cef ‡"}[model]
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.2f}±{std:.2f}".replace("-", "−") if std is not None else f"{mean:.2f}".replace("-", "−")
+
+
+def markdown(t: dict[str, Any]) -> str:
+    """The table in Markdown: published rows (marked), then this package's rows; the best mean in bold."""
+    datasets = t["datasets"]
+    lines = ["| method | source | density w.r.t. | " + " | ".join(COLUMNS[d] for d in datasets) + " |",
+             "|---|---|---|" + "---|" * len(datasets)]
+    means = {d: [c[d]["mean"] for c in t["published"].values()] + [r[d]["mean"] for r in t["rows"].values()]
+             for d in datasets}
+    best = {d: min((m for m in means[d] if m is not None), default=None) for d in datasets}
+
+    def show(d: str, mean, std) -> str:
+        text = _cell(mean, std)
+        return f"**{text}**" if mean is not None and best[d] is not None and round(mean, 2) == round(best[d], 2) else text
+
+    for name, cells in t["published"].items():
+        lines.append(f"| {name} | published | unit sphere | "
+                     + " | ".join(show(d, cells[d]["mean"], cells[d]["std"]) for d in datasets) + " |")
+    for model, cells in t["rows"].items():
+        lines.append(f"| {_label(model)} | this run | {MODELS[model]} | "
+                     + " | ".join(show(d, cells[d]["mean"], cells[d]["std"]) for d in datasets) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(t: dict[str, Any]) -> str:
+    """The table in long form: ``method, source, density, dataset, mean, std, n``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "source", "density", "dataset", "mean", "std", "n"])
+    for name, cells in t["published"].items():
+        for d in t["datasets"]:
+            w.writerow([name, "published", "unit sphere", d, cells[d]["mean"], cells[d]["std"], 5])
+    for model, cells in t["rows"].items():
+        for d in t["datasets"]:
+            c = cells[d]
+            w.writerow([model, "this run", MODELS[model], d, _num(c["mean"]), _num(c["std"]), c["n"]])
+    return buf.getvalue()
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def comparisons(t: dict[str, Any], model: str = "vq-sphere") -> list[str]:
+    """Sentences comparing ``model``'s mean test NLL with three published rows, dataset by dataset."""
+    if model not in t["rows"]:
+        return []
+    lines = []
+    for method in ("Mixture of Kent", "Riemannian score-based", "Riemannian flow matching"):
+        ahead, behind = [], []
+        for d in t["datasets"]:
+            ours, theirs = t["rows"][model][d]["mean"], t["published"][method][d]["mean"]
+            if ours is None:
+                continue
+            (ahead if ours < theirs else behind).append(f"{COLUMNS[d]} ({_cell(ours, None)} vs {_cell(theirs, None)})")
+        lines.append(f"{model} vs {method}: lower NLL on {', '.join(ahead) or 'none'}; "
+                     f"higher on {', '.join(behind) or 'none'}.")
+    return lines
+
+
+# -------------------------------------------------------------------------------------- world maps
+
+
+@torch.no_grad()
+def world_map(log_prob, test_latlon: np.ndarray, path: str | os.PathLike, *, title: str,
+              degrees: float = MAP_DEGREES) -> tuple[Path, Path]:
+    """Log-density on an equirectangular lat/lon grid with the test points overlaid; writes PNG and PDF.
+
+    ``log_prob`` maps unit vectors ``(N, 3)`` float64 to ``(N,)`` log-densities w.r.t. the area of
+    the unit sphere. Cells are ``degrees`` wide; the colour scale spans the top 12 nats.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..datasets.earth import latlon_to_xyz
+
+    lon = np.arange(-180 + degrees / 2, 180, degrees)
+    lat = np.arange(-90 + degrees / 2, 90, degrees)
+    glat, glon = np.meshgrid(lat, lon, indexing="ij")
+    xyz = torch.from_numpy(latlon_to_xyz(glat.ravel(), glon.ravel()))
+    logp = torch.cat([log_prob(xs).double() for xs in xyz.split(4096)]).numpy().reshape(glat.shape)
+    fig, ax = plt.subplots(figsize=(10, 5.4))
+    top = float(np.max(logp))
+    image = ax.imshow(logp, origin="lower", extent=(-180, 180, -90, 90), cmap="magma", vmin=top - 12, vmax=top,
+                      interpolation="nearest", aspect="equal")
+    ax.scatter(test_latlon[:, 1], test_latlon[:, 0], s=3, c="#33ccff", linewidths=0, alpha=0.8, label="test points")
+    ax.set(xlabel="longitude (°)", ylabel="latitude (°)", title=title, xlim=(-180, 180), ylim=(-90, 90),
+           xticks=range(-180, 181, 60), yticks=range(-90, 91, 30))
+    ax.legend(loc="lower left", fontsize=8, markerscale=3)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="log p (nats; area of the unit sphere)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = path.with_suffix(".png"), path.with_suffix(".pdf")
+    fig.savefig(png, dpi=150)
+    fig.savefig(pdf)
+    plt.close(fig)
+    return png, pdf
+
+
+def draw_maps(t: dict[str, Any], jobs: Sequence[Job], out: Path, data_dir) -> list[Path]:
+    """One map per dataset: the unit-sphere VQ-Flow row with the lowest mean VALIDATION NLL, lowest seed."""
+    figures = []
+    candidates = [m for m in ("vq-sphere", "sphere") if m in t["rows"]]
+    for d in t["datasets"]:
+        scored = [(t["rows"][m][d]["val_mean"], m) for m in candidates if t["rows"][m][d]["val_mean"] is not None]
+        if not scored:
+            continue
+        model = min(scored)[1]
+        job = min((j for j in jobs if j.dataset == d and j.model == model and (j.folder / "result.json").exists()),
+                  key=lambda j: j.seed)
+        result = json.loads((job.folder / "result.json").read_text())
+        fitted = load_fitted(job.folder).double()
+        splits = load_earth(d, data_dir=data_dir, seed=job.seed)
+        title = (f"{COLUMNS[d]}: {model} (seed {job.seed}, K={result['charts']}), "
+                 f"test NLL {result['test_nll']:.2f} nats")
+        figures += world_map(fitted.log_prob, splits.split_latlon("test"), out / "figures" / d, title=title)
+    return figures
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, cores, load average and library versions, for the summary."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any], start: dict[str, Any],
+                     end: dict[str, Any], workers: int, config: EarthConfig, results: Sequence[dict[str, Any]],
+                     figures: Sequence[Path], out: Path) -> str:
+    """``summary.md``: the table, the comparisons, the timing and the machine."""
+    cpu_total = sum(r.get("cpu_seconds", 0.0) for r in results)
+    lines = [
+        "# Earth datasets on S²: test NLL (nats, lower is better)", "",
+        f"Command: `{command}`", "",
+        markdown(t),
+        "Rows marked *published* are copied from the literature (mean ± std over 5 seeds). Rows marked *this run*",
+        "are mean ± std (ddof=1) over the seeds here, each on its own random 80/10/10 split. Densities of "
+        "`vmf`, `sphere` and `vq-sphere` are exact and normalised w.r.t. the area of the unit sphere (uniform: "
+        f"ln 4π = {math.log(4 * math.pi):.3f}).",
+        "‡ `cef` and `vq-cef` learn their own surface; their density is w.r.t. the area of that surface, so their "
+        "NLL is comparable with the other rows only insofar as the surface is the unit sphere (mean squared "
+        "distance from the test points to it below).", "",
+    ]
+    lines += [f"- {s}" for s in comparisons(t)] + [""]
+    extra = ["| model | dataset | seeds | val NLL | K (mean) | vMF components | test reconstruction (mean sq. dist.) "
+             "| CPU s per run |", "|---|---|---|---|---|---|---|---|"]
+    for model, cells in t["rows"].items():
+        for d in t["datasets"]:
+            c = cells[d]
+            fmt = (lambda v, f: "—" if v is None else format(v, f))
+            extra.append(f"| {model} | {d} | {c['n']} | {fmt(c['val_mean'], '.3f')} | {fmt(c.get('charts'), '.0f')} "
+                         f"| {fmt(c.get('components'), '.0f')} | {fmt(c.get('reconstruction'), '.2e')} "
+                         f"| {fmt(c.get('cpu_seconds'), '.0f')} |")
+    lines += ["## Per-row details", ""] + extra + [""]
+    lines += [
+        "## Time and machine", "",
+        f"- Wall time of this invocation: {report['seconds']:.0f} s ({report['seconds'] / 60:.1f} min) for "
+        f"{report['trained']} runs trained, {report['skipped']} reused from earlier invocations, "
+        f"{len(report['failures'])} failed{' (interrupted)' if report.get('interrupted') else ''}.",
+        f"- CPU time summed over all {len(results)} runs in the table: {cpu_total:.0f} s ({cpu_total / 60:.1f} min).",
+        f"- {workers} worker process(es), one torch thread each.",
+        f"- CPU: {start['cpu']}; {start['logical_cores']} logical cores, {start['usable_cores']} usable by this process.",
+        f"- Load average (1, 5, 15 min) at start: {_load(start)}; at end: {_load(end)} "
+        "(on a shared machine, other users' work slows these runs).",
+        f"- Python {start['python']}, torch {start['torch']}, {start['platform']}.", "",
+        "## Hyperparameters (the same for every dataset)", "",
+        "```json", json.dumps(config.to_dict(), indent=1), "```", "",
+    ]
+    if report["failures"]:
+        lines += ["## Failed runs", ""] + [f"- {f}" for f in report["failures"]] + [""]
+    if figures:
+        lines += ["## Figures", ""] + [f"- `{p.relative_to(out)}`" for p in figures] + [""]
+    return "\n".join(lines)
+
+
+def _load(h: dict[str, Any]) -> str:
+    return "unknown" if h.get("load_average") is None else ", ".join(f"{v:.2f}" for v in h["load_average"])
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def _names(text: str, choices: Sequence[str], name: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise ValueError(f"{name}: expected a comma-separated list of {', '.join(choices)}, got {text!r}")
+    for item in items:
+        one_of(item, choices, name=name)
+    return list(dict.fromkeys(items))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vqflows benchmark --earth",
+                                description="Test NLL on the Earth datasets (S²) against the published table.")
+    p.add_argument("--earth", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--datasets", default=",".join(EARTH_DATASETS), help="comma-separated (default: all four)")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds/splits, 0..n-1 (default 5)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated among {', '.join(MODELS)}")
+    p.add_argument("--data-dir", default=os.environ.get("VQFLOWS_EARTH_DIR", "../shared/data/earth"),
+                   help="folder holding the four CSV files")
+    p.add_argument("--out", default="results/earth", help="output folder (runs, tables, figures, summary.md)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--epochs", type=int, default=None, help="most epochs per learning-rate stage")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="hyperparameter overrides, e.g. points_per_chart=48 lrs=[0.003]")
+    p.add_argument("--no-figures", action="store_true", help="skip the world maps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vqflows benchmark --earth``: run (or resume) the grid, then write the tables, maps and summary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        datasets = _names(args.datasets, list(EARTH_DATASETS), "datasets")
+        models = _names(args.models, list(MODELS), "models")
+        positive_int(args.seeds, name="seeds")
+        positive_int(args.jobs, name="jobs")
+        config = EarthConfig().with_overrides(args.set)
+        if args.epochs is not None:
+            config = dataclasses.replace(config, epochs=positive_int(args.epochs, name="epochs"))
+        if not Path(args.data_dir).is_dir():
+            raise ValueError(f"data-dir: expected the folder holding the Earth CSV files, got {args.data_dir!r}")
+        jobs = plan(args.out, datasets, models, list(range(args.seeds)), args.data_dir)
+    except ValueError as e:
+        print(f"vqflows benchmark --earth: error: {e}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = hardware()
+    report = run_grid(jobs, data_dir=args.data_dir, config=config, workers=args.jobs, progress=not args.quiet)
+    end = hardware()
+    results = [r for r in collect(jobs) if r.get("config") == config.to_dict()]
+    t = table(results, datasets, models)
+    (out / "table.md").write_text(markdown(t))
+    (out / "table.csv").write_text(csv_text(t))
+    figures = [] if args.no_figures or report.get("interrupted") else draw_maps(t, jobs, out, args.data_dir)
+    command = "vqflows benchmark " + " ".join(shlex.quote(a) for a in (["--earth"] + [a for a in argv if a != "--earth"]))
+    _write_json(out / "table.json", {**t, "config": config.to_dict(), "command": command, "report": report,
+                                     "hardware": {"start": start, "end": end}, "runs": results})
+    (out / "summary.md").write_text(summary_markdown(t, command=command, report=report, start=start, end=end,
+                                                     workers=args.jobs, config=config, results=results,
+                                                     figures=figures, out=out))
+    if not args.quiet:
+        print(markdown(t))
+        print(f"wrote {out / 'summary.md'} ({report['seconds']:.0f} s)")
+    if report.get("interrupted"):
+        return 130
+    return 1 if report["failures"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
