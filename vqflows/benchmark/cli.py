@@ -38,7 +38,9 @@ _GRID_KEYS = ("dataset", "model", "seed")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vqflows benchmark",
-                                description="Reproduce the paper's Tables 1 and 2 and Figures 1, 4 and 6.")
+                                description="Reproduce the paper's Tables 1 and 2 and Figures 1, 4 and 6. "
+                                "With --earth: the Earth-science study on the sphere (see --earth -h); "
+                                "with --images digits|mnist: the image study with FID (see --images digits -h).")
     p.add_argument("--table", type=int, choices=(1, 2), action="append",
                    help="1: test log-likelihood; 2: also score samples with a KDE (repeatable; default both "
                         "unless --ablation is given alone)")
@@ -64,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 on success, 1 if some runs failed, 2 on bad arguments, 130 on Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--earth" in argv:  # the Earth-science study on S² has its own options
+        from .earth import main as earth_main
+
+        return earth_main([a for a in argv if a != "--earth"])
+    if any(a == "--images" or a.startswith("--images=") for a in argv):  # the image study (FID)
+        from ..images.study import main as images_main
+
+        return images_main(argv)
     args = build_parser().parse_args(argv)
     try:
         return _run(args, argv)
