@@ -139,7 +139,7 @@ class VQAutoencoder(nn.Module):
         for epoch in range(epochs):
             if epoch == warmup:
                 self._init_codebook(x, seed)
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(x.device)
             total = 0.0
             for i in range(0, n, batch_size):
                 xb = x[perm[i:i + batch_size]]
@@ -163,7 +163,7 @@ class VQAutoencoder(nn.Module):
 
     @torch.no_grad()
     def _init_codebook(self, x: Tensor, seed: int) -> None:
-        e = self.encode(x).double().numpy()
+        e = self.encode(x).detach().cpu().double().numpy()
         km = KMeans(self.codes, n_init=1, random_state=seed).fit(e)
         self.codebook.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.codebook.dtype))
 
@@ -180,7 +180,7 @@ class VQAutoencoder(nn.Module):
             dmin = d2.min(-1).values.double()
             if float(dmin.sum()) <= 0:
                 return  # fewer distinct encodings than codes
-            pick = torch.multinomial(dmin / dmin.sum(), 1, generator=gen)
+            pick = torch.multinomial((dmin / dmin.sum()).cpu(), 1, generator=gen).to(e.device)
             self.codebook[dead[0]] = e[pick[0]]
 
 
@@ -206,7 +206,7 @@ class KMeansCharts(nn.Module):
     @torch.no_grad()
     def fit(self, x: Tensor, *, seed: int = 0, **unused) -> list[float]:
         self.standardise.fit(x)
-        km = KMeans(self.codes, n_init=3, random_state=seed).fit(self.encode(x).double().numpy())
+        km = KMeans(self.codes, n_init=3, random_state=seed).fit(self.encode(x).cpu().double().numpy())
         self.codebook.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.codebook.dtype))
         return [float(km.inertia_) / x.shape[0]]
 

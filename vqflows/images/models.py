@@ -21,7 +21,7 @@ Letters: N images, D = H·W pixels, K charts, C code dimension.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from scipy.stats import chi2
@@ -63,6 +63,8 @@ class ImageFrames(ChartFrames):
 
     def __init__(self, charts: int, features: int) -> None:
         super().__init__(charts, features)
+        #: whether the last fit gave every chart the same frame (then one product serves all rows)
+        self.shared = charts == 1
 
     @torch.no_grad()
     def fit(self, x: Tensor, member: Tensor, *, similarity_dim: int | None = None, prior_count: float = 4.0,
@@ -89,12 +91,18 @@ class ImageFrames(ChartFrames):
             one = self._fit_charts(x, member[:, :1], options)
             for name, value in zip(("shift", "matrix", "inverse_matrix", "logdet"), one):
                 getattr(self, name).copy_(value.expand_as(getattr(self, name)))
+            self.shared = True
             return
+        self.shared = K == 1
         chunk = chunk or max(1, (1 << 25) // max(1, n * dim))
         for start in range(0, K, chunk):
             part = self._fit_charts(x, member[:, start:start + chunk], options)
             for name, value in zip(("shift", "matrix", "inverse_matrix", "logdet"), part):
                 getattr(self, name)[start:start + chunk].copy_(value)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.shared = self.shift.shape[0] == 1  # loaded frames may differ per chart
 
     def _fit_charts(self, x: Tensor, member: Tensor, options: dict) -> tuple[Tensor, ...]:
         # A chart's frame depends only on x and its own membership column, so fitting a slice of
@@ -106,7 +114,7 @@ class ImageFrames(ChartFrames):
     def _grouped(self, matrices: Tensor, v: Tensor, k: Tensor) -> Tensor:
         """``out_i = M_{k_i} v_i`` with one product per chart present: ``(K, D, D), (M, D), (M,) -> (M, D)``."""
         K = matrices.shape[0]
-        if K == 1:
+        if K == 1 or self.shared:
             return v @ matrices[0].T
         order = torch.argsort(k)
         counts = torch.bincount(k, minlength=K).tolist()

@@ -27,7 +27,8 @@ _LABELS = {"realnvp": "RealNVP", "vq-realnvp": "VQ-RealNVP", "maf": "MAF", "vq-m
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (``ddof = 1``; ``None`` for fewer than two values)."""
+    """Mean and sample standard deviation (``ddof = 1``) of ``values``; the deviation is ``None`` for a
+    single value, and both are ``None`` if any value is missing or not finite."""
     v = [x for x in values if x is not None and math.isfinite(x)]
     if len(v) < len(values) or not v:
         return None, None  # a non-finite run makes the model's mean undefined: say so, do not hide it
