@@ -113,9 +113,9 @@ class EarthConfig:
         components: vMF mixture sizes tried, the best kept on validation.
     """
 
-    points_per_chart: int = 64
+    points_per_chart: int = 16
     min_charts: int = 2
-    max_charts: int = 160
+    max_charts: int = 640
     partition: str = "kmeans"
     m: int = 1
     eps: float = 0.0
