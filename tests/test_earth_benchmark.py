@@ -64,6 +64,22 @@ def test_fitted_vmf_mixture_integrates_to_one(data_dir):
     assert total == pytest.approx(1.0, abs=1e-6)
 
 
+def test_uniform_floor_keeps_unit_mass_and_is_chosen_on_validation():
+    mixture = VMFMixture([0.7, 0.3], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], [300.0, 50.0])
+    floored = lambda x: earth.with_floor(mixture.log_prob(x), 0.01)
+    assert sphere_quadrature(floored, 200, 400) == pytest.approx(1.0, abs=1e-6)
+    x = mixture.sample(2000, seed=0)
+    lp = mixture.log_prob(x)
+    assert torch.equal(earth.with_floor(lp, 0.0), lp)
+    assert torch.all(earth.with_floor(lp, 0.03) >= math.log(0.03 / (4 * math.pi)))
+    assert earth.choose_floor(lp) == 0.0  # the true density gains nothing from a floor
+    far = torch.cat([lp, mixture.log_prob(torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64))])
+    w = earth.choose_floor(far)
+    assert w > 0 and all(earth.with_floor(far, w).mean() >= earth.with_floor(far, v).mean() for v in earth.FLOOR_WEIGHTS)
+    with pytest.raises(ValueError, match="weight: expected 0 <= w < 1, got 1.0"):
+        earth.with_floor(lp, 1.0)
+
+
 # ---------------------------------------------------------------------------------------- config
 
 
@@ -140,12 +156,15 @@ def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
     assert runs["vq-sphere", 0]["charts"] == 6 and runs["vmf", 0]["components"] in (2, 4)
 
     table = json.loads((out / "table.json").read_text())
-    for model in ("vmf", "vq-sphere", "cef"):
-        values = [runs[model, s]["test_nll"] for s in (0, 1)]
-        cell = table["rows"][model]["volcano"]
+    assert list(table["rows"]) == ["vmf", "vmf+floor", "vq-sphere", "vq-sphere+floor", "cef"]
+    for row, model, key in [("vmf", "vmf", "test_nll"), ("vq-sphere", "vq-sphere", "test_nll"), ("cef", "cef", "test_nll"),
+                            ("vmf+floor", "vmf", "test_nll_floor"), ("vq-sphere+floor", "vq-sphere", "test_nll_floor")]:
+        values = [runs[model, s][key] for s in (0, 1)]
+        cell = table["rows"][row]["volcano"]
         assert cell["values"] == values and cell["seeds"] == [0, 1]
         assert cell["mean"] == pytest.approx(np.mean(values), abs=1e-12)
         assert cell["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    assert all(r["val_nll_floor"] <= r["val_nll"] for (m, _), r in runs.items() if m != "cef")
     # the two seeds are two different splits, so the runs differ
     assert runs["vmf", 0]["test_nll"] != runs["vmf", 1]["test_nll"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import datasets
-from .checks import one_of
+from .checks import one_of, override_pairs
 from .model import VQFlow
 from .training import History, fit
 
@@ -72,20 +72,8 @@ class RunConfig:
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> "RunConfig":
         """A copy with ``key=value`` overrides; unknown keys and values of the wrong type raise ``ValueError``."""
-        if isinstance(overrides, list):
-            pairs = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise ValueError(f"override: expected key=value, got {item!r}")
-                k, v = item.split("=", 1)
-                pairs[k.strip()] = v.strip()
-            overrides = pairs
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        out = {}
-        for key, value in overrides.items():
-            if key not in fields:
-                raise ValueError(f"override: expected one of {', '.join(sorted(fields))}, got {key!r}")
-            out[key] = _coerce(key, value, float if key in _FLOATS else type(getattr(self, key)))
+        out = {key: _coerce(key, value, float if key in _FLOATS else type(getattr(self, key)))
+               for key, value in override_pairs(self, overrides).items()}
         return dataclasses.replace(self, **out)
 
     def build_model(self, features: int) -> VQFlow:

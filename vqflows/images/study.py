@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..checks import one_of, positive_int
+from ..checks import one_of, override_pairs, positive_int
 from ..training import TrainingError
 from .data import DATASETS, ImageSplits, load_images
 from .dequantize import LogitDequantization, bits_per_dim
@@ -150,20 +150,7 @@ class StudyConfig:
     def with_overrides(self, overrides: dict[str, Any] | Sequence[str]) -> StudyConfig:
         """A copy with ``key=value`` overrides (strings are parsed as JSON, lists as ``a,b``);
         unknown keys and values of the wrong type raise ``ValueError``."""
-        if not isinstance(overrides, dict):
-            pairs = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise ValueError(f"override: expected key=value, got {item!r}")
-                key, value = item.split("=", 1)
-                pairs[key.strip()] = value.strip()
-            overrides = pairs
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        changes = {}
-        for key, value in overrides.items():
-            if key not in fields:
-                raise ValueError(f"override: expected one of {', '.join(sorted(fields))}, got {key!r}")
-            changes[key] = _coerce(key, value, getattr(self, key))
+        changes = {key: _coerce(key, value, getattr(self, key)) for key, value in override_pairs(self, overrides).items()}
         return dataclasses.replace(self, **changes)
 
     def flow_config(self, model: str) -> ImageFlowConfig:
