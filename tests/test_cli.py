@@ -92,3 +92,14 @@ def test_overrides_are_typed():
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "vqflows", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout
+
+
+def test_unavailable_device_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["train", "--device", "cuda", "--out", str(tmp_path / "r"), "--epochs", "1", *TINY]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+    assert main(["train", "--device", "tpu9", "--out", str(tmp_path / "r2"), "--epochs", "1", *TINY]) == 2
+    assert "device: expected" in capsys.readouterr().err

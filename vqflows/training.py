@@ -116,7 +116,12 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
     if val_points is not None and val.shape[0] > val_points:
         val = val[torch.randperm(val.shape[0], generator=torch.Generator().manual_seed(seed))[:val_points]]
     dtype = next(model.parameters()).dtype
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {str(device)!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: expected 'cpu' here (no CUDA device is available), got {str(device)!r}")
     model.to(device)
     train, val = train.to(device, dtype), val.to(device, dtype)
     torch.manual_seed(seed)
