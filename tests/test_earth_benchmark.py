@@ -187,3 +187,6 @@ def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
     after = {k: (out / "runs" / "volcano" / k[0] / f"seed-{k[1]}" / "result.json").stat().st_mtime_ns for k in runs}
     assert before == after
     assert json.loads((out / "table.json").read_text())["report"]["skipped"] == 6
+    invocations = json.loads((out / "invocations.json").read_text())
+    assert [(i["trained"], i["skipped"]) for i in invocations] == [(6, 0), (0, 6)]
+    assert "summed over the 1 invocation(s) that trained runs" in (out / "summary.md").read_text()

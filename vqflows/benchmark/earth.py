@@ -46,7 +46,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -95,8 +95,10 @@ TRAIN_EVAL = 2048
 #: validation per run (``0`` included, so a floor is used only when validation asks for one).
 FLOOR_WEIGHTS = (0.0, 1e-3, 1e-2, 3e-2)
 
-#: Resolution of the world maps, in degrees per cell.
-MAP_DEGREES = 1.0
+#: Cell sizes of the world maps, in degrees, finest first; a map takes the finest whose cells times
+#: charts stay within :data:`MAP_ROWS` flow evaluations (the mixture is summed over every chart).
+MAP_DEGREES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+MAP_ROWS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -619,11 +621,12 @@ def comparisons(t: dict[str, Any], model: str = "vq-sphere") -> list[str]:
 
 @torch.no_grad()
 def world_map(log_prob, test_latlon: np.ndarray, path: str | os.PathLike, *, title: str,
-              degrees: float = MAP_DEGREES) -> tuple[Path, Path]:
+              degrees: float = 1.0, dtype: torch.dtype = torch.float32) -> tuple[Path, Path]:
     """Log-density on an equirectangular lat/lon grid with the test points overlaid; writes PNG and PDF.
 
-    ``log_prob`` maps unit vectors ``(N, 3)`` float64 to ``(N,)`` log-densities w.r.t. the area of
-    the unit sphere. Cells are ``degrees`` wide; the colour scale spans the top 12 nats.
+    ``log_prob`` maps unit vectors ``(N, 3)`` of ``dtype`` to ``(N,)`` log-densities w.r.t. the area of
+    the unit sphere, evaluated at the cell centres. Cells are ``degrees`` wide; the colour scale spans
+    the top 12 nats.
     """
     import matplotlib
 
@@ -635,7 +638,7 @@ def world_map(log_prob, test_latlon: np.ndarray, path: str | os.PathLike, *, tit
     lon = np.arange(-180 + degrees / 2, 180, degrees)
     lat = np.arange(-90 + degrees / 2, 90, degrees)
     glat, glon = np.meshgrid(lat, lon, indexing="ij")
-    xyz = torch.from_numpy(latlon_to_xyz(glat.ravel(), glon.ravel()))
+    xyz = torch.from_numpy(latlon_to_xyz(glat.ravel(), glon.ravel())).to(dtype)
     logp = torch.cat([log_prob(xs).double() for xs in xyz.split(4096)]).numpy().reshape(glat.shape)
     fig, ax = plt.subplots(figsize=(10, 5.4))
     top = float(np.max(logp))
@@ -657,22 +660,29 @@ def world_map(log_prob, test_latlon: np.ndarray, path: str | os.PathLike, *, tit
 
 
 def draw_maps(t: dict[str, Any], jobs: Sequence[Job], out: Path, data_dir) -> list[Path]:
-    """One map per dataset: the unit-sphere VQ-Flow row with the lowest mean VALIDATION NLL, lowest seed."""
+    """One map per dataset: the unit-sphere VQ-Flow with the lowest mean VALIDATION NLL, its lowest seed.
+
+    Models are compared by their ``+floor`` rows, whose validation NLL one far-off point cannot swamp;
+    the map shows the model's own density.
+    """
     figures = []
     candidates = [m for m in ("vq-sphere", "sphere") if m in t["rows"]]
     for d in t["datasets"]:
-        scored = [(t["rows"][m][d]["val_mean"], m) for m in candidates if t["rows"][m][d]["val_mean"] is not None]
+        scored = [(t["rows"][f"{m}+floor"][d]["val_mean"], m) for m in candidates
+                  if t["rows"][f"{m}+floor"][d]["val_mean"] is not None]
         if not scored:
             continue
         model = min(scored)[1]
         job = min((j for j in jobs if j.dataset == d and j.model == model and (j.folder / "result.json").exists()),
                   key=lambda j: j.seed)
         result = json.loads((job.folder / "result.json").read_text())
-        fitted = load_fitted(job.folder).double()
+        fitted = load_fitted(job.folder)
         splits = load_earth(d, data_dir=data_dir, seed=job.seed)
+        degrees = next((g for g in MAP_DEGREES if (360 / g) * (180 / g) * fitted.K <= MAP_ROWS), MAP_DEGREES[-1])
         title = (f"{COLUMNS[d]}: {model} (seed {job.seed}, K={result['charts']}), "
-                 f"test NLL {result['test_nll']:.2f} nats")
-        figures += world_map(fitted.log_prob, splits.split_latlon("test"), out / "figures" / d, title=title)
+                 f"test NLL {result['test_nll']:.2f} nats; {degrees:g}° cells")
+        figures += world_map(fitted.log_prob, splits.split_latlon("test"), out / "figures" / d, title=title,
+                             degrees=degrees)
     return figures
 
 
@@ -697,10 +707,13 @@ def hardware() -> dict[str, Any]:
 
 def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any], start: dict[str, Any],
                      end: dict[str, Any], workers: int, configs: dict[str, EarthConfig],
-                     results: Sequence[dict[str, Any]],
-                     figures: Sequence[Path], out: Path) -> str:
+                     results: Sequence[dict[str, Any]], figures: Sequence[Path], out: Path,
+                     invocations: Sequence[dict[str, Any]] = ()) -> str:
     """``summary.md``: the table, the comparisons, the timing and the machine."""
     cpu_total = sum(r.get("cpu_seconds", 0.0) for r in results)
+    this = invocations[-1]["seconds"] if invocations else report["seconds"]
+    training = [i for i in invocations if i["trained"] or i["failed"]]
+    total = sum(i["seconds"] for i in training)
     lines = [
         "# Earth datasets on S²: test NLL (nats, lower is better)", "",
         f"Command: `{command}`", "",
@@ -729,10 +742,13 @@ def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any],
     lines += ["## Per-row details", ""] + extra + [""]
     lines += [
         "## Time and machine", "",
-        f"- Wall time of this invocation: {report['seconds']:.0f} s ({report['seconds'] / 60:.1f} min) for "
-        f"{report['trained']} runs trained, {report['skipped']} reused from earlier invocations, "
-        f"{len(report['failures'])} failed{' (interrupted)' if report.get('interrupted') else ''}.",
-        f"- CPU time summed over all {len(results)} runs in the table: {cpu_total:.0f} s ({cpu_total / 60:.1f} min).",
+        f"- Wall time of this invocation (runs, tables and maps): {this:.0f} s ({this / 60:.1f} min), of which the runs "
+        f"{report['seconds']:.0f} s: {report['trained']} runs trained, {report['skipped']} reused from earlier "
+        f"invocations, {len(report['failures'])} failed{' (interrupted)' if report.get('interrupted') else ''}.",
+        f"- Wall time summed over the {len(training)} invocation(s) that trained runs (`invocations.json`): "
+        f"{total:.0f} s ({total / 60:.1f} min).",
+        f"- CPU time summed over all {len(results)} runs in the table: {cpu_total:.0f} s ({cpu_total / 60:.1f} min); "
+        f"divided by {workers} worker(s): {cpu_total / workers / 60:.1f} min, the wall time on {workers} idle core(s).",
         f"- {workers} worker process(es), one torch thread each.",
         f"- CPU: {start['cpu']}; {start['logical_cores']} logical cores, {start['usable_cores']} usable by this process.",
         f"- Load average (1, 5, 15 min) at start: {_load(start)}; at end: {_load(end)} "
@@ -746,6 +762,22 @@ def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any],
     if figures:
         lines += ["## Figures", ""] + [f"- `{p.relative_to(out)}`" for p in figures] + [""]
     return "\n".join(lines)
+
+
+def _log_invocation(out: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append ``entry`` to ``out/invocations.json`` and return every invocation so far.
+
+    A study resumed over several invocations is timed by their sum; the runs reused by an
+    invocation were timed by the one that trained them.
+    """
+    path = out / "invocations.json"
+    try:
+        past = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        past = []
+    past = (past if isinstance(past, list) else []) + [entry]
+    _write_json(path, past)
+    return past
 
 
 def _load(h: dict[str, Any]) -> str:
@@ -811,24 +843,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"vqflows benchmark --earth: error: {e}", file=sys.stderr)
         return 2
+    wall = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = hardware()
     report = run_grid(jobs, data_dir=args.data_dir, configs=configs, workers=args.jobs, progress=not args.quiet)
-    end = hardware()
     results = [r for r in collect(jobs) if r.get("config") == configs[r["model"]].to_dict(r["model"])]
     t = table(results, datasets, models)
     (out / "table.md").write_text(markdown(t))
     (out / "table.csv").write_text(csv_text(t))
-    figures = [] if args.no_figures or report.get("interrupted") else draw_maps(t, jobs, out, args.data_dir)
+    figures = []
+    if not (args.no_figures or report.get("interrupted")):
+        torch.set_num_threads(args.jobs)  # the workers are done: the maps may use their cores
+        figures = draw_maps(t, jobs, out, args.data_dir)
+        torch.set_num_threads(1)
+    end = hardware()
     command = "vqflows benchmark " + " ".join(shlex.quote(a) for a in (["--earth"] + [a for a in argv if a != "--earth"]))
+    invocations = _log_invocation(out, {
+        "command": command, "started": started, "seconds": time.perf_counter() - wall,
+        "grid_seconds": report["seconds"], "trained": report["trained"], "skipped": report["skipped"],
+        "failed": len(report["failures"]), "interrupted": bool(report.get("interrupted")), "workers": args.jobs,
+        "load_start": start["load_average"], "load_end": end["load_average"]})
     _write_json(out / "table.json", {**t, "configs": {m: c.to_dict(m) for m, c in configs.items()},
-                                     "command": command, "report": report,
+                                     "command": command, "report": report, "invocations": invocations,
                                      "hardware": {"start": start, "end": end}, "runs": results})
     (out / "summary.md").write_text(summary_markdown(t, command=command, report=report, start=start, end=end,
                                                      workers=args.jobs, configs=configs, results=results,
-                                                     figures=figures, out=out))
+                                                     figures=figures, out=out, invocations=invocations))
     if not args.quiet:
         print(markdown(t))
         print(f"wrote {out / 'summary.md'} ({report['seconds']:.0f} s)")
