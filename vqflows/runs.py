@@ -54,7 +54,7 @@ class RunConfig:
     frames: bool = True
     flow_options: dict = field(default_factory=dict)
     device: str = "cpu"
-    threads: int = 0
+    threads: int = 1  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
 
     def __post_init__(self) -> None:
         one_of(self.model, MODELS, name="model")

@@ -121,7 +121,7 @@ class EarthConfig:
 
     points_per_chart: int = 16
     min_charts: int = 2
-    max_charts: int = 640
+    max_charts: int = 512
     partition: str = "kmeans"
     m: int = 1
     eps: float = 0.0
@@ -199,7 +199,7 @@ def default_configs() -> dict[str, EarthConfig]:
     density is not w.r.t. the unit sphere), and on two cores their cost would otherwise double the study.
     """
     main = EarthConfig()
-    side = dataclasses.replace(main, points_per_chart=64, transforms=5, hidden=64, lrs=(3e-3,), epochs=60)
+    side = dataclasses.replace(main, points_per_chart=64, transforms=5, hidden=64, lrs=(3e-3,), epochs=40)
     return {"vmf": main, "sphere": main, "vq-sphere": main, "cef": side, "vq-cef": side}
 
 
