@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 from . import datasets
-from .model import VQFlow
+from .model import VQFlow, build
 from .runs import MODELS, RunConfig, evaluate_run, load_run, train_run
 from .training import History, TrainingError, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["datasets", "VQFlow", "fit", "History", "TrainingError", "RunConfig", "MODELS",
+__all__ = ["datasets", "VQFlow", "build", "fit", "History", "TrainingError", "RunConfig", "MODELS",
            "train_run", "evaluate_run", "load_run"]

@@ -284,3 +284,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def build(features: int, flow: str = "maf", charts: int | None = 32, **options: Any) -> VQFlow:
+    """A VQ-Flow on ``R^features`` from option names (``flow``, ``charts``, ``partition``, ``m``, ...)."""
+    return VQFlow(features, flow, charts, **options)
