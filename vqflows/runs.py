@@ -23,7 +23,7 @@ import torch
 
 from . import datasets
 from .checks import one_of, override_pairs
-from .model import VQFlow
+from .model import VQFlow, build
 from .training import History, fit
 
 #: Model names: base flows and their VQ versions.
@@ -77,7 +77,7 @@ class RunConfig:
         return dataclasses.replace(self, **out)
 
     def build_model(self, features: int) -> VQFlow:
-        return VQFlow(features, self.flow, self.charts if self.is_vq else None, partition=self.partition,
+        return build(features, self.flow, self.charts if self.is_vq else None, partition=self.partition,
                       latent=self.latent, m=self.m, eps=self.eps, transforms=self.transforms,
                       hidden_features=(self.hidden, self.hidden), manifold_dim=self.manifold_dim,
                       frames=self.frames, flow_options=self.flow_options)

@@ -121,11 +121,16 @@ class SphereCEF(CEF):
         torch.Size([4])
     """
 
+    frame = "rotation"
+
     def __init__(self, radius: float = 1.0, centre=None, *, context: int = 0, pole: str = "north",
                  rotation=None, transforms: int = 5, hidden_features: Sequence[int] = (64, 64)) -> None:
         embedding = stereographic_embedding(radius, centre, pole=pole, rotation=rotation)
         super().__init__(3, context, 2, transforms, hidden_features, alpha=1.0, beta=0.0, embedding=embedding)
         self.radius = _radius(radius)
+        rot = torch.eye(3, dtype=torch.float64) if rotation is None else torch.as_tensor(rotation, dtype=torch.float64)
+        #: where ``u = 0`` lands, seen from the centre: rotation frames turn each chart's centre onto it
+        self.axis = rot[:, 2] * (1.0 if pole == "south" else -1.0)
         self.register_buffer("centre", torch.zeros(3) if centre is None else _vector3(centre, "centre").to(torch.get_default_dtype()))
 
     def _project(self, x: Tensor, c: Tensor | None) -> Tensor:
