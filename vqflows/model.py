@@ -422,6 +422,9 @@ class VQFlow(nn.Module):
         except Exception as e:  # torch raises several kinds for empty, truncated or foreign files
             raise ValueError(f"weights.pt: expected a state_dict saved by vqflows, got an unreadable file in "
                              f"{str(path)!r} ({type(e).__name__})") from e
+        floats = [t.dtype for t in state.values() if isinstance(t, Tensor) and t.is_floating_point()]
+        if floats:  # the model comes back in the dtype it was saved in
+            model.to(floats[0])
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as e:

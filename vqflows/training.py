@@ -315,6 +315,8 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
     history = history or History()
     rank, world = _world()
     device = model.log_weights.device
+    if val is not None:
+        val = as_points(val, model.features, name="val")
     gen = torch.Generator().manual_seed(seed)
     if early_stopping is not None and early_stopping.points is not None and val.shape[0] > early_stopping.points:
         val = val[torch.randperm(val.shape[0], generator=torch.Generator().manual_seed(seed))[:early_stopping.points]]
@@ -325,7 +327,10 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
                 return model.chart_distances(x).topk(min(top, model.K), dim=-1, largest=False).indices
             return _drop_strays(model, x, membership(model.chart_distances(x), model.m, model.eps))
 
-    fixed = None if callable(train) else train
+    dtype = model.log_weights.dtype
+    fixed = None if callable(train) else as_points(train, model.features, name="train").to(device, dtype)
+    if val is not None:
+        val = as_points(val, model.features, name="val").to(device, dtype)
     assigned = charts_of(fixed) if fixed is not None else None
 
     logits = None
