@@ -77,7 +77,7 @@ def _cmd_sample(args) -> int:
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in SAMPLE_FORMATS:
-        raise ValueError(f"out: expected a file ending in {', '.join(SAMPLE_FORMATS)}, got {str(out)!r}")
+        raise ValueError(f"out: expected a file ending in .npy, .csv or .txt, got {str(out)!r}")
     if not out.parent.is_dir():
         raise ValueError(f"out: expected a file in an existing folder, got {str(out)!r} "
                          f"(no folder {str(out.parent)!r})")

@@ -408,7 +408,7 @@ def load_run(path: str | os.PathLike) -> tuple[VQFlow, RunConfig]:
     except ValueError:
         raise
     except (RuntimeError, EOFError, OSError, TypeError, KeyError, pickle.UnpicklingError) as e:
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0][:120]
         raise ValueError(f"{where}: expected the weights and settings written by training, got unreadable files "
                          f"({type(e).__name__}: {detail})") from None
     return model, config
