@@ -19,7 +19,7 @@ from vqflows.cli import main
 from vqflows.model import VQFlow
 from vqflows.runs import RunConfig, RunInterrupted, fit_supports_checkpoint, load_data, load_run, train_run
 
-TINY = dict(dataset="helix", n=200, epochs=2, charts=2, chart_epochs=1, hidden=8, transforms=1)
+TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "chart_epochs": 1, "hidden": 8, "transforms": 1}
 TINY_CLI = ["--epochs", "1", "--quiet", "--set", "n=200", "charts=2", "chart_epochs=1", "hidden=8", "transforms=1"]
 
 

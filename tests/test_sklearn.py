@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import check_estimator
 from vqflows import datasets
 from vqflows.sklearn import VQFlowDensity
 
-SMALL = dict(epochs=2, chart_epochs=1, transforms=1, hidden=8, batch_size=64)
+SMALL = {"epochs": 2, "chart_epochs": 1, "transforms": 1, "hidden": 8, "batch_size": 64}
 
 
 @pytest.fixture(scope="module")

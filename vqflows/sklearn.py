@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class VQFlowDensity(BaseEstimator):
     """
 
     #: ``check_estimator`` checks this estimator is known to fail, each with the reason.
-    EXPECTED_FAILED_CHECKS: dict[str, str] = {}
+    EXPECTED_FAILED_CHECKS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, *, flow: str = "maf", charts: int | None = 32, partition: str = "vqae", latent: int = 3,
                  m: int = 1, eps: float = 0.0, transforms: int = 5, hidden: int = 64, manifold_dim: int = 2,
