@@ -195,8 +195,6 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
         torch.set_num_threads(config.threads)
     splits = load_data(config)
     spread(splits.train, name=config.dataset, every_column=config.flow != "cef")
-    if splits.path is not None:  # evaluate later from anywhere: the file is named absolutely
-        config = dataclasses.replace(config, dataset=splits.path)
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
 
@@ -290,8 +288,7 @@ def _check_resumable(out: Path, config: RunConfig, splits: datasets.Splits) -> N
         k = differ[0]
         raise ValueError(f"resume: expected the settings of the run in {str(out)!r}, got {k}={getattr(config, k)!r} "
                          f"where the run has {k}={getattr(saved, k)!r}")
-    if (out / "data.json").exists():
-        _check_data(out, splits)
+    _check_data(out, splits)
 
 
 @contextlib.contextmanager
@@ -402,7 +399,7 @@ def load_run(path: str | os.PathLike) -> tuple[VQFlow, RunConfig]:
     where = path / "model"
     try:
         model = VQFlow.load(where)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{where / 'config.json'}: expected the model's JSON settings, got unreadable JSON ({e})"
                          ) from None
     except ValueError:
@@ -414,15 +411,25 @@ def load_run(path: str | os.PathLike) -> tuple[VQFlow, RunConfig]:
     return model, config
 
 
-def _check_data(path: Path, splits: datasets.Splits) -> None:
-    """Refuse a data file whose bytes differ from those the run at ``path`` was trained on."""
+def _data_record(path: Path) -> dict | None:
+    """The data file a run was trained on (``data.json``: absolute path, sha256), or ``None`` for a built-in set."""
+    if not (path / "data.json").exists():
+        return None
     try:
-        recorded = json.loads((path / "data.json").read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        record = json.loads((path / "data.json").read_text())
+        if not (isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)):
+            raise TypeError(record)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path / 'data.json'}: expected the data file's path and sha256, got unreadable data "
                          f"({type(e).__name__})") from None
-    if splits.sha256 != recorded:
-        raise ValueError(f"dataset: expected the file the run was trained on (sha256 {recorded[:12]}...), "
+    return record
+
+
+def _check_data(path: Path, splits: datasets.Splits) -> None:
+    """Refuse a data file whose bytes differ from those the run at ``path`` was trained on."""
+    record = _data_record(path)
+    if record is not None and splits.sha256 != record["sha256"]:
+        raise ValueError(f"dataset: expected the file the run was trained on (sha256 {record['sha256'][:12]}...), "
                          f"got a changed file {splits.path!r} (sha256 {str(splits.sha256)[:12]}...)")
 
 
@@ -438,9 +445,11 @@ def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     except ValueError:
         metrics = {}  # the numbers are recomputed below
+    record = _data_record(path)
+    if record is not None:  # the absolute path: evaluation works from any directory
+        config = dataclasses.replace(config, dataset=record["path"])
     splits = load_data(config)
-    if splits.path is not None and (path / "data.json").exists():
-        _check_data(path, splits)
+    _check_data(path, splits)
     metrics.update({"dataset": config.dataset, "model": config.model, "seed": config.seed})
     metrics.update(evaluate(model, splits))
     metrics["parameters"] = parameters(model)
