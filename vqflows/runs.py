@@ -82,17 +82,13 @@ class RunConfig:
             self.m = 2 if self.model == "vq-cef" else 1
         if not isinstance(self.dataset, str):
             raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
+        # counts are checked here, before any data is loaded; lr and eps are checked where they are used
         for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1), ("charts", 1),
                            ("latent", 1), ("m", 1), ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
                            ("manifold_dim", 1), ("threads", 0)):
             positive_int(getattr(self, key), name=key, minimum=least)
         if self.n is not None:
             positive_int(self.n, name="n")
-        for key, least in (("lr", None), ("eps", 0.0)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
-                    v <= 0 if least is None else v < least):
-                raise ValueError(f"{key}: expected a finite number {'> 0' if least is None else '>= 0'}, got {v!r}")
 
     @property
     def flow(self) -> str:
