@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+from vqflows.geometry import sample_vmf
 from vqflows.vmf import (
     KAPPA_MAX,
     VMFMixture,
@@ -129,6 +130,19 @@ def test_vmf_sample_matches_density(kappa):
     # The azimuth around μ is uniform: the component orthogonal to μ averages to zero.
     perp = x - torch.from_numpy(w)[:, None] * mu
     assert float(perp.mean(0).norm()) < 5 * math.sqrt(float((perp**2).sum(1).mean()) / n)
+
+
+def test_samplers_are_the_geometry_sampler():
+    mu = unit(0.3, -0.5, 0.8)
+    x = vmf_sample(mu, 7.0, 50, rng=np.random.default_rng(3))
+    assert np.array_equal(x.numpy(), sample_vmf(np.tile(mu.numpy(), (50, 1)), 7.0, np.random.default_rng(3)))
+    # a mixture draws its counts, then each component's points, then a permutation, from one stream
+    rng = np.random.default_rng(4)
+    counts = rng.multinomial(60, [0.25, 0.75])
+    means = torch.stack([mu, unit(1, 0, 0)])
+    parts = [sample_vmf(np.tile(means[k].numpy(), (counts[k], 1)), kappa, rng) for k, kappa in enumerate((2.0, 0.5))]
+    expected = np.concatenate(parts)[rng.permutation(60)]
+    assert np.array_equal(VMFMixture([0.25, 0.75], means, [2.0, 0.5]).sample(60, seed=4).numpy(), expected)
 
 
 def test_vmf_sample_is_seeded():

@@ -309,10 +309,9 @@ def _log_normalizer_any_dim(kappa: np.ndarray, p: int) -> np.ndarray:
         # near m = κ² / (4 (v + 1)) for κ ≪ v, the only regime outside κ < 1 that reaches here.
         terms = 40 + int(np.ceil(4 * (k**2).max(initial=0.0) / (4 * (v + 1))))
         m = np.arange(terms, dtype=np.float64)[:, None]
-        with np.errstate(divide="ignore"):
-            log_quarter_k2 = 2 * np.log(k / 2)
-        log_terms = np.where(m == 0, 0.0, m * log_quarter_k2) - special.gammaln(m + 1) \
-            - special.gammaln(m + v + 1) + special.gammaln(v + 1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # κ = 0 leaves only the m = 0 term
+            power = np.where(m == 0, 0.0, m * 2 * np.log(k / 2))
+        log_terms = power - special.gammaln(m + 1) - special.gammaln(m + v + 1) + special.gammaln(v + 1)
         log_s = special.logsumexp(log_terms, axis=0)
         out[series] = k + v * _LOG_2 + special.gammaln(v + 1) + const - log_s
     return out
