@@ -122,10 +122,11 @@ def test_vmf_sample_matches_density(kappa):
     # Mean resultant length E[μᵀx] = coth κ - 1/κ, within five standard errors.
     assert abs(w.mean() - mean_cosine(kappa)) < 5 * w.std() / math.sqrt(n) + 1e-12
     # The law of w: F(w) = (1 - e^{-κ(w+1)}) e^{κ(w-1)} / (1 - e^{-2κ}), uniform on [-1, 1] at κ = 0.
-    if kappa == 0.0:
-        cdf = lambda t: (t + 1) / 2  # noqa: E731
-    else:
-        cdf = lambda t: -np.expm1(-kappa * (t + 1)) * np.exp(kappa * (t - 1)) / -np.expm1(-2 * kappa)  # noqa: E731
+    def cdf(t):
+        if kappa == 0.0:
+            return (t + 1) / 2
+        return -np.expm1(-kappa * (t + 1)) * np.exp(kappa * (t - 1)) / -np.expm1(-2 * kappa)
+
     assert stats.kstest(w, cdf).pvalue > 1e-3
     # The azimuth around μ is uniform: the component orthogonal to μ averages to zero.
     perp = x - torch.from_numpy(w)[:, None] * mu
@@ -252,7 +253,7 @@ def test_fit_is_seeded_and_sample_follows_weights():
 
 
 def test_save_load_round_trip(tmp_path):
-    truth, x = three_caps(200, seed=4)
+    _, x = three_caps(200, seed=4)
     model = VMFMixture.fit(x, components=5, iters=50, seed=0)
     model.save(tmp_path / "m.json")
     loaded = VMFMixture.load(tmp_path / "m.json")
