@@ -118,7 +118,8 @@ def rotation_to(direction) -> Tensor:
                      torch.stack([-v2, v1, zero], -1)], -2)
     eye = torch.eye(3, dtype=d.dtype, device=d.device)
     r = eye + k + k @ k / (1 + d[..., 2])[..., None, None]
-    return torch.where(south[..., None, None], flip[:, None] * r, r)
+    # H Q; adding 0 turns the -0 entries that negating rows leaves into 0
+    return torch.where(south[..., None, None], flip[:, None] * r + 0.0, r)
 
 
 def tangent_basis(direction):
