@@ -167,18 +167,18 @@ class ChartFrames(nn.Module):
         return tuple(t.to(dt) for t in frame)  # type: ignore[return-value]
 
     def _fit_rotations(self, x: Tensor, member: Tensor, axis: Tensor | None) -> None:
-        from .flows.sphere import rotation_to
+        from .geometry import rotation_to
 
         x = x.double()
         w = member.double()
-        target = rotation_to(torch.tensor([0.0, 0.0, 1.0]) if axis is None else axis)  # R_a e_3 = axis
+        target = rotation_to(x.new_tensor([0.0, 0.0, 1.0]) if axis is None else axis.to(x))  # R_a e_3 = axis
         glob = x.mean(0)
         for k in range(self.charts):
             m = w[:, k] @ x if w[:, k].sum() > 0 else glob
             if float(m.norm()) < 1e-9:
-                m = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+                m = x.new_tensor([0.0, 0.0, 1.0])
             # A_k = R_a R_kᵀ turns the chart's mean direction onto the axis (R_k e_3 = m_k / |m_k|)
-            r = rotation_to(m.cpu())
+            r = rotation_to(m)
             a = r.T if axis is None else target @ r.T
             self.shift[k].zero_()
             self.matrix[k].copy_(a.to(self.matrix))
