@@ -17,7 +17,7 @@ import torch
 from vqflows import datasets
 from vqflows.cli import main
 from vqflows.model import VQFlow
-from vqflows.runs import RunConfig, RunInterrupted, fit_supports_checkpoint, load_data, load_run, train_run
+from vqflows.runs import RunConfig, RunInterrupted, load_data, load_run, train_run
 
 TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "chart_epochs": 1, "hidden": 8, "transforms": 1}
 TINY_CLI = ["--epochs", "1", "--quiet", "--set", "n=200", "charts=2", "chart_epochs=1", "hidden=8", "transforms=1"]
@@ -147,8 +147,6 @@ def test_ctrl_c_in_the_chart_stage_claims_no_weights(tmp_path, capsys, monkeypat
     assert not (out / "model").exists() and (out / "config.json").exists() and not (out / ".lock").exists()
 
 
-@pytest.mark.xfail(not fit_supports_checkpoint(), strict=False,
-                   reason="vqflows.fit takes no checkpoint= yet: --resume starts the run over")
 def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path):
     config = RunConfig(**{**TINY, "epochs": 3, "patience": 5})
     whole = train_run(config, tmp_path / "whole")

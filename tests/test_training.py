@@ -174,3 +174,24 @@ def test_two_gloo_ranks_take_the_same_steps_as_one_process(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
     x = val[:20].double()
     torch.testing.assert_close(two.log_prob(x), one.log_prob(x), rtol=1e-9, atol=1e-9)
+
+
+def test_torchrun_trains_one_run_with_two_gloo_processes(tmp_path):
+    """``torchrun --nproc_per_node=2 -m vqflows train``: one run folder, written by rank 0, that loads and scores."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "vqflows", "train", "--dataset", "helix", "--out", str(out),
+           "--epochs", "2", "--json", "--set", "n=1000", "charts=4", "chart_epochs=2", "hidden=16", "transforms=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count('"test_log_likelihood"') == 1  # only rank 0 reports
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    from vqflows.runs import evaluate_run
+
+    again = evaluate_run(out)
+    assert again["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"], abs=1e-6)
+    assert not (out / ".lock").exists()

@@ -40,6 +40,8 @@ def _cmd_train(args) -> int:
     except RunInterrupted as e:
         print(f"vqflows train: {e}", file=sys.stderr)
         return 130
+    if not metrics:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0
     metrics["out"] = str(out)
     _report(metrics, args.json)
     return 0

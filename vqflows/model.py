@@ -115,7 +115,7 @@ class VQFlow(nn.Module):
     def _ref(self) -> Tensor:
         return self.log_weights
 
-    def _input(self, x, name: str = "x", min_points: int = 1) -> Tensor:
+    def _input(self, x, name: str = "x", min_points: int = 0) -> Tensor:
         """``x`` (tensor of any float dtype, numpy array or nested list) as ``(N, D)`` in the model's dtype and device."""
         return as_points(x, self.features, name=name, min_points=min_points, dtype=self._ref.dtype).to(self._ref.device)
 
@@ -215,6 +215,8 @@ class VQFlow(nn.Module):
             return self._all_charts(x, chunk)
 
     def _all_charts(self, x: Tensor, chunk: int = CHUNK) -> Tensor:
+        if x.shape[0] == 0:
+            return x.new_zeros(0, self.K)
         rows = max(1, chunk // self.K)
         out = []
         for xs in x.split(rows):
@@ -358,7 +360,8 @@ class VQFlow(nn.Module):
         one_of(mode, ENCODE_MODES, name="mode")
         x = self._input(x)
         with torch.set_grad_enabled(self._graph(x, None)):
-            parts = [self._encode(xs, mode, generator) for xs in x.split(max(1, chunk // max(self.m, 1)))]
+            parts = [self._encode(xs, mode, generator) for xs in x.split(max(1, chunk // max(self.m, 1)))] \
+                if len(x) else []
         z = torch.cat([p[0] for p in parts]) if parts else x.new_zeros(0, self.manifold_dim)
         charts = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.long, device=x.device)
         return (z, charts) if return_charts else z

@@ -30,13 +30,14 @@ from typing import Any
 
 import torch
 
-from . import datasets
+from . import datasets, presets
 from .checks import one_of, override_pairs, positive_int, spread
-from .model import VQFlow, build
-from .training import History, fit
+from .model import VQFlow
+from .training import OBJECTIVES, History, fit
 
-#: Model names: base flows and their VQ versions.
-MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf", "nsf", "vq-nsf", "cef", "vq-cef", "sphere", "vq-sphere")
+#: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
+#: belong to the image study).
+MODELS = tuple(name for name in presets.names() if not name.startswith("image-"))
 
 #: Files a run writes into its folder (besides ``model/``); ``overwrite`` removes exactly these.
 RUN_FILES = ("config.json", "data.json", "metrics.json", "interrupted.json", "history.json", "history.csv",
@@ -72,11 +73,15 @@ class RunConfig:
     manifold_dim: int = 2
     frames: bool = True
     flow_options: dict = field(default_factory=dict)
+    objective: str = "cells"
+    top: int = 4
+    learn_weights: bool = True
     device: str = "cpu"
     threads: int = 1  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
 
     def __post_init__(self) -> None:
         one_of(self.model, MODELS, name="model")
+        one_of(self.objective, OBJECTIVES, name="objective")
         if self.m is None:
             # an embedding flow's chart surface must reach past its cell to meet its neighbours'
             self.m = 2 if self.model == "vq-cef" else 1
@@ -85,7 +90,7 @@ class RunConfig:
         # counts are checked here, before any data is loaded; lr and eps are checked where they are used
         for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1), ("charts", 1),
                            ("latent", 1), ("m", 1), ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
-                           ("manifold_dim", 1), ("threads", 0)):
+                           ("manifold_dim", 1), ("threads", 0), ("top", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
         if self.n is not None:
             positive_int(self.n, name="n")
@@ -105,11 +110,11 @@ class RunConfig:
         return dataclasses.replace(self, **out)
 
     def build_model(self, features: int) -> VQFlow:
-        """The untrained model of this run for data in ``R^features``."""
-        return build(features, self.flow, self.charts if self.is_vq else None, partition=self.partition,
-                     latent=self.latent, m=self.m, eps=self.eps, transforms=self.transforms,
-                     hidden_features=(self.hidden, self.hidden), manifold_dim=self.manifold_dim,
-                     frames=self.frames, flow_options=self.flow_options)
+        """The untrained model of this run for data in ``R^features`` (its preset, so that it saves and loads)."""
+        return presets.create(self.model, features=features, charts=self.charts, partition=self.partition,
+                              latent=self.latent, m=self.m if self.is_vq else 1, eps=self.eps,
+                              transforms=self.transforms, hidden_features=[self.hidden, self.hidden],
+                              manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -163,11 +168,6 @@ def parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def fit_supports_checkpoint() -> bool:
-    """Whether :func:`vqflows.fit` takes ``checkpoint=`` (per-epoch state from which a run resumes)."""
-    return "checkpoint" in inspect.signature(fit).parameters
-
-
 def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = False, overwrite: bool = False,
               resume: bool = False, callback: Callable[[int, VQFlow, History], None] | None = None
               ) -> dict[str, Any]:
@@ -189,10 +189,15 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
         raise ValueError("resume: expected either resume or overwrite, got both")
     if config.threads:
         torch.set_num_threads(config.threads)
+    config, rank = _join_process_group(config)
     splits = load_data(config)
     spread(splits.train, name=config.dataset, every_column=config.flow != "cef")
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
+    if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
+        fit(model, splits.train, splits.val, **_fit_options(config), progress=False, callback=callback,
+            checkpoint=out / CHECKPOINT if resume else None)
+        return {}
 
     with _claim(out):
         state = _state(out)
@@ -212,12 +217,11 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
             _write_json(out / "data.json", {"path": splits.path, "sha256": splits.sha256,
                                             "rows": sum(len(t) for t in (splits.train, splits.val, splits.test)),
                                             "features": splits.features})
-        extra = {"checkpoint": out / CHECKPOINT} if fit_supports_checkpoint() else {}
+        extra = {"checkpoint": out / CHECKPOINT}
         history = None
         try:
-            history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
-                          lr=config.lr, patience=config.patience, chart_epochs=config.chart_epochs,
-                          seed=config.seed, device=config.device, progress=progress, callback=callback, **extra)
+            history = fit(model, splits.train, splits.val, **_fit_options(config), progress=progress,
+                          callback=callback, **extra)
             model.to("cpu")
             metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}
             if splits.sha256 is not None:
@@ -244,6 +248,29 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
                 _clear(out)
             raise
     return metrics
+
+
+def _fit_options(config: RunConfig) -> dict[str, Any]:
+    return dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
+                chart_epochs=config.chart_epochs, seed=config.seed, device=config.device, objective=config.objective,
+                top=config.top, learn_weights=config.learn_weights, threads=config.threads or None)
+
+
+def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``), join the process group — ``nccl`` on CUDA, ``gloo`` on the
+    CPU — with each rank on its own GPU; returns the config with that device, and the rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = torch.distributed
+    if world <= 1:
+        return config, 0
+    if not dist.is_initialized():
+        cuda = torch.device(config.device).type == "cuda"
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            config = dataclasses.replace(config, device=f"cuda:{local}")
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return config, dist.get_rank()
 
 
 def _kept(out: Path, history: History | None) -> str:

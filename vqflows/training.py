@@ -281,7 +281,7 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
                           early_stopping=EarlyStopping(patience, val_points) if early_stopping is True else
                           (early_stopping or None), objective=objective, top=top, learn_weights=learn_weights,
                           callbacks=[*([callback] if callback else []), *callbacks], seed=seed, progress=progress,
-                          checkpoint=checkpoint, history=history)
+                          checkpoint=checkpoint, resume=resume, history=history)
 
 
 def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs: int = 100, batch_size: int = 128,
@@ -289,7 +289,7 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
                clip_grad: float | None = None, early_stopping: EarlyStopping | None = None,
                objective: str = "cells", top: int = 4, learn_weights: bool = True,
                callbacks: Iterable[Callback] = (), seed: int = 0, progress: bool = False,
-               checkpoint: Path | None = None, history: History | None = None) -> History:
+               checkpoint: Path | None = None, resume: bool | None = None, history: History | None = None) -> History:
     """Train the flow of a model whose charts, weights and frames are fitted (stage 3).
 
     Arguments:
@@ -304,7 +304,8 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
         objective: ``"cells"`` or ``"mixture"`` (see the module); ``top``: charts per point of the
             mixture objective; ``learn_weights``: learn ``p_k`` with the mixture objective.
         callbacks: called after every epoch as ``callback(epoch, model, history)``.
-        checkpoint: a file for the loop's state after every epoch (resumed from if it exists).
+        checkpoint: a file for the loop's state after every epoch; ``resume`` (default: whether the file
+            exists) continues from it.
     """
     one_of(objective, OBJECTIVES, name="objective")
     positive_int(top, name="top")
@@ -345,11 +346,16 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
     sched, sched_state = None, None
     step_fn: nn.Module = loss_module
     if world > 1:
-        step_fn = nn.parallel.DistributedDataParallel(loss_module, broadcast_buffers=False)
+        import inspect
+
+        ddp = nn.parallel.DistributedDataParallel
+        # buffers (frames, weights, codes) are equal on every rank after the chart stage: no per-step sync
+        quiet = "forward_sync_buffers" in inspect.signature(ddp).parameters
+        step_fn = ddp(loss_module, **({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}))
 
     best = copy.deepcopy(model.state_dict())
     since_best, start = 0, 1
-    if checkpoint is not None and checkpoint.exists():
+    if checkpoint is not None and (checkpoint.exists() if resume is None else resume):
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
