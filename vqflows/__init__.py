@@ -1,10 +1,17 @@
 """vqflows — exact densities on data manifolds with VQ-Flows, mixtures of local normalizing flows.
 
 >>> import vqflows
->>> splits = vqflows.datasets.load("helix", n=10_000, seed=0)
->>> model = vqflows.build(features=3, flow="maf", charts=32)
->>> history = vqflows.fit(model, splits.train, splits.val)
->>> model.log_prob(splits.test).mean()          # exact, nats per point
+>>> splits = vqflows.datasets.load("helix", n=1_000, seed=0)        # 500 / 250 / 250 points
+>>> model = vqflows.build(features=3, flow="maf", charts=8)
+>>> history = vqflows.fit(model, splits.train, splits.val, epochs=2, chart_epochs=2)
+>>> model.log_prob(splits.test).shape                               # exact, nats per point
+torch.Size([250])
+
+The library's parts: :mod:`~vqflows.datasets` (manifolds with exact oracles, user files, Earth data),
+:mod:`~vqflows.geometry` (rotations, stereographic maps, von Mises–Fisher), :mod:`~vqflows.charts`
+(partitions), :mod:`~vqflows.frames` (chart frames), :mod:`~vqflows.flows` (chart-map flows),
+:mod:`~vqflows.model` (the mixture), :mod:`~vqflows.presets` (named recipes), :mod:`~vqflows.training`
+(the training loop), :mod:`~vqflows.runs` (run folders); studies live in :mod:`vqflows.experiments`.
 """
 
 from __future__ import annotations
