@@ -14,9 +14,10 @@ from scipy import stats as sstats
 from sklearn.model_selection import KFold
 from sklearn.neighbors import KernelDensity
 
-from vqflows.benchmark import cli, grid, kde
-from vqflows.benchmark.stats import Summary, best_rows, summarize, t_interval
-from vqflows.benchmark.tables import Table
+from vqflows.experiments import cli, kde, paper
+from vqflows.experiments.stats import Summary, best_rows, summarize, t_interval
+from vqflows.experiments.tables import Table
+from vqflows.io import apply_overrides
 from vqflows.runs import RunConfig
 
 DATASETS = ("helix", "lissajous")
@@ -101,12 +102,12 @@ def test_sample_score_counts_nonfinite_samples():
 # ------------------------------------------------------------------------------------ grid
 def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path):
     base = RunConfig(dataset="helix", model="maf", n=200, epochs=1, transforms=1, hidden=8)
-    bad = grid.Job(base.with_overrides({"lr": -1.0}), tmp_path / "bad")
-    good = grid.Job(base, tmp_path / "good")
-    report = grid.run_jobs([bad, good], workers=1, progress=False)
-    assert report.trained == 1 and len(report.failures) == 1
+    bad = paper.PaperRun(apply_overrides(base, {"lr": -1.0}), tmp_path / "bad")
+    good = paper.PaperRun(base, tmp_path / "good")
+    report = paper.run_grid([bad, good])
+    assert report.count("trained") == 1 and len(report.failures) == 1
     error = json.loads((tmp_path / "bad" / "error.json").read_text())
-    assert error["stage"] == "train" and "learning rate" in error["message"]
+    assert error["action"] == "trained" and "learning rate" in error["error"] and "Traceback" in error["traceback"]
     assert (tmp_path / "good" / "metrics.json").exists()
     assert [j.state() for j in (bad, good)] == ["train", "done"]
 
@@ -120,12 +121,12 @@ def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         out.mkdir(parents=True)
         (out / "config.json").write_text(json.dumps(config.to_dict()))
-        (out / "metrics.json").write_text("{}")
+        return {}
 
-    monkeypatch.setattr(grid, "train_run", fake_train)
-    jobs = grid.plan(tmp_path, ["helix"], ["maf"], range(3), RunConfig())
-    report = grid.run_jobs(jobs, workers=1, progress=False)
-    assert report.interrupted and report.trained == 1 and len(calls) == 2
+    monkeypatch.setattr(paper, "train_run", fake_train)
+    jobs = paper.plan(tmp_path, ["helix"], ["maf"], range(3), RunConfig())
+    report = paper.run_grid(jobs)
+    assert report.interrupted and report.count("trained") == 1 and len(calls) == 2
     assert [j.state() for j in jobs] == ["done", "train", "train"]
 
 

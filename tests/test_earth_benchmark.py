@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqflows.benchmark import earth
+from vqflows.experiments import earth
 from vqflows.datasets.earth import latlon_to_xyz, load_earth, xyz_to_latlon
 from vqflows.flows.sphere import sphere_quadrature
 from vqflows.vmf import VMFMixture, fit_vmf_mixture, vmf_sample

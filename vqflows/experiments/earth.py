@@ -37,27 +37,26 @@ import dataclasses
 import io
 import json
 import math
-import multiprocessing
 import os
-import platform
-import shlex
-import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..checks import one_of, positive_int
 from ..datasets.earth import EARTH_DATASETS, EarthSplits, load_earth
+from ..io import apply_overrides, claim, hardware, read_json, write_json, write_text
 from ..model import VQFlow
 from ..training import fit
 from ..vmf import VMFMixture, fit_vmf_mixture
+from .common import comma_list, command, log_invocation
+from .runner import Report, Runner, Task, add_runner_arguments, runner_from_args
 from .stats import summarize
 
 #: Table rows of this package, in display order, and what their density is taken w.r.t.
@@ -162,25 +161,8 @@ class EarthConfig:
         return int(min(self.max_charts, max(self.min_charts, round(n_train / self.points_per_chart))))
 
     def with_overrides(self, overrides: Sequence[str] | dict[str, Any]) -> EarthConfig:
-        """A copy with ``key=value`` overrides (values parsed as JSON; lists for tuples).
-
-        Unknown keys and values of the wrong type raise ``ValueError``.
-        """
-        if not isinstance(overrides, dict):
-            pairs = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise ValueError(f"override: expected key=value, got {item!r}")
-                key, value = item.split("=", 1)
-                pairs[key.strip()] = value.strip()
-            overrides = pairs
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        out = {}
-        for key, value in overrides.items():
-            if key not in fields:
-                raise ValueError(f"override: expected one of {', '.join(sorted(fields))}, got {key!r}")
-            out[key] = _coerce(key, value, getattr(self, key))
-        return dataclasses.replace(self, **out)
+        """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`; ``lrs=0.002`` or ``lrs=[3e-3,1e-3]``)."""
+        return apply_overrides(self, overrides)
 
     def to_dict(self, model: str | None = None) -> dict:
         """The fields as JSON types; for ``model="vmf"`` only those the vMF mixture uses."""
@@ -222,24 +204,6 @@ def resolve_configs(models: Sequence[str], overrides: Sequence[str] = (), epochs
         if epochs is not None:
             configs[m] = dataclasses.replace(configs[m], epochs=positive_int(epochs, name="epochs"))
     return configs
-
-
-def _coerce(key: str, value: Any, like: Any) -> Any:
-    if isinstance(value, str) and not isinstance(like, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"{key}: expected a JSON value of type {type(like).__name__}, got {value!r}") from None
-    if isinstance(like, tuple):
-        value = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ValueError(f"{key}: expected a list of numbers, got {value!r}")
-        return tuple(_coerce(key, v, like[0]) for v in value)
-    if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if type(value) is not type(like):
-        raise ValueError(f"{key}: expected {type(like).__name__}, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -309,19 +273,39 @@ def choose_floor(val_log_p: torch.Tensor, weights: Sequence[float] = FLOOR_WEIGH
     return min(weights, key=lambda w: (-float(with_floor(val_log_p, w).mean()), w))
 
 
-def run_one(dataset: str, model: str, seed: int, *, data_dir: str | os.PathLike, folder: str | os.PathLike,
-            config: EarthConfig) -> dict[str, Any]:
-    """Fit one table cell's run and write ``folder/result.json`` (and the fitted model); returns the result.
+@dataclass(frozen=True)
+class EarthRun:
+    """One run of the grid: a dataset's split ``seed`` fitted by the row ``model`` with ``config``.
+
+    ``cost`` (training points times a model factor) orders the runs and weighs them in the ETA.
+    """
+
+    dataset: str
+    model: str
+    seed: int
+    data_dir: str
+    config: EarthConfig
+    cost: float = 1.0
+
+    def done(self, folder: Path) -> bool:
+        """Whether ``folder/result.json`` exists and was made with this config (the fields this model uses)."""
+        stored = read_json(folder / "result.json", {})
+        return isinstance(stored, dict) and stored.get("config") == self.config.to_dict(self.model)
+
+
+def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
+    """Fit one table cell's run, saving the fitted model in ``folder``; returns ``{"result.json": result}``.
 
     The result holds the NLL (nats, mean over points) of the train, validation and test splits, the
     number of charts or components, epochs, wall and CPU seconds, and for ``cef`` rows the mean squared
     distance from the test points to the learned surface. ``train_nll`` is over :data:`TRAIN_EVAL`
     training points.
     """
+    dataset, model, seed, config = run.dataset, run.model, run.seed, run.config
     one_of(model, MODELS, name="model")
     folder = Path(folder)
     wall, cpu = time.perf_counter(), time.process_time()
-    splits = load_earth(dataset, data_dir=data_dir, seed=seed)
+    splits = load_earth(dataset, data_dir=run.data_dir, seed=seed)
     torch.manual_seed(seed)
     result: dict[str, Any] = {"dataset": dataset, "model": model, "seed": seed, "density": MODELS[model],
                               "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
@@ -353,8 +337,7 @@ def run_one(dataset: str, model: str, seed: int, *, data_dir: str | os.PathLike,
         result.update(floor_weight=w, val_nll_floor=-float(with_floor(val, w).mean()),
                       test_nll_floor=-float(with_floor(test, w).mean()))
     result.update(seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
-    _write_json(folder / "result.json", result)
-    return result
+    return {"result.json": result}
 
 
 def load_fitted(folder: str | os.PathLike):
@@ -368,133 +351,40 @@ def load_fitted(folder: str | os.PathLike):
 # ----------------------------------------------------------------------------------------- the grid
 
 
-@dataclass(frozen=True)
-class Job:
-    """One run of the grid; ``cost`` (training points times a model factor) orders and weighs the work."""
-
-    dataset: str
-    model: str
-    seed: int
-    folder: Path
-    cost: float
-
-    def done(self, config: EarthConfig) -> bool:
-        """Whether ``result.json`` exists and was made with ``config`` (the fields this model uses)."""
-        try:
-            stored = json.loads((self.folder / "result.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        return stored.get("config") == config.to_dict(self.model)
-
-
 #: Relative CPU time per training point of each row with its default config (measured on the fire set,
 #: ``sphere`` = 1), for ordering the runs and for the ETA.
 _COST = {"vmf": 0.6, "sphere": 1.0, "vq-sphere": 5.0, "cef": 0.3, "vq-cef": 1.0}
 
 
-def plan(out: str | os.PathLike, datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int],
-         data_dir: str | os.PathLike) -> list[Job]:
+def run_folder(out: str | os.PathLike, run: EarthRun) -> Path:
+    """``<out>/runs/<dataset>/<model>/seed-<seed>``."""
+    return Path(out) / "runs" / run.dataset / run.model / f"seed-{run.seed}"
+
+
+def plan(datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int], data_dir: str | os.PathLike,
+         configs: dict[str, EarthConfig]) -> list[EarthRun]:
     """Every dataset × model × seed, the most expensive first (so that two workers finish together)."""
-    sizes = {d: round(0.8 * len(_rows(d, data_dir))) for d in datasets}
-    jobs = [Job(d, m, s, Path(out) / "runs" / d / m / f"seed-{s}", sizes[d] * _COST[m])
-            for d in datasets for m in models for s in seeds]
-    return sorted(jobs, key=lambda j: -j.cost)
-
-
-def _rows(dataset: str, data_dir) -> np.ndarray:
     from ..datasets.earth import earth_path, read_latlon
 
-    return read_latlon(earth_path(dataset, data_dir))
+    sizes = {d: round(0.8 * len(read_latlon(earth_path(d, data_dir)))) for d in datasets}
+    runs = [EarthRun(d, m, s, str(data_dir), configs[m], sizes[d] * _COST[m])
+            for d in datasets for m in models for s in seeds]
+    return sorted(runs, key=lambda r: -r.cost)
 
 
-def _execute(job: Job, data_dir: str, config: EarthConfig) -> dict[str, Any]:
-    try:
-        return run_one(job.dataset, job.model, job.seed, data_dir=data_dir, folder=job.folder, config=config)
-    except Exception as e:  # noqa: BLE001 - one failed run must not end the grid
-        job.folder.mkdir(parents=True, exist_ok=True)
-        error = {"dataset": job.dataset, "model": job.model, "seed": job.seed, "error": f"{type(e).__name__}: {e}"}
-        _write_json(job.folder / "error.json", error)
-        return error
-
-
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-
-
-def run_grid(jobs: Sequence[Job], *, data_dir: str | os.PathLike, configs: dict[str, EarthConfig], workers: int = 1,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the unfinished ``jobs`` on ``workers`` processes of one torch thread each.
-
-    The bar advances by each run's cost, so its ETA weighs a fire run above a volcano run.
-    Returns counts (``total``, ``skipped``, ``trained``, ``failed`` with messages) and ``seconds``.
-    """
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    pending = [j for j in jobs if not j.done(configs[j.model])]
-    report: dict[str, Any] = {"total": len(jobs), "skipped": len(jobs) - len(pending), "trained": 0, "failures": []}
-    bar = tqdm(total=round(sum(j.cost for j in pending)), disable=not progress or not pending, file=sys.stderr,
-               desc=f"earth: 0/{len(pending)} runs", smoothing=0, dynamic_ncols=True,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-
-    def record(job: Job, result: dict[str, Any]) -> None:
-        if "error" in result:
-            report["failures"].append(f"{job.dataset}/{job.model}/seed-{job.seed}: {result['error']}")
-            bar.write(f"failed: {report['failures'][-1]}", file=sys.stderr)
-        else:
-            report["trained"] += 1
-        bar.set_description_str(f"earth: {report['trained'] + len(report['failures'])}/{len(pending)} runs", refresh=False)
-        bar.update(round(job.cost))
-
-    data_dir = str(data_dir)
-    try:
-        if workers <= 1 or len(pending) <= 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                for job in pending:
-                    record(job, _execute(job, data_dir, configs[job.model]))
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            # spawn: a fresh interpreter per worker, whatever threads torch started in this one
-            pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker)
-            try:
-                futures = {pool.submit(_execute, job, data_dir, configs[job.model]): job for job in pending}
-                for future in as_completed(futures):
-                    job = futures[future]
-                    try:
-                        result = future.result()
-                    except Exception as e:  # noqa: BLE001 - a worker that died (e.g. killed for memory)
-                        result = {"error": f"{type(e).__name__}: {e}"}
-                    record(job, result)
-            except KeyboardInterrupt:
-                for process in list((getattr(pool, "_processes", None) or {}).values()):
-                    process.terminate()
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-    except KeyboardInterrupt:
-        report["interrupted"] = True
-    finally:
-        bar.close()
-    report["seconds"] = time.perf_counter() - t0
-    return report
+def run_grid(runs: Sequence[EarthRun], out: str | os.PathLike, runner: Runner | None = None) -> Report:
+    """Run the unfinished ``runs`` into ``out`` (see :class:`~.runner.Runner`; default: in this process)."""
+    tasks = [Task(run_one, r, run_folder(out, r), label=f"{r.dataset}/{r.model}/seed-{r.seed}", cost=r.cost)
+             for r in runs if not r.done(run_folder(out, r))]
+    return (runner or Runner()).run(tasks, skipped=len(runs) - len(tasks), desc="earth")
 
 
 # ---------------------------------------------------------------------------------------- the table
 
 
-def collect(jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """The ``result.json`` of every finished job."""
-    out = []
-    for job in jobs:
-        path = job.folder / "result.json"
-        if path.exists():
-            out.append(json.loads(path.read_text()))
-    return out
+def collect(runs: Sequence[EarthRun], out: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ``result.json`` of every finished run made with its current config."""
+    return [read_json(run_folder(out, r) / "result.json") for r in runs if r.done(run_folder(out, r))]
 
 
 def row_names(models: Sequence[str]) -> list[str]:
@@ -655,7 +545,7 @@ def world_map(log_prob, test_latlon: np.ndarray, path: str | os.PathLike, *, tit
     return png, pdf
 
 
-def draw_maps(t: dict[str, Any], jobs: Sequence[Job], out: Path, data_dir) -> list[Path]:
+def draw_maps(t: dict[str, Any], results: Sequence[dict[str, Any]], out: Path, data_dir) -> list[Path]:
     """One map per dataset: the unit-sphere VQ-Flow with the lowest mean VALIDATION NLL, its lowest seed.
 
     Models are compared by their ``+floor`` rows, whose validation NLL one far-off point cannot swamp;
@@ -669,13 +559,11 @@ def draw_maps(t: dict[str, Any], jobs: Sequence[Job], out: Path, data_dir) -> li
         if not scored:
             continue
         model = min(scored)[1]
-        job = min((j for j in jobs if j.dataset == d and j.model == model and (j.folder / "result.json").exists()),
-                  key=lambda j: j.seed)
-        result = json.loads((job.folder / "result.json").read_text())
-        fitted = load_fitted(job.folder)
-        splits = load_earth(d, data_dir=data_dir, seed=job.seed)
+        result = min((r for r in results if r["dataset"] == d and r["model"] == model), key=lambda r: r["seed"])
+        fitted = load_fitted(Path(out) / "runs" / d / model / f"seed-{result['seed']}")
+        splits = load_earth(d, data_dir=data_dir, seed=result["seed"])
         degrees = next((g for g in MAP_DEGREES if (360 / g) * (180 / g) * fitted.K <= MAP_ROWS), MAP_DEGREES[-1])
-        title = (f"{COLUMNS[d]}: {model} (seed {job.seed}, K={result['charts']}), "
+        title = (f"{COLUMNS[d]}: {model} (seed {result['seed']}, K={result['charts']}), "
                  f"test NLL {result['test_nll']:.2f} nats; {degrees:g}° cells")
         figures += world_map(fitted.log_prob, splits.split_latlon("test"), out / "figures" / d, title=title,
                              degrees=degrees)
@@ -683,22 +571,6 @@ def draw_maps(t: dict[str, Any], jobs: Sequence[Job], out: Path, data_dir) -> li
 
 
 # --------------------------------------------------------------------------------------------- main
-
-
-def hardware() -> dict[str, Any]:
-    """CPU model, cores, load average and library versions, for the summary."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
 def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any], start: dict[str, Any],
@@ -746,7 +618,7 @@ def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any],
         f"- CPU time summed over all {len(results)} runs in the table: {cpu_total:.0f} s ({cpu_total / 60:.1f} min); "
         f"divided by {workers} worker(s): {cpu_total / workers / 60:.1f} min, the wall time on {workers} idle core(s).",
         f"- {workers} worker process(es), one torch thread each.",
-        f"- CPU: {start['cpu']}; {start['logical_cores']} logical cores, {start['usable_cores']} usable by this process.",
+        f"- CPU: {start['cpu']}; {start['cpu_count']} logical cores, {start['usable_cores']} usable by this process.",
         f"- Load average (1, 5, 15 min) at start: {_load(start)}; at end: {_load(end)} "
         "(on a shared machine, other users' work slows these runs).",
         f"- Python {start['python']}, torch {start['torch']}, {start['platform']}.", "",
@@ -760,47 +632,8 @@ def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any],
     return "\n".join(lines)
 
 
-def _log_invocation(out: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Append ``entry`` to ``out/invocations.json`` and return every invocation so far.
-
-    A study resumed over several invocations is timed by their sum; the runs reused by an
-    invocation were timed by the one that trained them.
-    """
-    path = out / "invocations.json"
-    try:
-        past = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        past = []
-    past = (past if isinstance(past, list) else []) + [entry]
-    _write_json(path, past)
-    return past
-
-
 def _load(h: dict[str, Any]) -> str:
     return "unknown" if h.get("load_average") is None else ", ".join(f"{v:.2f}" for v in h["load_average"])
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any):
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o).__name__)
-
-
-def _names(text: str, choices: Sequence[str], name: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    if not items:
-        raise ValueError(f"{name}: expected a comma-separated list of {', '.join(choices)}, got {text!r}")
-    for item in items:
-        one_of(item, choices, name=name)
-    return list(dict.fromkeys(items))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -813,13 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=os.environ.get("VQFLOWS_EARTH_DIR", "../shared/data/earth"),
                    help="folder holding the four CSV files")
     p.add_argument("--out", default="results/earth", help="output folder (runs, tables, figures, summary.md)")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--epochs", type=int, default=None, help="most epochs per learning-rate stage")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="hyperparameter overrides for every row (key=value) or one (model.key=value), "
                         "e.g. points_per_chart=32 vq-cef.hidden=32 'lrs=[0.003]'")
     p.add_argument("--no-figures", action="store_true", help="skip the world maps")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runner_arguments(p, jobs=2)
     return p
 
 
@@ -828,52 +660,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        datasets = _names(args.datasets, list(EARTH_DATASETS), "datasets")
-        models = _names(args.models, list(MODELS), "models")
+        datasets = comma_list(args.datasets, "datasets", lambda d: one_of(d, EARTH_DATASETS, name="datasets"))
+        models = comma_list(args.models, "models", lambda m: one_of(m, MODELS, name="models"))
         positive_int(args.seeds, name="seeds")
-        positive_int(args.jobs, name="jobs")
+        runner = runner_from_args(args)
         configs = resolve_configs(models, args.set, args.epochs)
         if not Path(args.data_dir).is_dir():
             raise ValueError(f"data-dir: expected the folder holding the Earth CSV files, got {args.data_dir!r}")
-        jobs = plan(args.out, datasets, models, list(range(args.seeds)), args.data_dir)
+        runs = plan(datasets, models, list(range(args.seeds)), args.data_dir, configs)
+        with claim(args.out):
+            return _run(args, argv, runner, runs, datasets, models, configs)
     except ValueError as e:
         print(f"vqflows benchmark --earth: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace, argv: list[str], runner: Runner, runs: list[EarthRun], datasets: list[str],
+         models: list[str], configs: dict[str, EarthConfig]) -> int:
     wall = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    torch.set_num_threads(1)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     start = hardware()
-    report = run_grid(jobs, data_dir=args.data_dir, configs=configs, workers=args.jobs, progress=not args.quiet)
-    results = [r for r in collect(jobs) if r.get("config") == configs[r["model"]].to_dict(r["model"])]
+    done = run_grid(runs, out, runner)
+    report = {"total": done.total, "skipped": done.skipped, "trained": done.count(), "seconds": done.seconds,
+              "failures": [f"{label}: {error}" for label, error in done.failures], "interrupted": done.interrupted}
+    results = collect(runs, out)
     t = table(results, datasets, models)
-    (out / "table.md").write_text(markdown(t))
-    (out / "table.csv").write_text(csv_text(t))
+    write_text(out / "table.md", markdown(t))
+    write_text(out / "table.csv", csv_text(t))
     figures = []
-    if not (args.no_figures or report.get("interrupted")):
-        torch.set_num_threads(args.jobs)  # the workers are done: the maps may use their cores
-        figures = draw_maps(t, jobs, out, args.data_dir)
-        torch.set_num_threads(1)
+    if not (args.no_figures or done.interrupted):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(args.jobs, threads))  # the workers are done: the maps may use their cores
+        figures = draw_maps(t, results, out, args.data_dir)
+        torch.set_num_threads(threads)
     end = hardware()
-    command = "vqflows benchmark " + " ".join(shlex.quote(a) for a in (["--earth"] + [a for a in argv if a != "--earth"]))
-    invocations = _log_invocation(out, {
-        "command": command, "started": started, "seconds": time.perf_counter() - wall,
-        "grid_seconds": report["seconds"], "trained": report["trained"], "skipped": report["skipped"],
-        "failed": len(report["failures"]), "interrupted": bool(report.get("interrupted")), "workers": args.jobs,
+    invocations = log_invocation(out / "invocations.json", {
+        "command": command(argv), "started": started, "seconds": time.perf_counter() - wall,
+        "grid_seconds": done.seconds, "trained": done.count(), "skipped": done.skipped,
+        "failed": len(done.failures), "interrupted": done.interrupted, "workers": args.jobs,
         "load_start": start["load_average"], "load_end": end["load_average"]})
-    _write_json(out / "table.json", {**t, "configs": {m: c.to_dict(m) for m, c in configs.items()},
-                                     "command": command, "report": report, "invocations": invocations,
-                                     "hardware": {"start": start, "end": end}, "runs": results})
-    (out / "summary.md").write_text(summary_markdown(t, command=command, report=report, start=start, end=end,
-                                                     workers=args.jobs, configs=configs, results=results,
-                                                     figures=figures, out=out, invocations=invocations))
+    write_json(out / "table.json", {**t, "configs": {m: c.to_dict(m) for m, c in configs.items()},
+                                    "command": command(argv), "report": report, "invocations": invocations,
+                                    "hardware": {"start": start, "end": end}, "runs": results}, indent=1)
+    write_text(out / "summary.md", summary_markdown(t, command=command(argv), report=report, start=start, end=end,
+                                                    workers=args.jobs, configs=configs, results=results,
+                                                    figures=figures, out=out, invocations=invocations))
     if not args.quiet:
         print(markdown(t))
-        print(f"wrote {out / 'summary.md'} ({report['seconds']:.0f} s)")
-    if report.get("interrupted"):
+        print(f"wrote {out / 'summary.md'} ({done.seconds:.0f} s)")
+    if done.interrupted:
         return 130
-    return 1 if report["failures"] else 0
+    return 1 if done.failures else 0
 
 
 if __name__ == "__main__":
