@@ -126,12 +126,22 @@ def _call(fn: Callable, spec: Any, folder: Path, threads: int) -> _Outcome:
 # ------------------------------------------------------------------------------------ worker lifetime
 
 
-def _bind_to_parent(parent: int, threads: int) -> None:
-    """Pool worker initializer: one torch thread pool of ``threads``, Ctrl-C left to the driver, and death with it.
+_STARTED = None  # in a pool worker: the queue on which it announces each run it starts
+
+
+def _pool_call(index: int, fn: Callable, spec: Any, folder: Path, threads: int) -> _Outcome:
+    _STARTED.put(index)
+    return _call(fn, spec, folder, threads)
+
+
+def _bind_to_parent(parent: int, threads: int, started) -> None:
+    """Pool worker initializer: ``threads`` torch threads, Ctrl-C left to the driver, and death with the driver.
 
     On Linux the kernel sends SIGKILL when the driver dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere,
     and in case the driver died before that call, a daemon thread polls the parent's process id.
     """
+    global _STARTED
+    _STARTED = started
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
@@ -255,33 +265,53 @@ class Runner:
             torch.set_num_threads(threads)
 
     def _run_pool(self, tasks: Sequence[Task], record) -> None:
-        attempts = {i: 0 for i in range(len(tasks))}
-        todo = list(range(len(tasks)))
+        # A dead worker breaks the whole pool and every unfinished run with it. The runs that had started
+        # are suspects: they are rerun one at a time on a pool of one worker, so that a death is charged to
+        # the run that caused it (up to ``retries`` times); the runs that had not started go back uncharged.
+        todo, suspects = list(range(len(tasks))), []
         while todo:
-            lost = []
-            # spawn: a fresh interpreter per worker, safe whatever threads (or CUDA) this process has started
-            pool = ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_bind_to_parent, initargs=(os.getpid(), self.threads))
-            try:
-                futures = {pool.submit(_call, tasks[i].fn, tasks[i].spec, tasks[i].folder, self.threads): i
-                           for i in todo}
+            started, lost = self._pool_pass(tasks, todo, self.jobs, record)
+            suspects += [i for i in lost if i in started]
+            todo = [i for i in lost if i not in started]
+        attempts = dict.fromkeys(suspects, 0)
+        while suspects:
+            _, lost = self._pool_pass(tasks, suspects, 1, record, one_at_a_time=True)
+            for i in lost[:1]:  # the run that was on the worker when it died
+                attempts[i] += 1
+                if attempts[i] > self.retries:
+                    record(tasks[i], _Outcome(None, f"worker lost {attempts[i] + 1} times (killed, or out of memory)"))
+            suspects = [i for i in lost if attempts[i] <= self.retries]
+
+    def _pool_pass(self, tasks: Sequence[Task], indices: list[int], workers: int, record, *,
+                   one_at_a_time: bool = False) -> tuple[set[int], list[int]]:
+        """Run ``indices`` on a fresh pool; returns (the runs that started, the runs lost with a broken pool)."""
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: safe whatever threads/CUDA we hold
+        started = context.SimpleQueue()
+        pool = ProcessPoolExecutor(min(workers, len(indices)), mp_context=context, initializer=_bind_to_parent,
+                                   initargs=(os.getpid(), self.threads, started))
+        lost: list[int] = []
+        try:
+            batches = [[i] for i in indices] if one_at_a_time else [indices]
+            for n, batch in enumerate(batches):
+                futures = {pool.submit(_pool_call, i, tasks[i].fn, tasks[i].spec, tasks[i].folder, self.threads): i
+                           for i in batch}
                 for future in as_completed(futures):
-                    i = futures[future]
                     try:
-                        outcome = future.result()
-                    except (BrokenProcessPool, CancelledError) as e:  # a worker died: the pool is gone
-                        attempts[i] += 1
-                        if attempts[i] <= self.retries:
-                            lost.append(i)
-                            continue
-                        outcome = _Outcome(None, f"worker lost {attempts[i]} times: {type(e).__name__}: {e}")
-                    record(tasks[i], outcome)
-            except KeyboardInterrupt:
-                _stop_workers(pool)
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            todo = sorted(lost)
+                        record(tasks[futures[future]], future.result())
+                    except (BrokenProcessPool, CancelledError):
+                        lost.append(futures[future])
+                if lost and one_at_a_time:
+                    lost += [i for b in batches[n + 1:] for i in b]
+                    break
+        except KeyboardInterrupt:
+            _stop_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        begun = set()
+        while not started.empty():
+            begun.add(started.get())
+        return begun, lost
 
     def _run_dask(self, tasks: Sequence[Task], record) -> None:
         from dask.distributed import Client
