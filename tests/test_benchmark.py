@@ -54,7 +54,8 @@ def test_best_rows():
 
 
 def test_markdown_marks_best_but_not_references():
-    cell = lambda m: Summary(m, 0.1, 0.05, 2)  # noqa: E731
+    def cell(m):
+        return Summary(m, 0.1, 0.05, 2)
     table = Table("t", "T", ["helix", "knotted"], {"maf": {"helix": cell(1.0), "knotted": cell(-3.0)},
                                                     "vq-maf": {"helix": cell(2.0)}},
                   references={"Oracle": {"helix": cell(5.0), "knotted": cell(4.0)}})
@@ -69,7 +70,7 @@ def test_markdown_marks_best_but_not_references():
 def test_bandwidth_selection_maximises_cross_validated_likelihood():
     x = np.random.default_rng(0).normal(size=(300, 2))
     grid_ = np.logspace(-1.5, 0.5, 9)
-    h, tried, scores = kde.select_bandwidth(x, grid_, folds=5, seed=0)
+    h, _tried, scores = kde.select_bandwidth(x, grid_, folds=5, seed=0)
     # brute force on the same folds
     brute = []
     for b in grid_:

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from vqflows.experiments import earth
 from vqflows.datasets.earth import latlon_to_xyz, load_earth, xyz_to_latlon
+from vqflows.experiments import earth
 from vqflows.flows.sphere import sphere_quadrature
 from vqflows.vmf import VMFMixture, fit_vmf_mixture, vmf_sample
 
 #: Small enough for seconds on one core, big enough to exercise charts, stages and early stopping.
-TINY = dict(points_per_chart=40, transforms=2, hidden=16, depth=1, epochs=3, patience=2, lrs=(3e-3, 1e-3),
-            batch_size=64, components=(2, 4))
+TINY = {"points_per_chart": 40, "transforms": 2, "hidden": 16, "depth": 1, "epochs": 3, "patience": 2, "lrs": (3e-3, 1e-3),
+            "batch_size": 64, "components": (2, 4)}
 
 
 def clustered_events(n: int, seed: int) -> np.ndarray:
@@ -66,7 +66,8 @@ def test_fitted_vmf_mixture_integrates_to_one(data_dir):
 
 def test_uniform_floor_keeps_unit_mass_and_is_chosen_on_validation():
     mixture = VMFMixture([0.7, 0.3], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], [300.0, 50.0])
-    floored = lambda x: earth.with_floor(mixture.log_prob(x), 0.01)
+    def floored(x):
+        return earth.with_floor(mixture.log_prob(x), 0.01)
     assert sphere_quadrature(floored, 200, 400) == pytest.approx(1.0, abs=1e-6)
     x = mixture.sample(2000, seed=0)
     lp = mixture.log_prob(x)

@@ -111,9 +111,9 @@ def test_claim_is_exclusive_released_and_taken_over_when_stale(tmp_path):
     with io.claim(tmp_path) as lock:
         holder = json.loads(lock.read_text())
         assert holder["pid"] == os.getpid()
-        with pytest.raises(ValueError, match=f"held by process {os.getpid()} on {socket.gethostname()}"):
-            with io.claim(tmp_path):
-                pass
+        with pytest.raises(ValueError, match=f"held by process {os.getpid()} on {socket.gethostname()}"), \
+                io.claim(tmp_path):
+            pass
     assert not lock.exists()
     # a claim left by a process that was killed is taken over
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-distributed = pytest.importorskip("distributed")
+from vqflows import io
+from vqflows.experiments import cli
+from vqflows.experiments.runner import Runner, Task
 
-from vqflows import io  # noqa: E402
-from vqflows.experiments import cli  # noqa: E402
-from vqflows.experiments.runner import Runner, Task  # noqa: E402
+distributed = pytest.importorskip("distributed")
 
 GRID = ["--table", "1", "--datasets", "helix,lissajous", "--models", "maf,vq-maf", "--trials", "1", "--epochs", "2",
         "--set", "n=300", "chart_epochs=2", "charts=4", "transforms=2", "hidden=16", "--no-figures", "--quiet"]

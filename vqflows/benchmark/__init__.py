@@ -5,5 +5,29 @@
 
 from __future__ import annotations
 
-from ..experiments import *  # noqa: F403 - the same public names as before
-from ..experiments import __all__  # noqa: F401
+from ..experiments import (
+    PAPER_DATASETS,
+    PAPER_MODELS,
+    PaperRun,
+    Report,
+    Runner,
+    Summary,
+    Table,
+    Task,
+    benchmark_tables,
+    best_rows,
+    calibrate,
+    collect,
+    plan,
+    run_grid,
+    sample_score,
+    score_run,
+    select_bandwidth,
+    summarize,
+    summary_table,
+    t_interval,
+)
+
+__all__ = ["PAPER_DATASETS", "PAPER_MODELS", "PaperRun", "Report", "Runner", "Summary", "Table", "Task",
+           "benchmark_tables", "best_rows", "calibrate", "collect", "plan", "run_grid", "sample_score", "score_run",
+           "select_bandwidth", "summarize", "summary_table", "t_interval"]

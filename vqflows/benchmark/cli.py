@@ -5,4 +5,4 @@ from __future__ import annotations
 from ..experiments.cli import main
 from ..experiments.paper import build_parser
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]

@@ -28,6 +28,25 @@ from .runner import Report, Runner, Task
 from .stats import Summary, best_rows, summarize, t_interval
 from .tables import PAPER_DATASETS, PAPER_MODELS, Table, benchmark_tables, collect, summary_table
 
-__all__ = ["PAPER_DATASETS", "PAPER_MODELS", "PaperRun", "plan", "run_grid", "Report", "Runner", "Task",
-           "calibrate", "sample_score", "score_run", "select_bandwidth", "Summary", "best_rows", "summarize",
-           "t_interval", "Table", "benchmark_tables", "collect", "summary_table"]
+__all__ = [
+           "PAPER_DATASETS",
+           "PAPER_MODELS",
+           "PaperRun",
+           "Report",
+           "Runner",
+           "Summary",
+           "Table",
+           "Task",
+           "benchmark_tables",
+           "best_rows",
+           "calibrate",
+           "collect",
+           "plan",
+           "run_grid",
+           "sample_score",
+           "score_run",
+           "select_bandwidth",
+           "summarize",
+           "summary_table",
+           "t_interval",
+]

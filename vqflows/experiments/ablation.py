@@ -9,14 +9,14 @@ as for Table 2. Results are shown as mean ± one standard deviation over trials,
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from ..io import apply_overrides
 from ..runs import RunConfig
-from .figures import val_curve, stack_curves, plot_band, pyplot, save_figure
+from .figures import plot_band, pyplot, save_figure, stack_curves, val_curve
 from .paper import PaperRun
 from .tables import Table, read_record, summary_table
 
@@ -58,8 +58,8 @@ def collect(root: str | os.PathLike, *, charts: Iterable[int] | None = None,
 
 def tables(records: Sequence[dict]) -> list[Table]:
     """Test log-likelihood and sample KDE score, rows partitions × columns K, mean ± std."""
-    common = dict(rows_key="partition", columns_key="charts", spread="std", row_order=PARTITIONS,
-                  column_order=CHARTS, row_label="Partition", names=_names(records))
+    common = {"rows_key": "partition", "columns_key": "charts", "spread": "std", "row_order": PARTITIONS,
+                  "column_order": CHARTS, "row_label": "Partition", "names": _names(records)}
     out = [summary_table(records, lambda r: r.get("test_log_likelihood"), name="ablation-test",
                          title=f"Ablation ({DATASET}, {MODEL}): test log-likelihood against K", **common),
            summary_table(records, lambda r: (r.get("sample_kde") or {}).get("score"), name="ablation-samples",

@@ -45,7 +45,7 @@ def command(argv: Sequence[str]) -> str:
 
 def duration(seconds: float) -> str:
     """``"1 h 05 min"``, ``"3 min 07 s"`` or ``"42 s"``."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")

@@ -587,20 +587,21 @@ def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any],
         f"Command: `{command}`", "",
         markdown(t),
         "Rows marked *published* are copied from the literature (mean ± std over 5 seeds). Rows marked *this run*",
-        "are mean ± std (ddof=1) over the seeds here, each on its own random 80/10/10 split. Densities of "
+        ("are mean ± std (ddof=1) over the seeds here, each on its own random 80/10/10 split. Densities of "
         "`vmf`, `sphere` and `vq-sphere` are exact and normalised w.r.t. the area of the unit sphere (uniform: "
-        f"ln 4π = {math.log(4 * math.pi):.3f}).",
-        "‡ `cef` and `vq-cef` learn their own surface; their density is w.r.t. the area of that surface, so their "
+        f"ln 4π = {math.log(4 * math.pi):.3f})."),
+        ("‡ `cef` and `vq-cef` learn their own surface; their density is w.r.t. the area of that surface, so their "
         "NLL is comparable with the other rows only insofar as the surface is the unit sphere (mean squared "
-        "distance from the test points to it below).",
-        "† `+floor` rows are the row above mixed with the uniform density, `(1 - w) p + w / 4π`, with `w` among "
+        "distance from the test points to it below)."),
+        ("† `+floor` rows are the row above mixed with the uniform density, `(1 - w) p + w / 4π`, with `w` among "
         f"{', '.join(map(str, FLOOR_WEIGHTS))} chosen per run on validation NLL (no retraining): still exact and "
-        "normalised, it caps the loss of a test point far from every training point.", "",
+        "normalised, it caps the loss of a test point far from every training point."), "",
     ]
     lines += [f"- {s}" for s in comparisons(t) + comparisons(t, "vq-sphere+floor")] + [""]
-    extra = ["| row | dataset | seeds | val NLL | K (mean) | vMF components | floor w (mean) "
-             "| test reconstruction (mean sq. dist.) | CPU s per run |", "|---|---|---|---|---|---|---|---|---|"]
-    fmt = (lambda v, f: "—" if v is None else format(v, f))
+    extra = [("| row | dataset | seeds | val NLL | K (mean) | vMF components | floor w (mean) "
+             "| test reconstruction (mean sq. dist.) | CPU s per run |"), "|---|---|---|---|---|---|---|---|---|"]
+    def fmt(v, f):
+        return ("—" if v is None else format(v, f))
     for row, cells in t["rows"].items():
         for d in t["datasets"]:
             c = cells[d]
@@ -610,17 +611,17 @@ def summary_markdown(t: dict[str, Any], *, command: str, report: dict[str, Any],
     lines += ["## Per-row details", ""] + extra + [""]
     lines += [
         "## Time and machine", "",
-        f"- Wall time of this invocation (runs, tables and maps): {this:.0f} s ({this / 60:.1f} min), of which the runs "
+        (f"- Wall time of this invocation (runs, tables and maps): {this:.0f} s ({this / 60:.1f} min), of which the runs "
         f"{report['seconds']:.0f} s: {report['trained']} runs trained, {report['skipped']} reused from earlier "
-        f"invocations, {len(report['failures'])} failed{' (interrupted)' if report.get('interrupted') else ''}.",
-        f"- Wall time summed over the {len(training)} invocation(s) that trained runs (`invocations.json`): "
-        f"{total:.0f} s ({total / 60:.1f} min).",
-        f"- CPU time summed over all {len(results)} runs in the table: {cpu_total:.0f} s ({cpu_total / 60:.1f} min); "
-        f"divided by {workers} worker(s): {cpu_total / workers / 60:.1f} min, the wall time on {workers} idle core(s).",
+        f"invocations, {len(report['failures'])} failed{' (interrupted)' if report.get('interrupted') else ''}."),
+        (f"- Wall time summed over the {len(training)} invocation(s) that trained runs (`invocations.json`): "
+        f"{total:.0f} s ({total / 60:.1f} min)."),
+        (f"- CPU time summed over all {len(results)} runs in the table: {cpu_total:.0f} s ({cpu_total / 60:.1f} min); "
+        f"divided by {workers} worker(s): {cpu_total / workers / 60:.1f} min, the wall time on {workers} idle core(s)."),
         f"- {workers} worker process(es), one torch thread each.",
         f"- CPU: {start['cpu']}; {start['cpu_count']} logical cores, {start['usable_cores']} usable by this process.",
-        f"- Load average (1, 5, 15 min) at start: {_load(start)}; at end: {_load(end)} "
-        "(on a shared machine, other users' work slows these runs).",
+        (f"- Load average (1, 5, 15 min) at start: {_load(start)}; at end: {_load(end)} "
+        "(on a shared machine, other users' work slows these runs)."),
         f"- Python {start['python']}, torch {start['torch']}, {start['platform']}.", "",
         "## Hyperparameters of each row (the same for every dataset)", "",
         "```json", json.dumps({m: c.to_dict(m) for m, c in configs.items()}, indent=1), "```", "",

@@ -309,12 +309,12 @@ def _write_summary(out: Path, argv: list[str], seconds: float, passes: list[dict
     lines = ["# vqflows benchmark", "",
              f"Command: `{command(argv)}`", "",
              f"- this command: {this}",
-             f"- all passes that trained or scored ({len(trained_passes)}): "
-             f"{duration(sum(p['seconds'] for p in trained_passes))} wall time",
+             (f"- all passes that trained or scored ({len(trained_passes)}): "
+             f"{duration(sum(p['seconds'] for p in trained_passes))} wall time"),
              f"- training time summed over the {len(records)} runs in these tables: {duration(compute)}",
              f"- hardware: {hw['cpu']}, {hw['cpu_count']} CPUs; {hw['platform']}",
-             f"- software: Python {hw['python']}, torch {hw['torch']}, numpy {hw['numpy']}, "
-             f"scikit-learn {hw['scikit-learn']}", ""]
+             (f"- software: Python {hw['python']}, torch {hw['torch']}, numpy {hw['numpy']}, "
+             f"scikit-learn {hw['scikit-learn']}"), ""]
     for table in built:
         lines += [table.to_markdown(), ""]
     if report.failures:

@@ -14,9 +14,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from ..io import read_json, write_text
 from ..runs import MODELS
@@ -199,7 +199,7 @@ def summary_table(records: Sequence[dict], value: Callable[[dict], float | None]
 
 def benchmark_tables(records: Sequence[dict]) -> list[Table]:
     """Table 1 (with the oracle), the gap to the oracle, the CEF reconstruction error and Table 2."""
-    order = dict(row_order=_model_order(), column_order=PAPER_DATASETS)
+    order = {"row_order": _model_order(), "column_order": PAPER_DATASETS}
     tables = [
         summary_table(records, _get("test_log_likelihood"), name="table1", **order,
                       title="Table 1: test log-likelihood (nats per point)",

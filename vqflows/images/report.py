@@ -65,8 +65,8 @@ def _fmt(mean, std, digits: int) -> str:
 
 
 def _markdown(rows, dataset: str, reference_fid: float, trials: int) -> str:
-    lines = [f"Image study on {dataset}: final classifier FID and test bits/dim, mean ± std over trials "
-             f"(lower is better).", "",
+    lines = [(f"Image study on {dataset}: final classifier FID and test bits/dim, mean ± std over trials "
+             f"(lower is better)."), "",
              "| model | runs | FID | bits/dim | iterations | parameters | train s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -127,7 +127,7 @@ class StudyConfig:
                 raise ValueError(f"{name}: expected a list of widths, got {value!r}")
             setattr(self, name, tuple(positive_int(v, name=name) for v in value))
         if not isinstance(self.frames, bool):
-            raise ValueError(f"frames: expected true or false, got {self.frames!r}")
+            raise ValueError(f"frames: expected true or false, got {self.frames!r}")  # noqa: TRY004
         self.flow_config("vq-maf")  # checks the architecture once
 
     @classmethod
@@ -217,7 +217,7 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
     one_of(model_name, IMAGE_MODELS, name="model")
     trial = positive_int(trial, name="trial", minimum=0)
     if not isinstance(config, StudyConfig):
-        raise ValueError(f"config: expected a StudyConfig, got {type(config).__name__}")
+        raise ValueError(f"config: expected a StudyConfig, got {type(config).__name__}")  # noqa: TRY004
     if splits.name != config.dataset:
         raise ValueError(f"splits: expected the {config.dataset!r} images of the config, got {splits.name!r}")
     device = torch.device(device)
