@@ -86,7 +86,7 @@ def test_stereographic_density_in_closed_form(pole, rotated):
     sign = -1.0 if pole == "north" else 1.0
     u = y[:, :2] / (r + sign * y[:, 2:])
     lam = 2 * r / (1 + u.square().sum(-1))
-    torch.testing.assert_close(flow.inverse(x), u, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(flow(x)[0], u, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(flow.log_prob(x), log_normal(u) - 2 * torch.log(lam), rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(flow.embedding.log_factor(u), torch.log(lam), rtol=0, atol=1e-12)
     # Radial projection: points off the sphere get the density of their nearest sphere point.
@@ -127,7 +127,7 @@ def test_learned_sphere_cef_integrates_to_one(context):
     c = torch.randn(1, context) if context else None
     rows = (lambda n: c.expand(n, context)) if context else (lambda n: None)
     # The image of a plane under a Möbius map is a sphere (or a plane); find it and integrate over it.
-    x = flow.forward(3 * torch.randn(400, 2), rows(400)).detach()
+    x = flow.inverse(3 * torch.randn(400, 2), rows(400))[0].detach()
     m, r, residual = fitted_sphere(x)
     assert residual < 1e-9 and 0.2 < r < 5, (residual, r)
     total = sphere_quadrature(lambda y: flow.log_prob(y, rows(len(y))).detach(), 160, 320, r, centre=m)
@@ -142,11 +142,11 @@ def test_log_prob_matches_autograd_volume(context):
     flow = random_cef(context, seed=3)
     z = torch.randn(5, 2)
     c = torch.randn(5, context) if context else None
-    x = flow.forward(z, c)
+    x = flow.inverse(z, c)[0]
     log_p = flow.log_prob(x, c)
     for i in range(len(z)):
         ci = None if c is None else c[i : i + 1]
-        J = jacobian(lambda v: flow.forward(v[None], ci)[0], z[i])
+        J = jacobian(lambda v: flow.inverse(v[None], ci)[0][0], z[i])
         expected = log_normal(z[i]) - 0.5 * torch.logdet(J.T @ J)
         torch.testing.assert_close(log_p[i], expected, rtol=0, atol=1e-9)
 
@@ -156,9 +156,9 @@ def test_round_trips(context):
     flow = random_cef(context, seed=4)
     z = torch.randn(50, 2)
     c = torch.randn(50, context) if context else None
-    x = flow.forward(z, c)
-    torch.testing.assert_close(flow.inverse(x, c), z, rtol=0, atol=1e-10)
-    torch.testing.assert_close(flow.forward(flow.inverse(x, c), c), x, rtol=0, atol=1e-10)
+    x = flow.inverse(z, c)[0]
+    torch.testing.assert_close(flow(x, c)[0], z, rtol=0, atol=1e-10)
+    torch.testing.assert_close(flow.inverse(flow(x, c)[0], c)[0], x, rtol=0, atol=1e-10)
     torch.testing.assert_close(flow.reconstruction(x, c), torch.zeros(50), rtol=0, atol=1e-20)
     off = x + 0.2 * torch.randn_like(x)
     assert (flow.reconstruction(off, c) > 1e-6).all()
@@ -231,9 +231,9 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match=r"c: expected shape \(10, 2\), got \(9, 2\)"):
         flow.loss(x, c[:9])
     with pytest.raises(ValueError, match=r"c: expected shape \(N, 2\), got \(10, 3\)"):
-        flow.inverse(x, torch.randn(10, 3))
+        flow(x, torch.randn(10, 3))
     with pytest.raises(ValueError, match=r"z: expected shape \(N, 2\), got \(10, 3\)"):
-        flow.forward(x, c)
+        flow.inverse(x, c)
     with pytest.raises(ValueError, match="finite"):
         flow.reconstruction(torch.full((2, 3), math.nan), c[:2])
     with pytest.raises(ValueError, match="n: expected None or the number of context rows 10, got 4"):

@@ -1,4 +1,4 @@
-"""The job runner on a local Dask cluster: the paper grid's tables equal the local runner's; a lost worker is retried."""
+"""The job runner on a local Dask cluster: the grid gives the tables of the local runner; a lost worker is retried."""
 
 from __future__ import annotations
 

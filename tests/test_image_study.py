@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from vqflows.frames import ChartFrames
 from vqflows.images import (
     ClassifierFID,
     ImageFlowConfig,
-    ImageFrames,
     LogitDequantization,
     StudyConfig,
     build_image_flow,
@@ -173,52 +171,6 @@ def test_bits_per_dim_matches_log_prob_by_hand(cache):
     bpd = -(log_p.double() + logdet_hand.double() - 64 * math.log(17)) / (64 * math.log(2))
     assert result["bits_per_dim"] == pytest.approx(float(bpd.mean()), rel=1e-5)
     assert result["levels"].shape == (20, 64) and result["levels"].dtype == np.uint8
-
-
-def test_image_frames_equal_chart_frames():
-    torch.manual_seed(0)
-    x = (torch.randn(400, 6) @ torch.randn(6, 6)).double()
-    member = torch.zeros(400, 5, dtype=torch.bool)
-    member[torch.arange(400), torch.randint(0, 5, (400,))] = True
-    member[:60, 2] = True  # overlapping charts
-    plain, image = ChartFrames(5, 6).double(), ImageFrames(5, 6).double()
-    plain.fit(x, member, trim=12.0)
-    image.fit(x, member, trim=12.0, chunk=2)
-    for name in ("shift", "matrix", "inverse_matrix", "logdet"):
-        torch.testing.assert_close(getattr(image, name), getattr(plain, name))
-    k = torch.randint(0, 5, (400,))
-    torch.testing.assert_close(image(x, k), plain(x, k))
-    torch.testing.assert_close(image.inverse(image(x, k), k), x)
-    torch.testing.assert_close(image.scale2(k), plain.scale2(k))
-
-    # every chart with the same members: one shared frame, equal to the K-fold fit
-    everyone = torch.ones(400, 5, dtype=torch.bool)
-    plain.fit(x, everyone, trim=12.0)
-    image.fit(x, everyone, trim=12.0)
-    torch.testing.assert_close(image.matrix, plain.matrix)
-    torch.testing.assert_close(image.logdet, plain.logdet)
-    torch.testing.assert_close(image(x, k), plain(x, k))
-
-    # frames loaded from a per-chart fit are applied per chart again
-    plain.fit(x, member, trim=12.0)
-    image.load_state_dict(plain.state_dict())
-    torch.testing.assert_close(image(x, k), plain(x, k))
-    torch.testing.assert_close(image.inverse(x, k), plain.inverse(x, k))
-
-
-def test_image_frames_trim_scales_with_dimension():
-    # whitened 64-D Gaussian points have ‖y‖² ≈ 64: the 3-D threshold (16) trims them all and leaves
-    # each chart with only the prior; the χ²₆₄ threshold keeps them
-    torch.manual_seed(0)
-    x = torch.cat([torch.randn(1000, 64), 10.0 + 2.0 * torch.randn(1000, 64)]).double()
-    member = torch.zeros(2000, 2, dtype=torch.bool)
-    member[:1000, 0] = member[1000:, 1] = True
-    frames = ImageFrames(2, 64).double()
-    frames.fit(x, member)
-    torch.testing.assert_close(frames.logdet, torch.tensor([0.0, -64 * math.log(2.0)], dtype=torch.float64),
-                               atol=2.0, rtol=0)
-    frames.fit(x, member, trim=16.0)
-    assert (frames.logdet - torch.tensor([0.0, -64 * math.log(2.0)])).abs().max() > 20
 
 
 def test_summary_std_is_over_trials():

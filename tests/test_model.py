@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import vqflows
-from vqflows import VQFlow, datasets, fit
+from vqflows import VQFlow, build, datasets, fit
 from vqflows.charts import VQAutoencoder, membership, chart_weights
-from vqflows.flows import build
 
 FULL_FLOWS = ["realnvp", "maf", "nsf"]
 
@@ -22,7 +21,7 @@ def _points(n=300, d=3, seed=0):
 def _fitted(flow="maf", charts=4, d=3, seed=0, **kw):
     """A model with charts, weights and frames fitted, and a perturbed (non-identity) flow."""
     torch.manual_seed(seed)
-    model = VQFlow(d, flow, charts, transforms=2, hidden_features=(16, 16), vq_hidden=(16,), **kw).double()
+    model = build(d, flow, charts, transforms=2, hidden_features=(16, 16), vq_hidden=(16,), **kw).double()
     x = _points(400, d, seed)
     if flow == "sphere":
         x = torch.nn.functional.normalize(x - x.mean(0), dim=-1)
@@ -44,7 +43,7 @@ def test_chart_log_prob_matches_autograd_jacobian(flow):
         kk = torch.full((len(xs),), k)
         lp = model._chart_log_prob(xs, kk)
         for i in range(len(xs)):
-            f = lambda v: model.flow.inverse(model.frames(v[None], kk[:1]), model._context(kk[:1]))[0]
+            f = lambda v: model.chart_map(v[None], kk[:1])[0][0]
             J = torch.autograd.functional.jacobian(f, xs[i])
             z = f(xs[i])
             ref = -0.5 * (z @ z) - 1.5 * math.log(2 * math.pi) + torch.linalg.slogdet(J)[1]
@@ -57,7 +56,7 @@ def test_inverse_round_trip(flow):
     z, k = model.encode(x[:50], return_charts=True)
     assert torch.allclose(model.decode(z, k), x[:50], atol=1e-8)
     xs, ks = model.sample(50, seed=1, return_charts=True)
-    zs = model.flow.inverse(model.frames(xs, ks), model._context(ks))
+    zs = model.chart_map(xs, ks)[0]
     assert torch.allclose(model.decode(zs, ks), xs, atol=1e-8)
 
 
@@ -114,9 +113,9 @@ def test_one_chart_is_the_plain_flow():
     """charts=1: no context, one global frame — the same model, parameter for parameter, as charts=None."""
     x = _points(300).float()
     torch.manual_seed(0)
-    one = VQFlow(3, "maf", 1, transforms=2, hidden_features=(16, 16))
+    one = build(3, "maf", 1, transforms=2, hidden_features=(16, 16))
     torch.manual_seed(0)
-    plain = VQFlow(3, "maf", None, transforms=2, hidden_features=(16, 16))
+    plain = build(3, "maf", None, transforms=2, hidden_features=(16, 16))
     h1 = fit(one, x[:200], x[200:], epochs=3, seed=0, chart_epochs=2)
     h0 = fit(plain, x[:200], x[200:], epochs=3, seed=0, chart_epochs=2)
     assert one.contexts.shape == (1, 0) and float(one.weights) == 1.0
@@ -130,7 +129,7 @@ def test_fitted_2d_model_integrates_to_one(partition):
     """A fitted VQ-Flow on the 2-D rings: mixture mode integrates to 1 ± 0.02, charts mode to ≤ 1."""
     s = datasets.load("rings", n=1600, seed=0)
     torch.manual_seed(0)
-    model = VQFlow(2, "maf", 6, partition=partition, transforms=3, hidden_features=(32, 32))
+    model = build(2, "maf", 6, partition=partition, transforms=3, hidden_features=(32, 32))
     fit(model, s.train, s.val, epochs=15, seed=0, chart_epochs=10)
     g = torch.linspace(-4.5, 4.5, 361, dtype=torch.float64)
     xx, yy = torch.meshgrid(g, g, indexing="ij")
@@ -159,8 +158,7 @@ def test_encode_modes_agree_for_hard_charts_and_differ_for_soft():
     assert torch.allclose(model.encode(x[:30], "sample", generator=torch.Generator().manual_seed(0)), zm)
     soft, _ = _fitted("maf", charts=4, m=2)
     ze = soft.encode(x[:30], "expected")
-    z_all = torch.stack([soft.flow.inverse(soft.frames(x[:30], torch.full((30,), k)),
-                                           soft.contexts[k].expand(30, -1)) for k in range(4)], 1)
+    z_all = torch.stack([soft.chart_map(x[:30], torch.full((30,), k))[0] for k in range(4)], 1)
     post = torch.softmax(soft._member_log_joint(x[:30]), -1)
     assert torch.allclose(ze, (post[..., None] * z_all).sum(1), atol=1e-10)
 
@@ -179,7 +177,7 @@ def test_seeded_runs_are_identical():
 
     def run():
         torch.manual_seed(123)  # a different global state must not matter
-        model = VQFlow(3, "maf", 4, transforms=2, hidden_features=(16, 16), vq_hidden=(16,))
+        model = build(3, "maf", 4, transforms=2, hidden_features=(16, 16), vq_hidden=(16,))
         fit(model, x[:200], x[200:], epochs=2, seed=7, chart_epochs=3)
         return model.log_prob(x)
 
@@ -206,7 +204,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_training_reports_non_finite_loss():
     x = _points(200).float()
-    model = VQFlow(3, "maf", 2, transforms=2, hidden_features=(8,))
+    model = build(3, "maf", 2, transforms=2, hidden_features=(8,))
     with pytest.raises(vqflows.TrainingError, match="epoch 1"):
         fit(model, x, epochs=2, lr=1e6, chart_epochs=1)
 
@@ -221,7 +219,7 @@ def test_training_reports_non_finite_loss():
     (lambda m: m.sample(0), "n: expected an integer >= 1"),
 ])
 def test_bad_input_raises_value_error(call, message):
-    model = VQFlow(3, "maf", 4, transforms=1, hidden_features=(8,))
+    model = build(3, "maf", 4, transforms=1, hidden_features=(8,))
     with pytest.raises(ValueError, match=message):
         call(model)
 
@@ -235,7 +233,7 @@ def test_bad_input_raises_value_error(call, message):
 ])
 def test_bad_constructor_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        VQFlow(3, **kwargs)
+        build(3, **kwargs)
 
 
 def test_load_missing_folder(tmp_path):
@@ -246,7 +244,7 @@ def test_load_missing_folder(tmp_path):
 def test_ctrl_c_keeps_the_best_weights(tmp_path, monkeypatch):
     """An interrupt mid-training returns the best model so far, and a run folder keeps it on disk."""
     x = _points(300).float()
-    model = VQFlow(3, "maf", 2, transforms=2, hidden_features=(8,))
+    model = build(3, "maf", 2, transforms=2, hidden_features=(8,))
 
     def stop(epoch, m, h):
         if epoch == 2:
@@ -273,7 +271,7 @@ def test_embedding_flows_encode_decode(flow):
     """z -> x -> z is exact for embedding flows; x -> z -> x is the projection onto the chart's surface."""
     model, x = _fitted(flow, charts=3)
     xs, ks = model.sample(40, seed=0, return_charts=True)
-    zs = model.flow.inverse(model.frames(xs, ks), model._context(ks))
+    zs = model.chart_map(xs, ks)[0]
     assert zs.shape == (40, 2)
     assert torch.allclose(model.decode(zs, ks), xs, atol=1e-7)
     if flow == "sphere":

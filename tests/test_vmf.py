@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+from vqflows.geometry import sample_vmf
 from vqflows.vmf import (
     KAPPA_MAX,
     VMFMixture,
@@ -121,14 +122,28 @@ def test_vmf_sample_matches_density(kappa):
     # Mean resultant length E[μᵀx] = coth κ - 1/κ, within five standard errors.
     assert abs(w.mean() - mean_cosine(kappa)) < 5 * w.std() / math.sqrt(n) + 1e-12
     # The law of w: F(w) = (1 - e^{-κ(w+1)}) e^{κ(w-1)} / (1 - e^{-2κ}), uniform on [-1, 1] at κ = 0.
-    if kappa == 0.0:
-        cdf = lambda t: (t + 1) / 2  # noqa: E731
-    else:
-        cdf = lambda t: -np.expm1(-kappa * (t + 1)) * np.exp(kappa * (t - 1)) / -np.expm1(-2 * kappa)  # noqa: E731
+    def cdf(t):
+        if kappa == 0.0:
+            return (t + 1) / 2
+        return -np.expm1(-kappa * (t + 1)) * np.exp(kappa * (t - 1)) / -np.expm1(-2 * kappa)
+
     assert stats.kstest(w, cdf).pvalue > 1e-3
     # The azimuth around μ is uniform: the component orthogonal to μ averages to zero.
     perp = x - torch.from_numpy(w)[:, None] * mu
     assert float(perp.mean(0).norm()) < 5 * math.sqrt(float((perp**2).sum(1).mean()) / n)
+
+
+def test_samplers_are_the_geometry_sampler():
+    mu = unit(0.3, -0.5, 0.8)
+    x = vmf_sample(mu, 7.0, 50, rng=np.random.default_rng(3))
+    assert np.array_equal(x.numpy(), sample_vmf(np.tile(mu.numpy(), (50, 1)), 7.0, np.random.default_rng(3)))
+    # a mixture draws its counts, then each component's points, then a permutation, from one stream
+    rng = np.random.default_rng(4)
+    counts = rng.multinomial(60, [0.25, 0.75])
+    means = torch.stack([mu, unit(1, 0, 0)])
+    parts = [sample_vmf(np.tile(means[k].numpy(), (counts[k], 1)), kappa, rng) for k, kappa in enumerate((2.0, 0.5))]
+    expected = np.concatenate(parts)[rng.permutation(60)]
+    assert np.array_equal(VMFMixture([0.25, 0.75], means, [2.0, 0.5]).sample(60, seed=4).numpy(), expected)
 
 
 def test_vmf_sample_is_seeded():
@@ -238,7 +253,7 @@ def test_fit_is_seeded_and_sample_follows_weights():
 
 
 def test_save_load_round_trip(tmp_path):
-    truth, x = three_caps(200, seed=4)
+    _, x = three_caps(200, seed=4)
     model = VMFMixture.fit(x, components=5, iters=50, seed=0)
     model.save(tmp_path / "m.json")
     loaded = VMFMixture.load(tmp_path / "m.json")

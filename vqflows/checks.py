@@ -6,7 +6,7 @@ Errors are ``ValueError`` with the expected and the received, e.g.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -27,9 +27,9 @@ def as_points(x, features: int | None = None, *, name: str = "x", min_points: in
     if isinstance(x, np.ndarray) or not isinstance(x, Tensor):
         try:
             x = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"{name}: expected a numeric array of shape (N, {features or 'D'}), got {type(x).__name__}") from e
-    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+    if x.is_complex() or x.dtype == torch.bool or not (x.is_floating_point() or _is_integer(x.dtype)):
         raise ValueError(f"{name}: expected a real-valued array, got dtype {x.dtype}")
     if dtype is not None:
         x = x.to(dtype)
@@ -45,6 +45,34 @@ def as_points(x, features: int | None = None, *, name: str = "x", min_points: in
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).any(dim=1).sum())
         raise ValueError(f"{name}: expected finite values, got {bad} row(s) with NaN or inf")
+    return x
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    try:
+        torch.iinfo(dtype)
+    except TypeError:
+        return False
+    return True
+
+
+def spread(x: Tensor, *, name: str = "x", every_column: bool = False) -> Tensor:
+    """Check that the points ``(N, D)`` are not all equal; return ``x``.
+
+    No density fits a single point: training would drive the log-likelihood to infinity and stop
+    on a non-finite loss, so this is caught before any training. With ``every_column``, a constant
+    coordinate is refused too, for models with a full-dimensional density on ``R^D`` (an embedding
+    flow, whose density lives on a d-dimensional surface, can fit such data).
+    """
+    if x.shape[0] == 0:
+        return x
+    same = (x == x[:1]).all(dim=0)
+    if bool(same.all()):
+        raise ValueError(f"{name}: expected data with non-zero spread, got constant values")
+    if every_column and bool(same.any()):
+        constant = [int(j) for j in torch.nonzero(same).flatten()]
+        raise ValueError(f"{name}: expected data with non-zero spread in every column, "
+                         f"got constant column(s) {constant}")
     return x
 
 

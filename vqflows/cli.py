@@ -28,16 +28,17 @@ def _cmd_datasets(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .runs import RunConfig, train_run
+    from .runs import RunConfig, RunInterrupted, train_run
 
     config = RunConfig(dataset=args.dataset, model=args.model, seed=args.seed, epochs=args.epochs,
                        device=args.device, threads=args.threads)
-    config = config.with_overrides(args.set or [])
+    config = config.with_overrides([item for group in args.set or [] for item in group])
     out = Path(args.out or f"runs/{Path(config.dataset).stem}-{config.model}-{config.seed}")
     try:
-        metrics = train_run(config, out, progress=not args.json and not args.quiet, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        print(f"interrupted: best weights so far saved in {out}", file=sys.stderr)
+        metrics = train_run(config, out, progress=not args.json and not args.quiet, overwrite=args.overwrite,
+                            resume=args.resume)
+    except RunInterrupted as e:
+        print(f"vqflows train: {e}", file=sys.stderr)
         return 130
     metrics["out"] = str(out)
     _report(metrics, args.json)
@@ -64,17 +65,35 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+#: How ``sample --out`` writes each suffix: NumPy's binary format, or text (comma- or space-separated).
+SAMPLE_FORMATS = {".npy": None, ".csv": ",", ".txt": " "}
+
+
 def _cmd_sample(args) -> int:
+    from .checks import positive_int
     from .runs import load_run
 
-    model, _ = load_run(args.run)
-    x = model.sample(args.n, seed=args.seed).numpy()
+    n = positive_int(args.n, name="n")
     out = Path(args.out)
-    if out.suffix == ".csv":
-        np.savetxt(out, x, delimiter=",")
-    else:
-        np.save(out, x)
-    print(f"wrote {args.n} samples of shape {x.shape} to {out}")
+    suffix = out.suffix.lower()
+    if suffix not in SAMPLE_FORMATS:
+        raise ValueError(f"out: expected a file ending in .npy, .csv or .txt, got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise ValueError(f"out: expected a file in an existing folder, got {str(out)!r} "
+                         f"(no folder {str(out.parent)!r})")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"out: expected a new file, got the existing {str(out)!r} (use --overwrite to replace it)")
+    model, _ = load_run(args.run)
+    x = model.sample(n, seed=args.seed).detach().cpu().numpy()
+    # Written beside the target and renamed, so an existing file is never left half-written.
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as f:
+        if SAMPLE_FORMATS[suffix] is None:
+            np.save(f, x)
+        else:
+            np.savetxt(f, x, delimiter=SAMPLE_FORMATS[suffix])
+    tmp.replace(out)
+    print(f"wrote {n} samples of shape {x.shape} to {out.resolve()}")
     return 0
 
 
@@ -104,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: small flows gain nothing from more; 0: torch's default)")
-    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. charts=16 lr=0.002")
-    t.add_argument("--overwrite", action="store_true", help="replace a finished run folder")
+    t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="config overrides, e.g. charts=16 lr=0.002 (may be repeated)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out (finished or not)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the unfinished (e.g. interrupted) run in --out with the same settings")
     t.add_argument("--json", action="store_true", help="print one JSON object with the metrics")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -117,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("-n", type=int, default=10_000)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="samples.npy", help=".npy or .csv")
+    s.add_argument("--out", default="samples.npy", help="file ending in .npy, .csv or .txt (text)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     sub.add_parser("benchmark", help="reproduce the paper's tables and figures (see `vqflows benchmark -h`)",
                    add_help=False)
@@ -130,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_benchmark(None, argv[1:])
     args = build_parser().parse_args(argv)
     handler = {"datasets": _cmd_datasets, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+    from .training import TrainingError
+
     try:
         return handler[args.command](args)
-    except ValueError as e:
-        print(f"vqflows {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TrainingError) as e:
+        # one line: the messages name what was expected and what came
+        message = " ".join(str(e).split())
+        print(f"vqflows {args.command}: error: {message}", file=sys.stderr)
         return 2

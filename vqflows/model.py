@@ -1,12 +1,14 @@
 """VQ-Flow: a mixture of local normalizing flows over learned charts (paper §4.2–4.3).
 
-``p(x) = Σ_k p_k p(x | k)`` with ``p(x | k) = p_flow(A_k (x - μ_k) | v_k) · |det A_k|``: one
-conditional flow shared by all K charts, conditioned on the chart's encoded centre ``v_k``, behind a
-fixed per-chart frame (:mod:`vqflows.frames`). With ``charts=None`` the same flow, unconditioned and
-behind one global frame, is the plain baseline.
+``p(x) = Σ_k p_k p(x | k)``. Chart ``k``'s map is the composition of a fixed affine frame
+(:class:`~vqflows.frames.ChartFrames`) and one conditional flow shared by all K charts
+(:class:`~vqflows.flows.ChartFlow`), conditioned on the chart's encoded centre ``v_k``; every map
+returns ``(y, log|det J|)`` and the chart map adds them, so
+``log p(x | k) = log q(z) + log|det ∂z/∂x|`` with ``z = f(A_k (x - μ_k); v_k)``. With no partition
+the same flow, unconditioned and behind one global frame, is the plain baseline.
 
 Letters: N points, D data dimension, d manifold dimension (``D`` for full flows), K charts,
-C context (code) dimension.
+C context (code) dimension, m charts per point.
 """
 
 from __future__ import annotations
@@ -14,165 +16,249 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from . import flows
-from .charts import PARTITIONS, chart_weights, membership, nearest
+from .charts import chart_weights, membership, nearest
 from .checks import as_points, one_of, positive_int
-from .frames import ChartFrames
+from .flows.base import ChartFlow
+from .frames import TRIM_LEVEL, ChartFrames
 
 LOG_PROB_MODES = ("mixture", "charts")
 ENCODE_MODES = ("map", "expected", "sample")
+#: Rows of the flattened ``(N K)`` pass scored at once. Measured on a 2-core CPU (K = 32, N = 1e5):
+#: 8,192 rows ran 2.4× faster than 65,536, whose buffers fell out of the cache and the allocator's
+#: reuse (1.9 M page faults); see ``benchmarks/speed.py``.
+CHUNK = 8192
+
+
+class Partition(Protocol):
+    """What a chart partitioner provides (:class:`~vqflows.charts.VQAutoencoder`, :class:`~vqflows.charts.KMeansCharts`)."""
+
+    features: int  # D
+    codes: int  # K
+    latent: int  # C
+
+    @property
+    def centres(self) -> Tensor: ...  # (K, C)
+
+    def distances(self, x: Tensor) -> Tensor: ...  # (N, D) -> (N, K)
+
+    def fit(self, x: Tensor, *, seed: int = 0, epochs: int = 30, progress=None) -> list[float]: ...
 
 
 class VQFlow(nn.Module):
-    r"""A VQ-Flow on ``R^D``.
+    r"""A VQ-Flow on ``R^D``, composed from a chart-map flow, a partition and frames.
 
     Arguments:
-        features: ``D``.
-        flow: base flow, ``"realnvp"``, ``"maf"``, ``"nsf"``, ``"cef"`` (a learned d-manifold), or
-            ``"sphere"`` (a CEF on the fixed unit sphere, for directional data; density w.r.t. area).
-        charts: ``K``, or ``None`` for the plain flow (one global chart, no context).
-        partition: ``"vqae"`` (VQ autoencoder) or ``"kmeans"`` (k-means in data space).
-        latent: code dimension ``C`` of the VQ-AE (default 3: a 2-D code space cannot hold a sphere
-            and folds long curves so that one code cell catches pieces of several turns).
+        flow: the conditional flow shared by every chart (:class:`~vqflows.flows.ChartFlow`), with
+            context dimension ``C`` equal to the partition's code dimension (0 without one).
+        partition: the chart partitioner (``K`` charts), or ``None`` for one global chart.
+        frames: the chart frames (default: identity frames, fitted in :meth:`fit_weights`).
         m, eps: membership — the ``m`` nearest codes, enlarged by ``ε`` (``m=1, ε=0``: hard boundary).
-        transforms, hidden_features: size of the flow.
-        manifold_dim: ``d`` for ``flow="cef"``.
-        frames: whether each chart gets its own fitted frame (else one global frame for all).
-        flow_options: further keyword arguments for the flow (e.g. CEF's ``alpha``, ``beta``).
+        local_frames: whether each chart gets its own fitted frame (else one global frame for all).
+        trim: level of the χ²_D cut-off beyond which a chart's stray members are left out of its
+            frame (:data:`~vqflows.frames.TRIM_LEVEL`; ``None`` keeps every member).
+
+    Most users build one by name, :func:`vqflows.build` or :func:`vqflows.presets.create`, which
+    also records the recipe that :meth:`save` writes.
 
     Example:
-        >>> model = VQFlow(features=3, flow="maf", charts=32)
-        >>> history = vqflows.fit(model, train, val)
-        >>> model.log_prob(test).mean()
+        >>> from vqflows.charts import VQAutoencoder
+        >>> from vqflows.flows import ZukoFlow
+        >>> model = VQFlow(ZukoFlow("maf", 3, context=3), VQAutoencoder(3, codes=8, latent=3))
+        >>> model.K, model.log_prob(torch.randn(5, 3)).shape
+        (8, torch.Size([5]))
     """
 
-    def __init__(self, features: int, flow: str = "maf", charts: int | None = 32, *,
-                 partition: str = "vqae", latent: int = 3, m: int = 1, eps: float = 0.0,
-                 transforms: int = 5, hidden_features: Sequence[int] = (64, 64),
-                 vq_hidden: Sequence[int] = (64, 64), manifold_dim: int = 2, frames: bool = True,
-                 flow_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, flow: ChartFlow, partition: Partition | None = None, *, frames: ChartFrames | None = None,
+                 m: int = 1, eps: float = 0.0, local_frames: bool = True, trim: float | None = TRIM_LEVEL) -> None:
         super().__init__()
-        positive_int(features, name="features")
-        one_of(flow, flows.FLOWS, name="flow")
-        one_of(partition, PARTITIONS, name="partition")
-        if charts is not None:
-            positive_int(charts, name="charts")
-            positive_int(m, name="m")
-            if m > charts:
-                raise ValueError(f"m: expected at most charts={charts}, got {m}")
+        if not isinstance(flow, ChartFlow):
+            raise ValueError(f"flow: expected a vqflows.flows.ChartFlow, got {type(flow).__name__}")
+        self.features = flow.features
+        self.K = partition.codes if partition is not None else 1
+        ctx = partition.latent if partition is not None else 0
+        if partition is not None and partition.features != self.features:
+            raise ValueError(f"partition: expected one on {self.features} features, got {partition.features}")
+        if flow.context != ctx:
+            raise ValueError(f"flow: expected context dimension {ctx} (the partition's code dimension), got {flow.context}")
+        positive_int(m, name="m")
+        if m > self.K:
+            raise ValueError(f"m: expected at most charts={self.K}, got {m}")
         if not (isinstance(eps, (int, float)) and eps >= 0 and math.isfinite(eps)):
             raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
-        if flow == "cef" and not 1 <= manifold_dim < features:
-            raise ValueError(f"manifold_dim: expected 1 <= d < features={features}, got {manifold_dim}")
-        self.config = dict(features=features, flow=flow, charts=charts, partition=partition, latent=latent,
-                           m=m, eps=float(eps), transforms=transforms, hidden_features=list(hidden_features),
-                           vq_hidden=list(vq_hidden), manifold_dim=manifold_dim, frames=frames,
-                           flow_options=dict(flow_options or {}))
-        self.features = features
-        self.K = charts or 1
-        self.m, self.eps = min(m, self.K), float(eps)
-        if self.K == 1:  # one chart needs no partition: the plain flow
-            self.partition = None
-        elif partition == "vqae":
-            self.partition = PARTITIONS[partition](features, charts, latent, hidden=tuple(vq_hidden))
-        else:
-            self.partition = PARTITIONS[partition](features, charts)
-        ctx = 0 if self.partition is None else self.partition.latent
-        options = dict(transforms=transforms, hidden_features=tuple(hidden_features), **(flow_options or {}))
-        if flow == "cef":
-            options["manifold_dim"] = manifold_dim
-        self.flow = flows.build(flow, features, ctx, **options)
-        self.manifold_dim = self.flow.manifold_dim
-        self.frames = ChartFrames(self.K, features)
+        self.partition = partition
+        self.flow = flow
+        self.frames = frames if frames is not None else ChartFrames(self.K, self.features)
+        if (self.frames.charts, self.frames.features) != (self.K, self.features):
+            raise ValueError(f"frames: expected {self.K} charts on {self.features} features, "
+                             f"got {self.frames.charts} on {self.frames.features}")
+        self.m, self.eps = m, float(eps)
+        self.local_frames, self.trim = local_frames, trim
+        self.manifold_dim = flow.manifold_dim
+        #: the recipe this model was built from, ``{"preset": name or None, "args": {...}}`` (see :mod:`vqflows.presets`)
+        self.spec: dict[str, Any] | None = None
         self.register_buffer("log_weights", torch.full((self.K,), -math.log(self.K)))
         self.register_buffer("contexts", torch.zeros(self.K, ctx))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The arguments of the recipe that built this model (empty if built by hand)."""
+        return dict(self.spec["args"]) if self.spec else {}
+
+    @property
+    def _ref(self) -> Tensor:
+        return self.log_weights
+
+    def _input(self, x, name: str = "x", min_points: int = 1) -> Tensor:
+        """``x`` (tensor of any float dtype, numpy array or nested list) as ``(N, D)`` in the model's dtype and device."""
+        return as_points(x, self.features, name=name, min_points=min_points, dtype=self._ref.dtype).to(self._ref.device)
 
     # ------------------------------------------------------------------ charts
     def chart_distances(self, x: Tensor) -> Tensor:
         """Squared distances to the K chart centres, ``(N, D) -> (N, K)``."""
         if self.partition is None:
             return torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
-        return self.partition.distances(x)
+        return torch.cat([self.partition.distances(xs) for xs in x.split(65536)]) if len(x) else \
+            torch.zeros(0, self.K, dtype=x.dtype, device=x.device)
 
-    def membership(self, x: Tensor) -> Tensor:
+    def membership(self, x) -> Tensor:
         """Which charts contain each point, ``(N, D) -> (N, K)`` bool."""
-        x = as_points(x, self.features)
-        return membership(self.chart_distances(x), self.m, self.eps)
+        with torch.no_grad():
+            return membership(self.chart_distances(self._input(x)), self.m, self.eps)
 
-    def assign(self, x: Tensor) -> Tensor:
+    def assign(self, x) -> Tensor:
         """Nearest chart of each point, ``(N, D) -> (N,)`` long."""
-        x = as_points(x, self.features)
-        return nearest(self.chart_distances(x))
+        with torch.no_grad():
+            return nearest(self.chart_distances(self._input(x)))
+
+    def top_charts(self, x, m: int) -> Tensor:
+        """The ``m`` nearest charts of each point, nearest first, ``(N, D) -> (N, m)`` long."""
+        m = min(positive_int(m, name="m"), self.K)
+        with torch.no_grad():
+            return self.chart_distances(self._input(x)).topk(m, dim=-1, largest=False).indices
 
     @property
     def weights(self) -> Tensor:
         """Chart weights ``p_k``, ``(K,)``."""
         return self.log_weights.exp()
 
-    def fit_charts(self, x: Tensor, *, seed: int = 0, epochs: int = 30, progress=None) -> list[float]:
+    def fit_charts(self, x, *, seed: int = 0, epochs: int = 30, progress=None) -> list[float]:
         """Stage 1: learn the chart centres (VQ-AE or k-means) on ``x`` ``(N, D)``."""
-        x = as_points(x, self.features, min_points=max(self.K, 2))
+        x = self._input(x, min_points=max(self.K, 2))
         if self.partition is None:
             return []
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(seed)
             return self.partition.fit(x, seed=seed, epochs=epochs, progress=progress)
 
     @torch.no_grad()
-    def fit_weights(self, x: Tensor) -> None:
-        """Stage 2: chart weights ``p_k`` (equation 15), chart frames and normalised contexts."""
-        x = as_points(x, self.features, min_points=max(self.K, 2))
-        member = self.membership(x)
-        self.log_weights.copy_(chart_weights(member).clamp_min(1e-12).log().to(self.log_weights.dtype))
-        sim = self.manifold_dim if self.flow.conformal else None
-        if self.config["flow"] == "sphere":
-            self.frames.fit_rotations(x, member if self.config["frames"] else torch.ones_like(member))
-        elif self.config["frames"]:
-            self.frames.fit(x, member, similarity_dim=sim)
-        else:
-            self.frames.fit(x, torch.ones(x.shape[0], self.K, dtype=torch.bool), similarity_dim=sim)
+    def fit_weights(self, x, responsibilities: Tensor | None = None) -> None:
+        """Stage 2: chart weights ``p_k`` (equation 15), chart frames and normalised contexts.
+
+        ``responsibilities`` ``(N, K)`` (rows summing to 1) replace the hard membership for the weights
+        and the frames: ``p_k = mean_i r_ik`` and responsibility-weighted frame moments.
+        """
+        x = self._input(x, min_points=max(self.K, 2))
+        member = self.membership(x) if responsibilities is None else responsibilities.to(x.device, x.dtype)
+        weights = chart_weights(member) if responsibilities is None else member.double().mean(0)
+        self.log_weights.copy_(weights.clamp_min(1e-12).log().to(self.log_weights))
+        fitted = member if self.local_frames else torch.ones(x.shape[0], self.K, dtype=torch.bool, device=x.device)
+        self.frames.fit(x, fitted, kind=self.flow.frame, dim=self.manifold_dim, axis=self.flow.axis, trim=self.trim)
         if self.contexts.shape[1]:
             v = self.partition.centres.detach()
             self.contexts.copy_((v - v.mean(0)) / v.std().clamp_min(1e-8))
 
-    # ------------------------------------------------------------- densities
-    def _chart_log_prob(self, x: Tensor, k: Tensor) -> Tensor:
-        """``log p(x_i | k_i)`` for rows ``(M, D), (M,) -> (M,)``, in one pass of the flow."""
-        y = self.frames(x, k)
-        return self.flow.log_prob(y, self._context(k)) + self.frames.logdet[k]
-
+    # ------------------------------------------------------------- chart maps
     def _context(self, k: Tensor) -> Tensor | None:
         return self.contexts[k] if self.contexts.shape[1] else None
 
-    def chart_log_prob(self, x: Tensor, *, chunk: int = 65536) -> Tensor:
-        """``log p(x | k)`` under every chart, ``(N, D) -> (N, K)``: one batched pass over ``(N K)`` rows."""
-        x = as_points(x, self.features)
+    def chart_map(self, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``z = f_k(x)`` and ``log|det ∂z/∂x|``, the composition frame → flow: ``(M, D), (M,) -> (M, d), (M,)``."""
+        y, ladj = self.frames(x, k)
+        z, flow_ladj = self.flow(y, self._context(k))
+        return z, ladj + flow_ladj
+
+    def chart_inverse(self, z: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``x = g_k(z)`` and ``log|det ∂x/∂z|``: ``(M, d), (M,) -> (M, D), (M,)``."""
+        y, ladj = self.flow.inverse(z, self._context(k))
+        x, frame_ladj = self.frames.inverse(y, k)
+        return x, ladj + frame_ladj
+
+    def _chart_terms(self, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log p(x_i | k_i), penalty_i)`` row by row, one pass of the flow: ``(M, D), (M,) -> (M,), (M,)``."""
+        y, ladj = self.frames(x, k)
+        z, flow_ladj, penalty = self.flow.forward_and_penalty(y, self._context(k))
+        return self.flow.base.log_prob(z) + (ladj + flow_ladj), penalty
+
+    def _chart_log_prob(self, x: Tensor, k: Tensor) -> Tensor:
+        """``log p(x_i | k_i)`` row by row: ``(M, D), (M,) -> (M,)``."""
+        z, ladj = self.chart_map(x, k)
+        return self.flow.base.log_prob(z) + ladj
+
+    # ------------------------------------------------------------- densities
+    def _graph(self, x: Tensor, grad: bool | None) -> bool:
+        if grad is None:
+            return torch.is_grad_enabled() and (self.training or x.requires_grad)
+        return bool(grad) and torch.is_grad_enabled()
+
+    def chart_log_prob(self, x, *, chunk: int = CHUNK, grad: bool | None = None) -> Tensor:
+        """``log p(x | k)`` under every chart, ``(N, D) -> (N, K)``: batched passes over ``chunk`` rows of ``(N K)``."""
+        x = self._input(x)
+        positive_int(chunk, name="chunk")
+        with torch.set_grad_enabled(self._graph(x, grad)):
+            return self._all_charts(x, chunk)
+
+    def _all_charts(self, x: Tensor, chunk: int = CHUNK) -> Tensor:
         rows = max(1, chunk // self.K)
         out = []
         for xs in x.split(rows):
             n = xs.shape[0]
             k = torch.arange(self.K, device=xs.device).repeat(n)
             out.append(self._chart_log_prob(xs.repeat_interleave(self.K, 0), k).view(n, self.K))
-        return torch.cat(out)
+        return torch.cat(out) if out else x.new_zeros(0, self.K)
 
-    def log_prob(self, x: Tensor, mode: str = "mixture", *, chunk: int = 65536) -> Tensor:
+    def log_prob(self, x, mode: str = "mixture", *, chunk: int = CHUNK, grad: bool | None = None) -> Tensor:
         r"""Exact log-density in data coordinates, ``(N, D) -> (N,)``.
 
         ``"mixture"``: ``log Σ_{k=1}^{K} p_k p(x | k)`` — a normalised density, consistent with
         :meth:`sample`, the one to report. ``"charts"``: ``log Σ_{k : x ∈ U_k} p_k p(x | k)``
         (equations 18/20), a lower bound that evaluates only the charts containing ``x``.
+
+        ``x`` may be a tensor of any floating dtype, a numpy array or a list; it is converted to the
+        model's dtype and device. The autograd graph is kept only when it can be wanted — the model
+        is in training mode or ``x`` requires a gradient (or ``grad=True``) — so scoring many points
+        with a fitted model (``eval()`` after :func:`~vqflows.fit`) has memory bounded by ``chunk``.
+        Points whose log-density is not finite in the model's dtype (e.g. ``|x| ~ 1e30``) raise
+        ``ValueError``.
         """
         one_of(mode, LOG_PROB_MODES, name="mode")
-        x = as_points(x, self.features)
+        x = self._input(x)
+        positive_int(chunk, name="chunk")
+        with torch.set_grad_enabled(self._graph(x, grad)):
+            out = self._log_prob(x, mode, chunk)
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            worst = float(x[bad].abs().max())
+            raise ValueError(f"x: expected points whose log-density is finite in {str(self._ref.dtype).removeprefix('torch.')}, "
+                             f"got {int(bad.sum())} row(s) that overflow (largest |value| {worst:.3g})")
+        return out
+
+    def _log_prob(self, x: Tensor, mode: str = "mixture", chunk: int = CHUNK) -> Tensor:
         if mode == "mixture":
-            return torch.logsumexp(self.chart_log_prob(x, chunk=chunk) + self.log_weights, dim=-1)
-        return torch.logsumexp(self._member_log_joint(x), dim=-1)
+            return torch.logsumexp(self._all_charts(x, chunk) + self.log_weights, dim=-1)
+        rows = max(1, chunk // max(self.m, 1))
+        return torch.cat([torch.logsumexp(self._member_log_joint(xs), dim=-1) for xs in x.split(rows)]) \
+            if len(x) else x.new_zeros(0)
+
+    def forward(self, x) -> Tensor:
+        """``log p(x)`` (mixture), so that wrappers that call the module (DDP, ``torch.compile``) work."""
+        return self.log_prob(x)
 
     def _member_log_joint(self, x: Tensor) -> Tensor:
         """``log p_k + log p(x|k)`` on member charts and ``-inf`` elsewhere, ``(N, K)``."""
@@ -182,110 +268,205 @@ class VQFlow(nn.Module):
         joint[i, k] = self._chart_log_prob(x[i], k) + self.log_weights[k]
         return joint
 
-    def loss(self, x: Tensor, k: Tensor) -> Tensor:
-        """Training loss of points ``(N, D)`` in their drawn charts ``(N,)``: ``-log p(x|k)`` plus penalties, ``(N,)``."""
-        y = self.frames(x, k)
-        return self.flow.loss(y, self._context(k)) - self.frames.logdet[k]
+    def log_joint(self, x: Tensor, charts: Tensor, log_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``log p_k + log p(x | k)`` and the flow's penalty at the given charts, one pass for all:
+        ``(N, D), (N, m) -> (N, m), (N, m)``. ``log_weights`` ``(K,)`` replaces the model's (e.g. learned ones)."""
+        n, m = charts.shape
+        lw = self.log_weights if log_weights is None else log_weights
+        log_p, penalty = self._chart_terms(x.repeat_interleave(m, 0), charts.reshape(-1))
+        return log_p.view(n, m) + lw[charts], penalty.view(n, m)
 
-    def reconstruction(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, k: Tensor) -> Tensor:
+        """Hard-cell training loss of points ``(N, D)`` in their charts ``(N,)``: ``-log p(x|k)`` plus the
+        flow's penalty, ``(N,)`` (paper eq. 17)."""
+        log_p, penalty = self._chart_terms(x, k)
+        return penalty - log_p
+
+    def mixture_loss(self, x: Tensor, charts: Tensor, log_weights: Tensor | None = None) -> Tensor:
+        r"""Mixture training loss ``-log Σ_{k ∈ charts(x)} p_k p(x | k)`` plus the responsibility-weighted
+        penalty, ``(N, D), (N, m) -> (N,)``; with all K charts it is the exact negative log-likelihood."""
+        joint, penalty = self.log_joint(x, charts, log_weights)
+        nll = -torch.logsumexp(joint, dim=-1)
+        if penalty.requires_grad or bool(penalty.any()):
+            nll = nll + (torch.softmax(joint, dim=-1).detach() * penalty).sum(-1)
+        return nll
+
+    def reconstruction(self, x) -> Tensor:
         """Squared distance from each point to its nearest chart's model manifold, ``(N,)`` (0 for full flows)."""
-        x = as_points(x, self.features)
-        k = nearest(self.chart_distances(x))
-        y = self.frames(x, k)
-        return self.flow.reconstruction(y, self._context(k)) * self.frames.scale2(k)
+        x = self._input(x)
+        with torch.set_grad_enabled(self._graph(x, None)):
+            k = nearest(self.chart_distances(x))
+            y, _ = self.frames(x, k)
+            return self.flow.reconstruction(y, self._context(k)) * self.frames.scale2(k)
 
     def penalty(self, x: Tensor) -> Tensor:
-        """The training loss's penalty beyond ``-log p`` on each point's nearest chart, ``(N,)``.
-
-        ``(β/α)·||y - c(c†(y))||²`` in chart coordinates for embedding flows, 0 for full flows; early
-        stopping subtracts it so that it watches the quantity training minimises.
-        """
-        beta = getattr(self.flow, "beta", 0.0) / getattr(self.flow, "alpha", 1.0)
-        if self.flow.manifold_dim == self.features or beta == 0.0:
-            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        """The training loss's penalty beyond ``-log p`` on each point's nearest chart, ``(N,)``
+        (zero for full flows); early stopping subtracts it so that it watches what training minimises."""
         k = nearest(self.chart_distances(x))
-        return beta * self.flow.reconstruction(self.frames(x, k), self._context(k))
+        return self._chart_terms(x, k)[1]
 
     # ------------------------------------------------------ sampling, inference
-    @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, seed: int | None = None,
-               return_charts: bool = False):
-        """Draw ``k ~ p_k``, ``z ~ N(0, I_d)``, ``x = g_k(z)``: returns ``(n, D)`` (and ``(n,)`` charts)."""
-        positive_int(n, name="n")
+    def _draw(self, shape: Sequence[int] | int | torch.Size, generator: torch.Generator | None,
+              seed: int | None, return_charts: bool):
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            shape = (positive_int(shape, name="n"),)
+        try:
+            shape = torch.Size(shape)
+        except TypeError as e:
+            raise ValueError(f"sample_shape: expected an int or a tuple of ints, got {shape!r}") from e
+        if any(s < 0 for s in shape):
+            raise ValueError(f"sample_shape: expected sizes >= 0, got {tuple(shape)}")
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
-        ref = self.log_weights
-        k = torch.multinomial(self.weights.cpu().double(), n, replacement=True, generator=generator).to(ref.device)
-        z = torch.randn(n, self.manifold_dim, generator=generator, dtype=torch.float64).to(ref.device, ref.dtype)
-        x = self.frames.inverse(self.flow.forward(z, self._context(k)), k)
-        return (x, k) if return_charts else x
+        n, ref = shape.numel(), self._ref
+        k = torch.multinomial(self.weights.cpu().double(), max(n, 1), replacement=True, generator=generator)[:n].to(ref.device)
+        z = self.flow.base.sample(n, dtype=ref.dtype, device=ref.device, generator=generator)
+        x = torch.cat([self.chart_inverse(zs, ks)[0] for zs, ks in zip(z.split(65536), k.split(65536))]) if n \
+            else ref.new_zeros(0, self.features)
+        x = x.reshape(*shape, self.features)
+        return (x, k.reshape(shape)) if return_charts else x
 
-    def decode(self, z: Tensor, k: Tensor) -> Tensor:
+    def sample(self, sample_shape: Sequence[int] | int | torch.Size = torch.Size(), *,
+               generator: torch.Generator | None = None, seed: int | None = None, return_charts: bool = False):
+        """Draw ``k ~ p_k``, ``z ~ N(0, I_d)``, ``x = g_k(z)``: ``(*sample_shape, D)`` (and the charts ``sample_shape``).
+
+        ``sample_shape`` follows torch.distributions (an int ``n`` means ``(n,)``); no gradient is kept
+        (see :meth:`rsample`). Draws are batched, so any count fits in memory.
+        """
+        with torch.no_grad():
+            return self._draw(sample_shape, generator, seed, return_charts)
+
+    def rsample(self, sample_shape: Sequence[int] | int | torch.Size = torch.Size(), *,
+                generator: torch.Generator | None = None, seed: int | None = None, return_charts: bool = False):
+        """Reparameterised :meth:`sample`: ``x = g_k(z)`` keeps the graph, so gradients reach the flow's
+        parameters (the chart draw ``k`` is discrete and carries none)."""
+        return self._draw(sample_shape, generator, seed, return_charts)
+
+    def decode(self, z, k: Tensor) -> Tensor:
         """``x = g_k(z)``: ``(N, d), (N,) -> (N, D)``."""
-        return self.frames.inverse(self.flow.forward(z, self._context(k)), k)
+        z = as_points(z, self.manifold_dim, name="z", dtype=self._ref.dtype).to(self._ref.device)
+        return self.chart_inverse(z, torch.as_tensor(k, device=z.device))[0]
 
-    def encode(self, x: Tensor, mode: str = "map", *, generator: torch.Generator | None = None,
-               return_charts: bool = False):
+    def encode(self, x, mode: str = "map", *, generator: torch.Generator | None = None,
+               return_charts: bool = False, chunk: int = CHUNK):
         r"""Latent codes ``z = f_k(x)``, ``(N, D) -> (N, d)`` (and the charts used, ``(N,)``).
 
         ``"map"``: the most probable chart ``argmax_{k: x ∈ U_k} p(k | x)``; ``"expected"``:
         ``Σ_k p(k | x) f_k(x)``; ``"sample"``: ``k ~ p(k | x)``. ``p(k | x)`` is equation 12.
-        With hard charts all three agree.
+        With hard charts all three agree. Batched over ``chunk`` points.
         """
         one_of(mode, ENCODE_MODES, name="mode")
-        x = as_points(x, self.features)
+        x = self._input(x)
+        with torch.set_grad_enabled(self._graph(x, None)):
+            parts = [self._encode(xs, mode, generator) for xs in x.split(max(1, chunk // max(self.m, 1)))]
+        z = torch.cat([p[0] for p in parts]) if parts else x.new_zeros(0, self.manifold_dim)
+        charts = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.long, device=x.device)
+        return (z, charts) if return_charts else z
+
+    def _encode(self, x: Tensor, mode: str, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         post = torch.softmax(self._member_log_joint(x), dim=-1)  # p(k | x), (N, K)
         if mode == "expected":
-            n = x.shape[0]
             i, k = (post > 0).nonzero(as_tuple=True)
-            zk = self.flow.inverse(self.frames(x[i], k), self._context(k))
-            z = torch.zeros(n, zk.shape[-1], dtype=zk.dtype, device=zk.device)
+            zk = self.chart_map(x[i], k)[0]
+            z = torch.zeros(x.shape[0], zk.shape[-1], dtype=zk.dtype, device=zk.device)
             z.index_add_(0, i, zk * post[i, k, None])
-            charts = post.argmax(-1)
-            return (z, charts) if return_charts else z
+            return z, post.argmax(-1)
         if mode == "map":
             charts = post.argmax(-1)
         else:
             charts = torch.multinomial(post.double().cpu(), 1, generator=generator).flatten().to(x.device)
-        z = self.flow.inverse(self.frames(x, charts), self._context(charts))
-        return (z, charts) if return_charts else z
+        return self.chart_map(x, charts)[0], charts
+
+    def distribution(self) -> "VQFlowDistribution":
+        """This model as a :class:`torch.distributions.Distribution` with ``event_shape (D,)``."""
+        return VQFlowDistribution(self)
 
     # ----------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``weights.pt`` (a ``state_dict``) into the folder ``path``."""
+        """Write ``config.json`` (the recipe: preset and arguments) and ``weights.pt`` (a ``state_dict``)
+        into the folder ``path``, each atomically."""
+        from .io import atomic_torch_save, atomic_write_json
+
+        if self.spec is None:
+            raise ValueError("model: expected one built by vqflows.build or vqflows.presets.create (whose recipe "
+                             "can be saved), got one composed by hand; save its state_dict() instead")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / "config.json", json.dumps(self.config, indent=2).encode())
-        tmp = path / "weights.pt.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path / "weights.pt")
+        atomic_write_json(path / "config.json", {"format": 2, **self.spec})
+        atomic_torch_save(self.state_dict(), path / "weights.pt")
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> "VQFlow":
         """Rebuild a model saved by :meth:`save` (also accepts a run folder holding ``model/``)."""
+        from . import presets
+
         path = Path(path)
         if (path / "model" / "config.json").exists():
             path = path / "model"
         if not (path / "config.json").exists() or not (path / "weights.pt").exists():
             raise ValueError(f"path: expected a folder with config.json and weights.pt, got {str(path)!r}")
-        config = json.loads((path / "config.json").read_text())
-        model = cls(**config)
-        state = torch.load(path / "weights.pt", map_location=map_location, weights_only=True)
-        model.load_state_dict(state)
-        return model.to(map_location)
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"config.json: expected a JSON model recipe, got unreadable text in {str(path)!r}") from e
+        if not isinstance(config, dict):
+            raise ValueError(f"config.json: expected a JSON object, got {type(config).__name__}")
+        spec = config if config.get("format") == 2 else {"preset": None, "args": config}  # the flat layout of 0.1
+        try:
+            model = presets.from_spec({"preset": spec.get("preset"), "args": spec.get("args")})
+        except TypeError as e:
+            raise ValueError(f"config.json: expected the arguments of its recipe, got {e}") from e
+        try:
+            state = torch.load(path / "weights.pt", map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises several kinds for empty, truncated or foreign files
+            raise ValueError(f"weights.pt: expected a state_dict saved by vqflows, got an unreadable file in "
+                             f"{str(path)!r} ({type(e).__name__})") from e
+        floats = [t.dtype for t in state.values() if isinstance(t, Tensor) and t.is_floating_point()]
+        if floats:  # the model comes back in the dtype it was saved in
+            model.to(floats[0])
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ValueError(f"weights.pt: expected weights matching config.json, got a mismatch in {str(path)!r}") from e
+        return model.to(map_location).eval()
 
     def extra_repr(self) -> str:
-        c = self.config
-        return f"flow={c['flow']!r}, charts={c['charts']}, partition={c['partition']!r}, m={c['m']}, eps={c['eps']}"
+        return f"charts={self.K}, m={self.m}, eps={self.eps}, local_frames={self.local_frames}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+class VQFlowDistribution(torch.distributions.Distribution):
+    """A fitted :class:`VQFlow` seen as a :class:`torch.distributions.Distribution` (``event_shape (D,)``).
+
+    Example:
+        >>> from vqflows import build
+        >>> dist = build(2, "maf", charts=3).distribution()
+        >>> dist.sample((4,)).shape, dist.log_prob(torch.zeros(5, 2)).shape
+        (torch.Size([4, 2]), torch.Size([5]))
+    """
+
+    arg_constraints: dict = {}
+    support = torch.distributions.constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, model: VQFlow) -> None:
+        self.model = model
+        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([model.features]), validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        value = torch.as_tensor(value)
+        shape = value.shape[:-1]
+        return self.model.log_prob(value.reshape(-1, self.model.features)).reshape(shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.model.sample(sample_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.model.rsample(sample_shape)
 
 
 def build(features: int, flow: str = "maf", charts: int | None = 32, **options: Any) -> VQFlow:
-    """A VQ-Flow on ``R^features`` from option names (``flow``, ``charts``, ``partition``, ``m``, ...)."""
-    return VQFlow(features, flow, charts, **options)
+    """A VQ-Flow on ``R^features`` from option names; see :func:`vqflows.presets.build`."""
+    from .presets import build as _build
+
+    return _build(features, flow, charts, **options)

@@ -1,20 +1,29 @@
 """Run folders: one trained model with its resolved config, weights, metrics and training curve.
 
 A run folder holds ``config.json`` (the resolved :class:`RunConfig`), ``model/`` (see
-:meth:`VQFlow.save`), ``metrics.json`` and ``history.json``/``history.csv``. Files are written
-atomically; a folder without ``metrics.json`` is unfinished.
+:meth:`VQFlow.save`), ``metrics.json`` and ``history.json``/``history.csv``; a run on a file also
+holds ``data.json`` (the file's absolute path and SHA-256). Files are written atomically; a
+folder without ``metrics.json`` is unfinished, and ``interrupted.json`` marks one stopped by Ctrl-C.
+
+While a run writes, its folder holds ``.lock`` (created exclusively, holding the writer's pid and
+host), so a second writer is refused instead of silently mixing two runs. Nothing a finished or
+interrupted run made is replaced unless asked (``overwrite``, or ``resume`` for an interrupted run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import inspect
 import io
 import json
 import math
 import os
+import pickle
 import shutil
-import time
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +31,22 @@ from typing import Any
 import torch
 
 from . import datasets
-from .checks import one_of, override_pairs
-from .model import VQFlow
+from .checks import one_of, override_pairs, positive_int, spread
+from .model import VQFlow, build
 from .training import History, fit
 
 #: Model names: base flows and their VQ versions.
 MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf", "nsf", "vq-nsf", "cef", "vq-cef", "sphere", "vq-sphere")
+
+#: Files a run writes into its folder (besides ``model/``); ``overwrite`` removes exactly these.
+RUN_FILES = ("config.json", "data.json", "metrics.json", "interrupted.json", "history.json", "history.csv",
+             "checkpoint.pt")
+LOCK = ".lock"
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; ``str(error)`` says what its folder kept and how to go on."""
 
 
 @dataclass
@@ -37,7 +56,7 @@ class RunConfig:
     dataset: str = "helix"
     model: str = "vq-maf"
     seed: int = 0
-    n: int = 10_000
+    n: int | None = None  # None: 10,000 points of a built-in set, every row of a file
     epochs: int = 100
     patience: int = 10
     batch_size: int = 128
@@ -61,6 +80,15 @@ class RunConfig:
         if self.m is None:
             # an embedding flow's chart surface must reach past its cell to meet its neighbours'
             self.m = 2 if self.model == "vq-cef" else 1
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
+        # counts are checked here, before any data is loaded; lr and eps are checked where they are used
+        for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1), ("charts", 1),
+                           ("latent", 1), ("m", 1), ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
+                           ("manifold_dim", 1), ("threads", 0)):
+            positive_int(getattr(self, key), name=key, minimum=least)
+        if self.n is not None:
+            positive_int(self.n, name="n")
 
     @property
     def flow(self) -> str:
@@ -70,23 +98,26 @@ class RunConfig:
     def is_vq(self) -> bool:
         return self.model.startswith("vq-")
 
-    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> "RunConfig":
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> RunConfig:
         """A copy with ``key=value`` overrides; unknown keys and values of the wrong type raise ``ValueError``."""
-        out = {key: _coerce(key, value, float if key in _FLOATS else type(getattr(self, key)))
+        out = {key: _coerce(key, value, _KINDS.get(key) or type(getattr(self, key)))
                for key, value in override_pairs(self, overrides).items()}
         return dataclasses.replace(self, **out)
 
     def build_model(self, features: int) -> VQFlow:
-        return VQFlow(features, self.flow, self.charts if self.is_vq else None, partition=self.partition,
-                      latent=self.latent, m=self.m, eps=self.eps, transforms=self.transforms,
-                      hidden_features=(self.hidden, self.hidden), manifold_dim=self.manifold_dim,
-                      frames=self.frames, flow_options=self.flow_options)
+        """The untrained model of this run for data in ``R^features``."""
+        return build(features, self.flow, self.charts if self.is_vq else None, partition=self.partition,
+                     latent=self.latent, m=self.m, eps=self.eps, transforms=self.transforms,
+                     hidden_features=(self.hidden, self.hidden), manifold_dim=self.manifold_dim,
+                     frames=self.frames, flow_options=self.flow_options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_FLOATS = ("lr", "eps")
+#: Fields whose default does not tell their type (``None``) or that take ints for floats.
+_KINDS: dict[str, type] = {"lr": float, "eps": float, "n": int, "m": int}
+_NULLABLE = ("n", "m")
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
@@ -95,6 +126,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             value = json.loads(value)
         except json.JSONDecodeError:
             pass
+    if value is None and key in _NULLABLE:
+        return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -126,66 +159,295 @@ def evaluate(model: VQFlow, splits: datasets.Splits) -> dict[str, float]:
     return out
 
 
-def parameters(model: nn_module) -> int:  # type: ignore[name-defined]
+def parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-nn_module = torch.nn.Module
+def fit_supports_checkpoint() -> bool:
+    """Whether :func:`vqflows.fit` takes ``checkpoint=`` (per-epoch state from which a run resumes)."""
+    return "checkpoint" in inspect.signature(fit).parameters
 
 
-def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = False,
-              overwrite: bool = False) -> dict[str, Any]:
+def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = False, overwrite: bool = False,
+              resume: bool = False, callback: Callable[[int, VQFlow, History], None] | None = None
+              ) -> dict[str, Any]:
     """Train the run ``config`` into the folder ``out`` and return its metrics.
 
-    An existing finished run folder is refused unless ``overwrite``; on Ctrl-C the best weights so
-    far are saved with ``"interrupted": true`` in the metrics, then ``KeyboardInterrupt`` is re-raised.
+    The data, model and settings are checked before the folder is touched. The folder is then
+    claimed with ``.lock`` (a second writer gets ``ValueError``). A finished run is replaced only
+    with ``overwrite``; an unfinished one (e.g. stopped by Ctrl-C) only with ``overwrite`` or
+    ``resume``. With ``resume`` the saved settings must match ``config`` (device and threads aside)
+    and the data file must be unchanged; training goes on from ``checkpoint.pt`` (written after every
+    epoch) where :func:`fit` supports checkpoints, and starts over otherwise.
+
+    On Ctrl-C the best weights so far (if a flow epoch finished) are saved with
+    ``interrupted.json``, then :class:`RunInterrupted` says what the folder kept. A run that fails
+    on a fresh folder removes what it wrote. ``callback(epoch, model, history)`` is passed to :func:`fit`.
     """
     out = Path(out)
-    if (out / "metrics.json").exists() and not overwrite:
-        raise ValueError(f"out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
-                         f"(use overwrite to replace it)")
+    if overwrite and resume:
+        raise ValueError("resume: expected either resume or overwrite, got both")
     if config.threads:
         torch.set_num_threads(config.threads)
     splits = load_data(config)
+    spread(splits.train, name=config.dataset, every_column=config.flow != "cef")
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config.to_dict())
-    history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
-                  lr=config.lr, patience=config.patience, chart_epochs=config.chart_epochs,
-                  seed=config.seed, device=config.device, progress=progress)
-    model.to("cpu")
-    metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}
-    if not history.interrupted:
-        metrics.update(evaluate(model, splits))
-    metrics.update(epochs=history.epochs, best_epoch=history.best_epoch, train_seconds=history.train_seconds,
-                   chart_seconds=history.chart_seconds, flow_seconds_per_epoch=(
-                       history.flow_seconds / max(history.epochs, 1)),
-                   parameters=parameters(model), stopped_early=history.stopped_early,
-                   interrupted=history.interrupted)
-    model.save(out / "model")
-    _write_history(out, history)
-    _write_json(out / ("interrupted.json" if history.interrupted else "metrics.json"), metrics)
-    if history.interrupted:
-        raise KeyboardInterrupt
+
+    with _claim(out):
+        state = _state(out)
+        if state == "finished" and not overwrite:
+            raise ValueError(f"out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
+                             f"(use overwrite to replace it)")
+        if state == "unfinished" and not (overwrite or resume):
+            raise ValueError(f"out: expected a new run folder, got the unfinished run {str(out)!r} "
+                             f"(use resume to continue it or overwrite to start over)")
+        if state == "unfinished" and resume:
+            _check_resumable(out, config, splits)
+        if overwrite:
+            _clear(out)
+        fresh = state == "new" or overwrite
+        _write_json(out / "config.json", config.to_dict())
+        if splits.path is not None:
+            _write_json(out / "data.json", {"path": splits.path, "sha256": splits.sha256,
+                                            "rows": sum(len(t) for t in (splits.train, splits.val, splits.test)),
+                                            "features": splits.features})
+        extra = {"checkpoint": out / CHECKPOINT} if fit_supports_checkpoint() else {}
+        history = None
+        try:
+            history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
+                          lr=config.lr, patience=config.patience, chart_epochs=config.chart_epochs,
+                          seed=config.seed, device=config.device, progress=progress, callback=callback, **extra)
+            model.to("cpu")
+            metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}
+            if splits.sha256 is not None:
+                metrics["dataset_sha256"] = splits.sha256
+            if not history.interrupted:
+                metrics.update(evaluate(model, splits))
+            metrics.update(epochs=history.epochs, best_epoch=history.best_epoch,
+                           train_seconds=history.train_seconds, chart_seconds=history.chart_seconds,
+                           flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),
+                           parameters=parameters(model), stopped_early=history.stopped_early,
+                           interrupted=history.interrupted)
+            model.save(out / "model")
+            _write_history(out, history)
+            if history.interrupted:
+                _write_json(out / "interrupted.json", metrics)
+                raise KeyboardInterrupt
+            _write_json(out / "metrics.json", metrics)
+            for name in ("interrupted.json", CHECKPOINT):  # a finished run has nothing left to resume
+                (out / name).unlink(missing_ok=True)
+        except KeyboardInterrupt:
+            raise RunInterrupted(_kept(out, history)) from None
+        except BaseException:
+            if fresh:
+                _clear(out)
+            raise
     return metrics
 
 
+def _kept(out: Path, history: History | None) -> str:
+    """What an interrupted run left in ``out``, and how to go on, in one line."""
+    if (out / "model" / "weights.pt").exists() and history is not None:
+        if history.best_epoch:
+            what = f"the best weights (epoch {history.best_epoch} of {history.epochs} finished) in {out / 'model'}"
+        else:
+            what = f"the charts with an untrained flow (no flow epoch finished) in {out / 'model'}"
+    else:
+        what = f"no weights, only the settings in {out / 'config.json'}"
+    how = ("resume continues from the last finished epoch" if (out / CHECKPOINT).exists()
+           else "resume or overwrite starts it over")
+    return f"interrupted: kept {what}; {how}"
+
+
+def _state(out: Path) -> str:
+    """``"finished"``, ``"unfinished"`` (a run began writing here) or ``"new"``."""
+    if (out / "metrics.json").exists():
+        return "finished"
+    if any((out / name).exists() for name in RUN_FILES) or (out / "model").exists():
+        return "unfinished"
+    return "new"
+
+
+def _clear(out: Path) -> None:
+    """Remove the files a run writes (never anything else the folder holds)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "model", ignore_errors=True)
+
+
+def _check_resumable(out: Path, config: RunConfig, splits: datasets.Splits) -> None:
+    saved = _read_config(out / "config.json")
+    ignore = {"device", "threads"}
+    differ = [k for k, v in config.to_dict().items() if k not in ignore and saved.to_dict()[k] != v]
+    if differ:
+        k = differ[0]
+        raise ValueError(f"resume: expected the settings of the run in {str(out)!r}, got {k}={getattr(config, k)!r} "
+                         f"where the run has {k}={getattr(saved, k)!r}")
+    _check_data(out, splits)
+
+
+@contextlib.contextmanager
+def _claim(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` while the body runs.
+
+    The lock is created exclusively (``O_EXCL``), so of two writers exactly one wins. A lock left by
+    a process that died (same host, pid gone) is taken over; the lock is removed on every exit path
+    that Python sees (return, error, Ctrl-C). A folder created here and left empty is removed.
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    try:
+        for attempt in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(lock)
+                if attempt == 0 and _is_stale(holder) and _take_over(lock, holder):
+                    continue
+                who = (f"pid {holder['pid']} on {holder['host']}" if holder else "another process")
+                raise ValueError(f"out: expected a run folder no other process is writing, got {str(out)!r} "
+                                 f"locked by {who} (delete {str(lock)!r} if that process is gone)") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        try:
+            yield
+        finally:
+            if _read_lock(lock) == me:
+                lock.unlink(missing_ok=True)
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+
+
+def _read_lock(lock: Path) -> dict | None:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) and {"pid", "host"} <= set(holder) else None
+
+
+def _is_stale(holder: dict | None) -> bool:
+    """Whether the lock's writer is known to be dead: same host, and no process with its pid."""
+    if holder is None or holder["host"] != socket.gethostname() or not isinstance(holder["pid"], int):
+        return False
+    if holder["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def _take_over(lock: Path, holder: dict) -> bool:
+    """Move a stale lock aside atomically; ``False`` if another process took it over first."""
+    aside = lock.with_name(f"{LOCK}.stale-{os.getpid()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return True  # someone else removed it: race for the fresh lock
+    if _read_lock(aside) == holder:
+        aside.unlink(missing_ok=True)
+        return True
+    # We moved a live writer's fresh lock: put it back unless a third process already holds one.
+    with contextlib.suppress(OSError):
+        os.link(aside, lock)
+    aside.unlink(missing_ok=True)
+    return False
+
+
+def _read_config(path: Path) -> RunConfig:
+    """The :class:`RunConfig` stored in ``path``, every key and value checked."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"{path}: expected a readable run config, got {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: expected a JSON object of run settings, got unreadable JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of run settings, got {type(raw).__name__}")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"{path}: expected only run settings ({', '.join(sorted(fields))}), "
+                         f"got unknown key(s) {', '.join(map(repr, unknown))}")
+    try:
+        base = RunConfig(model=raw.get("model", RunConfig.model))
+        return base.with_overrides({k: v for k, v in raw.items() if k != "model"})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def load_run(path: str | os.PathLike) -> tuple[VQFlow, RunConfig]:
-    """The model and config of a run folder."""
+    """The model and config of a run folder; unreadable files raise ``ValueError`` naming them."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise ValueError(f"run: expected a run folder with config.json, got {str(path)!r}")
-    config = RunConfig(**json.loads((path / "config.json").read_text()))
-    return VQFlow.load(path / "model"), config
+    config = _read_config(path / "config.json")
+    where = path / "model"
+    try:
+        model = VQFlow.load(where)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where / 'config.json'}: expected the model's JSON settings, got unreadable JSON ({e})"
+                         ) from None
+    except ValueError:
+        raise
+    except (RuntimeError, EOFError, OSError, TypeError, KeyError, pickle.UnpicklingError) as e:
+        detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0][:120]
+        raise ValueError(f"{where}: expected the weights and settings written by training, got unreadable files "
+                         f"({type(e).__name__}: {detail})") from None
+    return model, config
+
+
+def _data_record(path: Path) -> dict | None:
+    """The data file a run was trained on (``data.json``: absolute path, sha256), or ``None`` for a built-in set."""
+    if not (path / "data.json").exists():
+        return None
+    try:
+        record = json.loads((path / "data.json").read_text())
+        if not (isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)):
+            raise TypeError(record)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path / 'data.json'}: expected the data file's path and sha256, got unreadable data "
+                         f"({type(e).__name__})") from None
+    return record
+
+
+def _check_data(path: Path, splits: datasets.Splits) -> None:
+    """Refuse a data file whose bytes differ from those the run at ``path`` was trained on."""
+    record = _data_record(path)
+    if record is not None and splits.sha256 != record["sha256"]:
+        raise ValueError(f"dataset: expected the file the run was trained on (sha256 {record['sha256'][:12]}...), "
+                         f"got a changed file {splits.path!r} (sha256 {str(splits.sha256)[:12]}...)")
 
 
 def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
-    """Re-evaluate a run folder on its own splits; returns its metrics with fresh numbers."""
+    """Re-evaluate a run folder on its own splits; returns its metrics with fresh numbers.
+
+    A run on a file is refused if the file's bytes changed since training (SHA-256).
+    """
+    path = Path(path)
     model, config = load_run(path)
-    metrics = json.loads((Path(path) / "metrics.json").read_text()) if (Path(path) / "metrics.json").exists() else {}
+    metrics_file = path / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    except ValueError:
+        metrics = {}  # the numbers are recomputed below
+    record = _data_record(path)
+    if record is not None:  # the absolute path: evaluation works from any directory
+        config = dataclasses.replace(config, dataset=record["path"])
+    splits = load_data(config)
+    _check_data(path, splits)
     metrics.update({"dataset": config.dataset, "model": config.model, "seed": config.seed})
-    metrics.update(evaluate(model, load_data(config)))
+    metrics.update(evaluate(model, splits))
     metrics["parameters"] = parameters(model)
     return metrics
 
@@ -196,9 +458,9 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _json_default(o: Any):
+def _json_default(o: Any) -> None:
     if isinstance(o, float) and not math.isfinite(o):
-        return None
+        return
     raise TypeError(type(o).__name__)
 
 

@@ -9,7 +9,9 @@ so ``log p = log κ - log 2π - log(1 - e^{-2κ}) + κ (μᵀx - 1)``, which sta
 tends to ``-log 4π`` (the uniform density) as κ → 0. A mixture
 ``p(x) = Σ_k π_k p(x | μ_k, κ_k)`` is fitted by expectation–maximisation (Banerjee et al., 2005,
 "Clustering on the unit hypersphere using von Mises–Fisher distributions"), initialised by
-spherical k-means. It serves as the classical baseline on the Earth datasets.
+spherical k-means. It serves as the classical baseline on the Earth datasets. The density, its
+normaliser and the sampler are those of :mod:`vqflows.geometry`; this module adds input checks,
+mixtures and EM.
 
 Letters: N points, K mixture components.
 """
@@ -19,14 +21,19 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .checks import as_points, one_of, positive_int
+from .geometry import sample_vmf, vmf_log_density, vmf_log_normalizer
+
+__all__ = ["KAPPA_MAX", "MixtureSelection", "VMFMixture", "fit_vmf_mixture", "vmf_log_normalizer", "vmf_log_prob",
+           "vmf_sample"]
 
 #: Largest concentration a fitted component may take; keeps components on duplicated points finite.
 KAPPA_MAX = 1e4
@@ -34,24 +41,8 @@ KAPPA_MAX = 1e4
 #: Accepted deviation of ``|x|`` from 1 for points on the sphere.
 UNIT_TOL = 1e-4
 
-_LOG_2PI = math.log(2 * math.pi)
 # Below this κ, coth κ - 1/κ loses digits to cancellation and its Taylor series is used instead.
 _SERIES_BELOW = 0.05
-_LOG_4PI = math.log(4 * math.pi)
-
-
-def vmf_log_normalizer(kappa: Tensor) -> Tensor:
-    r"""``log C(κ) + κ``: the log-density at the mean direction, elementwise, float64.
-
-    Equals ``log κ - log 2π - log(1 - e^{-2κ})``; at κ = 0 it is ``-log 4π``. Written with
-    ``expm1`` so that it is accurate (and differentiable) from κ = 0 to very large κ.
-    """
-    kappa = torch.as_tensor(kappa, dtype=torch.float64)
-    positive = kappa > 0
-    # Evaluate the formula only where it is defined so that autograd sees no NaN at κ = 0.
-    k = torch.where(positive, kappa, torch.ones_like(kappa))
-    value = torch.log(k) - _LOG_2PI - torch.log(-torch.expm1(-2 * k))
-    return torch.where(positive, value, torch.full_like(value, -_LOG_4PI))
 
 
 def vmf_log_prob(x, mu, kappa) -> Tensor:
@@ -86,8 +77,8 @@ def vmf_sample(mu, kappa, n: int, rng: np.random.Generator | int | None = None) 
     r"""Exact samples from one von Mises–Fisher distribution on S²: ``-> (n, 3)`` float64.
 
     On S² the cosine ``w = μᵀx`` has density ``∝ e^{κ w}`` on ``[-1, 1]``, whose CDF inverts in
-    closed form: ``w = 1 + log(1 - (1 - u)(1 - e^{-2κ})) / κ`` with ``u ~ U(0, 1)`` (Wood, 1994);
-    the azimuth around ``μ`` is uniform. κ = 0 gives the uniform distribution.
+    closed form (Wood, 1994); the azimuth around ``μ`` is uniform. κ = 0 gives the uniform
+    distribution. The draws are those of :func:`vqflows.geometry.sample_vmf`.
 
     Arguments:
         mu: the mean direction ``(3,)``, a unit vector.
@@ -97,10 +88,7 @@ def vmf_sample(mu, kappa, n: int, rng: np.random.Generator | int | None = None) 
     """
     mu, kappa = _check_parameters(mu, kappa, single=True)
     n = positive_int(n, name="n")
-    rng = _generator(rng)
-    u = torch.from_numpy(rng.random(n))
-    phi = torch.from_numpy(rng.uniform(0.0, 2 * math.pi, n))
-    return _sample_one(mu[0], kappa[0], u, phi)
+    return _sample(mu[0], kappa[0], n, _generator(rng))
 
 
 class VMFMixture:
@@ -155,9 +143,7 @@ class VMFMixture:
         counts = rng.multinomial(n, self.weights.numpy())
         parts = []
         for k in np.flatnonzero(counts):
-            u = torch.from_numpy(rng.random(counts[k]))
-            phi = torch.from_numpy(rng.uniform(0.0, 2 * math.pi, counts[k]))
-            parts.append(_sample_one(self.means[k], self.kappas[k], u, phi))
+            parts.append(_sample(self.means[k], self.kappas[k], int(counts[k]), rng))
         x = torch.cat(parts)
         return x[torch.from_numpy(rng.permutation(n))]
 
@@ -221,8 +207,8 @@ class VMFMixture:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the parameters as JSON (``weights``, ``means``, ``kappas``); floats round-trip exactly."""
-        state = dict(kind="vmf_mixture", weights=self.weights.tolist(), means=self.means.tolist(),
-                     kappas=self.kappas.tolist())
+        state = {"kind": "vmf_mixture", "weights": self.weights.tolist(), "means": self.means.tolist(),
+                 "kappas": self.kappas.tolist()}
         Path(path).write_text(json.dumps(state, indent=1))
 
     @classmethod
@@ -346,27 +332,12 @@ def _solve_kappa(r_bar: Tensor, kappa_max: float, steps: int = 50) -> Tensor:
 
 def _log_prob_matrix(x: Tensor, mu: Tensor, kappa: Tensor) -> Tensor:
     """``(N, 3), (K, 3), (K,) -> (N, K)`` in float64, inputs already checked."""
-    return vmf_log_normalizer(kappa) + kappa * (x @ mu.T - 1.0)
+    return vmf_log_density(x @ mu.T, kappa)
 
 
-def _sample_one(mu: Tensor, kappa: Tensor, u: Tensor, phi: Tensor) -> Tensor:
-    if kappa > 0:
-        w = 1 + torch.log1p(-(1 - u) * -torch.expm1(-2 * kappa)) / kappa
-    else:
-        w = 2 * u - 1
-    w = w.clamp(-1.0, 1.0)
-    e1, e2 = _tangent_basis(mu)
-    r = torch.sqrt((1 - w) * (1 + w))
-    return w[:, None] * mu + r[:, None] * (torch.cos(phi)[:, None] * e1 + torch.sin(phi)[:, None] * e2)
-
-
-def _tangent_basis(mu: Tensor) -> tuple[Tensor, Tensor]:
-    """Two unit vectors that complete ``mu`` to an orthonormal basis."""
-    axis = torch.zeros(3, dtype=mu.dtype)
-    axis[int(torch.argmin(mu.abs()))] = 1.0
-    e1 = axis - (axis @ mu) * mu
-    e1 = e1 / torch.linalg.vector_norm(e1)
-    return e1, torch.linalg.cross(mu, e1)
+def _sample(mu: Tensor, kappa: Tensor, n: int, rng: np.random.Generator) -> Tensor:
+    """``n`` draws around one checked mean ``(3,)``, ``-> (n, 3)`` float64."""
+    return torch.from_numpy(sample_vmf(np.broadcast_to(mu.numpy(), (n, 3)), float(kappa), rng))
 
 
 def _spherical_kmeans(x: Tensor, k: int, rng: np.random.Generator, iters: int, plus_plus: bool) -> Tensor:

@@ -10,8 +10,8 @@ Letters: N points, D data dimension (``features``), d manifold dimension.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -82,7 +82,8 @@ class Splits:
 
     ``dataset`` is the generating :class:`Dataset` for built-in sets, so that the oracle can
     score the test split (``dataset.log_prob(splits.test)``), and ``None`` for points read
-    from a file.
+    from a file. For a file, ``path`` is its absolute path and ``sha256`` the digest of the
+    bytes the points were read from, so that a run can tell later whether the file changed.
     """
 
     name: str
@@ -90,6 +91,8 @@ class Splits:
     val: Tensor
     test: Tensor
     dataset: Dataset | None = None
+    path: str | None = None
+    sha256: str | None = None
 
     @property
     def features(self) -> int:
@@ -171,8 +174,8 @@ def info(n: int = N_POINTS, seed: int = 0, splits: Sequence[float] = SPLITS) -> 
             oracle = float(s.dataset.log_prob(s.test).mean())
         except NotImplementedError:
             oracle = None
-        rows.append(dict(name=name, features=s.features, manifold_dim=s.dataset.manifold_dim, n=n,
-                         train=len(s.train), val=len(s.val), test=len(s.test), oracle=oracle))
+        rows.append({"name": name, "features": s.features, "manifold_dim": s.dataset.manifold_dim, "n": n,
+                     "train": len(s.train), "val": len(s.val), "test": len(s.test), "oracle": oracle})
     return rows
 
 

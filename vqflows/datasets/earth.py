@@ -21,9 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from ..geometry import latlon_to_xyz, xyz_to_latlon
 from .base import Splits, _rng, split_sizes
+
+# The lat/lon conversions live in :mod:`vqflows.geometry` and are part of this module's interface.
+__all__ = [
+    "EARTH_DATASETS",
+    "EARTH_SPLITS",
+    "EarthSplits",
+    "earth_path",
+    "latlon_to_xyz",
+    "load_earth",
+    "read_latlon",
+    "xyz_to_latlon",
+]
 
 #: File name of each standard set inside the data folder.
 EARTH_DATASETS = {
@@ -35,53 +47,6 @@ EARTH_DATASETS = {
 
 #: Fractions of the rows that go to the train, validation and test splits.
 EARTH_SPLITS = (0.8, 0.1, 0.1)
-
-
-def latlon_to_xyz(lat, lon):
-    """Unit vectors from latitude and longitude in degrees: ``(*), (*) -> (*, 3)``.
-
-    ``x = cos(lat) cos(lon), y = cos(lat) sin(lon), z = sin(lat)``. Tensors give a tensor of
-    the same floating dtype; anything else gives a float64 NumPy array.
-
-    Example:
-        >>> latlon_to_xyz(0.0, 90.0).round(12)
-        array([0., 1., 0.])
-    """
-    if isinstance(lat, Tensor) or isinstance(lon, Tensor):
-        lat, lon = torch.as_tensor(lat), torch.as_tensor(lon)
-        dtype = torch.promote_types(lat.dtype, lon.dtype)
-        dtype = dtype if dtype.is_floating_point else torch.float64
-        lat, lon = torch.deg2rad(lat.to(dtype)), torch.deg2rad(lon.to(dtype))
-        c = torch.cos(lat)
-        return torch.stack(torch.broadcast_tensors(c * torch.cos(lon), c * torch.sin(lon), torch.sin(lat)), dim=-1)
-    lat = np.deg2rad(np.asarray(lat, dtype=np.float64))
-    lon = np.deg2rad(np.asarray(lon, dtype=np.float64))
-    c = np.cos(lat)
-    return np.stack(np.broadcast_arrays(c * np.cos(lon), c * np.sin(lon), np.sin(lat)), axis=-1)
-
-
-def xyz_to_latlon(xyz):
-    """Latitude and longitude in degrees of points in R³: ``(*, 3) -> ((*), (*))``.
-
-    The inverse of :func:`latlon_to_xyz`: ``lat = asin(z / |x|)`` in ``[-90, 90]`` and
-    ``lon = atan2(y, x)`` in ``(-180, 180]``. Points need not be unit vectors, only non-zero.
-    Tensors give tensors; anything else gives float64 NumPy arrays.
-    """
-    is_tensor = isinstance(xyz, Tensor)
-    v = xyz.to(torch.float64) if is_tensor else torch.as_tensor(np.asarray(xyz, dtype=np.float64))
-    if v.dim() == 0 or v.shape[-1] != 3:
-        raise ValueError(f"xyz: expected shape (*, 3), got {tuple(v.shape)}")
-    r = torch.linalg.vector_norm(v, dim=-1)
-    if not (torch.isfinite(r).all() and (r > 0).all()):
-        raise ValueError("xyz: expected finite, non-zero points")
-    # atan2 of (z, horizontal radius) stays accurate near the poles, where asin(z) does not.
-    lat = torch.rad2deg(torch.atan2(v[..., 2], torch.hypot(v[..., 0], v[..., 1])))
-    lon = torch.rad2deg(torch.atan2(v[..., 1], v[..., 0]))
-    lon = torch.where(lon == -180.0, torch.full_like(lon, 180.0), lon)
-    if is_tensor:
-        dtype = xyz.dtype if xyz.is_floating_point() else torch.float64
-        return lat.to(dtype), lon.to(dtype)
-    return lat.numpy(), lon.numpy()
 
 
 def read_latlon(path: str | os.PathLike) -> np.ndarray:
@@ -175,7 +140,7 @@ def earth_path(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
             )
         return Path(data_dir) / EARTH_DATASETS[name_or_path]
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise ValueError(f"name_or_path: expected a dataset name or a path, got {type(name_or_path).__name__}")
+        raise ValueError(f"name_or_path: expected a dataset name or a path, got {type(name_or_path).__name__}")  # noqa: TRY004 - bad input is a ValueError throughout
     return Path(name_or_path)
 
 

@@ -7,9 +7,11 @@ header line and may contain ``#`` comments. File points have no known density, s
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -52,7 +54,7 @@ def load(name: str | os.PathLike, n: int | None = None, seed: int | None = 0, *,
     if not path.exists() and path.suffix.lower() not in SUFFIXES:
         known = ", ".join(map(repr, REGISTRY))
         raise ValueError(f"dataset: expected one of {known} or a path to a .npy or .csv file, got {str(name)!r}")
-    points = read_points(path, min_points=min_points)
+    points, digest = _read(path, min_points)
     split_sizes(len(points), splits)  # report too few points for the splits before subsetting
     if n is not None:
         n = positive_int(n, name="n", minimum=min_points)
@@ -60,7 +62,7 @@ def load(name: str | os.PathLike, n: int | None = None, seed: int | None = 0, *,
             raise ValueError(f"n: expected at most the {len(points)} rows of {str(path)!r}, got {n}")
         points = points[torch.from_numpy(np.random.default_rng(seed).permutation(len(points))[:n])]
     train, val, test = split(points, splits, seed=seed)
-    return Splits(path.stem, train, val, test, dataset=None)
+    return Splits(path.stem, train, val, test, dataset=None, path=str(path.resolve()), sha256=digest)
 
 
 def read_points(path: str | os.PathLike, *, min_points: int = MIN_POINTS) -> torch.Tensor:
@@ -69,31 +71,50 @@ def read_points(path: str | os.PathLike, *, min_points: int = MIN_POINTS) -> tor
     Raises ``ValueError`` naming the path for a missing file, another suffix, unparsable text,
     an array that is not 2-D, NaN or inf, or fewer than ``min_points`` rows.
     """
+    return _read(Path(path), min_points)[0]
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 digest of a file's bytes (how a run recognises its data file)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _read(path: Path, min_points: int) -> tuple[torch.Tensor, str]:
+    """The points of ``path`` and the SHA-256 of the very bytes they were parsed from."""
     min_points = positive_int(min_points, name="min_points")
-    path = Path(path)
     where = str(path)
     if not path.is_file():
         raise ValueError(f"{where}: expected an existing .npy or .csv file, got no such file")
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{where}: expected a file ending in .npy or .csv, got {path.suffix or 'no suffix'!r}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{where}: expected a readable file, got {e.strerror or e}") from None
+    if not data:
+        raise ValueError(f"{where}: expected a {suffix} file of points, got an empty file")
     if suffix == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
             raise ValueError(f"{where}: expected a NumPy .npy array, got unreadable data ({e})") from None
-    elif suffix == ".csv":
-        array = _read_csv(path)
     else:
-        raise ValueError(f"{where}: expected a file ending in .npy or .csv, got {path.suffix or 'no suffix'!r}")
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"{where}: expected a real-valued array, got dtype {array.dtype}")
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: expected comma-separated numbers as text, got binary data") from None
+        array = _read_csv(path, text)
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: expected a real-valued array, got dtype {getattr(array, 'dtype', type(array))}")
     # Cast first so values beyond float32's range surface as inf in the finiteness check.
     with np.errstate(over="ignore"):
         array = array.astype(np.float32)
-    return as_points(torch.from_numpy(array), name=where, min_points=min_points)
+    return as_points(torch.from_numpy(array), name=where, min_points=min_points), hashlib.sha256(data).hexdigest()
 
 
-def _read_csv(path: Path) -> np.ndarray:
-    lines = path.read_text().splitlines()
+def _read_csv(path: Path, text: str) -> np.ndarray:
+    lines = text.splitlines()
     # The first line with content (outside comments) is a header if it does not parse as numbers.
     for i, line in enumerate(lines):
         content = line.split("#", 1)[0].strip()

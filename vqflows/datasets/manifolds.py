@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..checks import positive_int
+from ..geometry import sample_vmf, vmf_log_prob
 from .base import Dataset, register
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -81,7 +82,7 @@ class Curve(Dataset):
         max_speed = cls.scale * steps.max() / (theta[1] - theta[0])
         closed = np.allclose(path[:, 0], path[:, -1], atol=1e-12)
         spacing = cls.noise / (2 if closed else 8)
-        return int(math.ceil((cls.bounds[1] - cls.bounds[0]) * max_speed / spacing)) + 1
+        return math.ceil((cls.bounds[1] - cls.bounds[0]) * max_speed / spacing) + 1
 
     def _sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         theta = rng.uniform(*self.bounds, size=n)
@@ -160,43 +161,8 @@ class Spherical(Dataset):
 
     def direction_log_prob(self, u: Tensor) -> Tensor:
         """``log p_u(u)`` w.r.t. the area of the unit sphere: ``(N, 3) -> (N,)``, ``u`` unit."""
-        means = torch.tensor(self.means, dtype=u.dtype)
+        means = torch.tensor(self.means, dtype=u.dtype, device=u.device)
         return torch.logsumexp(vmf_log_prob(u[:, None, :], means, self.concentration), dim=1) - math.log(len(self.means))
-
-
-def vmf_log_prob(u: Tensor, mean: Tensor, kappa: float) -> Tensor:
-    r"""von Mises–Fisher log-density on ``S^2`` w.r.t. area: ``(*, 3), (*, 3) -> (*)``.
-
-    :math:`\log f(u) = \log\frac{\kappa}{2\pi (1 - e^{-2\kappa})} + \kappa (\mu^\top u - 1)`,
-    the usual :math:`\kappa / (4\pi \sinh\kappa)\, e^{\kappa \mu^\top u}` written without overflow.
-    """
-    log_norm = math.log(kappa / (2 * math.pi)) - math.log1p(-math.exp(-2 * kappa))
-    return log_norm + kappa * ((u * mean).sum(-1) - 1)
-
-
-def sample_vmf(mean: np.ndarray, kappa: float, rng: np.random.Generator) -> np.ndarray:
-    r"""Exact von Mises–Fisher draws on ``S^2``, one per row of ``mean``: ``(N, 3) -> (N, 3)``.
-
-    On ``S^2`` the cosine ``w = μᵀu`` has density ∝ ``e^{κw}`` on ``[-1, 1]``, whose inverse CDF
-    is :math:`w = 1 + \log(v + (1 - v) e^{-2\kappa}) / \kappa` for ``v ~ U(0, 1)``; the azimuth
-    around ``μ`` is uniform.
-    """
-    n = mean.shape[0]
-    v = rng.uniform(size=n)
-    w = 1 + np.log(v + (1 - v) * math.exp(-2 * kappa)) / kappa
-    phi = rng.uniform(0, 2 * math.pi, size=n)
-    e1, e2 = _orthonormal_complement(mean)
-    side = np.sqrt(np.clip(1 - w**2, 0, None))
-    return w[:, None] * mean + side[:, None] * (np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2)
-
-
-def _orthonormal_complement(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two unit vectors completing each unit row of ``mean`` to a right-handed basis."""
-    # Cross with whichever axis is least aligned, so the cross product never degenerates.
-    axis = np.eye(3)[np.abs(mean).argmin(axis=-1)]
-    e1 = np.cross(mean, axis)
-    e1 /= np.linalg.norm(e1, axis=-1, keepdims=True)
-    return e1, np.cross(mean, e1)
 
 
 def _log_normal(x: Tensor, loc: float, scale: float) -> Tensor:

@@ -50,7 +50,7 @@ import torch
 from ..checks import one_of, positive_int
 from ..datasets.earth import EARTH_DATASETS, EarthSplits, load_earth
 from ..io import apply_overrides, claim, hardware, read_json, write_json, write_text
-from ..model import VQFlow
+from ..model import VQFlow, build
 from ..training import fit
 from ..vmf import VMFMixture, fit_vmf_mixture
 from .common import comma_list, command, log_invocation
@@ -186,8 +186,8 @@ def build_model(model: str, n_train: int, config: EarthConfig) -> VQFlow:
     """The VQ-Flow of a table row for a training set of ``n_train`` points (not ``"vmf"``)."""
     one_of(model, [m for m in MODELS if m != "vmf"], name="model")
     charts = config.charts(n_train) if model.startswith("vq-") else None
-    return VQFlow(3, model.removeprefix("vq-"), charts, partition=config.partition, m=config.m if charts else 1,
-                  eps=config.eps, transforms=config.transforms, hidden_features=(config.hidden,) * config.depth)
+    return build(3, model.removeprefix("vq-"), charts, partition=config.partition, m=config.m if charts else 1,
+                 eps=config.eps, transforms=config.transforms, hidden_features=(config.hidden,) * config.depth)
 
 
 @contextmanager

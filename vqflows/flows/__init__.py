@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .base import ConditionalDensity
+from .base import FRAME_KINDS, ChartFlow, ConditionalDensity, StandardNormal
 from .standard import ZUKO_FLOWS, ZukoFlow
 
 #: Every base flow by name.
 FLOWS = ("realnvp", "maf", "nsf", "cef", "sphere")
 
 
-def build(name: str, features: int, context: int = 0, **options) -> ConditionalDensity:
+def build(name: str, features: int, context: int = 0, **options) -> ChartFlow:
     """Build the base flow called ``name`` on ``R^features`` with ``context`` context features.
 
     ``options`` go to the flow's constructor (``transforms``, ``hidden_features``, and for ``"cef"``
@@ -29,10 +29,10 @@ def build(name: str, features: int, context: int = 0, **options) -> ConditionalD
         if features != 3:
             raise ValueError(f"features: expected 3 for flow 'sphere' (the unit sphere S² in R³), got {features}")
         options = {k: v for k, v in options.items() if k in ("transforms", "hidden_features")}
-        # u = 0 sits at e_3, the projection point at -e_3: chart frames turn each chart's centre onto e_3
+        # the projection point sits opposite u = 0 (the flow's axis), onto which rotation frames turn each chart
         return SphereCEF(1.0, context=context, pole="south", **options)
     options = {k: v for k, v in options.items() if k in ("transforms", "hidden_features")}
     return ZukoFlow(name, features, context, **options)
 
 
-__all__ = ["ConditionalDensity", "ZukoFlow", "ZUKO_FLOWS", "FLOWS", "build"]
+__all__ = ["ChartFlow", "ConditionalDensity", "StandardNormal", "FRAME_KINDS", "ZukoFlow", "ZUKO_FLOWS", "FLOWS", "build"]

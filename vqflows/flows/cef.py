@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.nn.utils import parametrize
 
 from ..checks import as_points, positive_int
-from .base import ConditionalDensity
+from .base import ChartFlow, StandardNormal
 from .conformal import (
     ConditionalRotation,
     ConditionalScaleShift,
@@ -75,7 +75,7 @@ def default_embedding(features: int, manifold_dim: int, context: int = 0) -> Con
     return ConformalEmbedding([ZeroPad(manifold_dim, features), *tail])
 
 
-class CEF(ConditionalDensity):
+class CEF(ChartFlow):
     r"""Conformal embedding flow :math:`x = c(g(z; v); v)`, a density on a learned ``d``-manifold in ``R^D``.
 
     Arguments:
@@ -91,11 +91,12 @@ class CEF(ConditionalDensity):
     Example:
         >>> cef = CEF(features=3, context=2, manifold_dim=2)
         >>> x, c = torch.randn(4, 3), torch.randn(4, 2)
-        >>> cef.log_prob(x, c).shape, cef.inverse(x, c).shape
+        >>> z, ladj = cef(x, c)
+        >>> cef.log_prob(x, c).shape, z.shape
         (torch.Size([4]), torch.Size([4, 2]))
     """
 
-    conformal = True
+    frame = "similarity"
 
     def __init__(self, features: int = 3, context: int = 0, manifold_dim: int = 2, transforms: int = 5,
                  hidden_features: Sequence[int] = (64, 64), alpha: float = 1.0, beta: float = BETA, *,
@@ -118,24 +119,28 @@ class CEF(ConditionalDensity):
                 f"{self.context}, got R^{embedding.in_features} -> R^{embedding.out_features} with context {embedding.context}"
             )
         self.embedding = embedding
+        self.base = StandardNormal(self.manifold_dim)
         self.flow = zuko.flows.RealNVP(self.manifold_dim, self.context,
                                        transforms=positive_int(transforms, name="transforms"),
                                        hidden_features=tuple(hidden_features))
 
     # Public entry points validate; everything below them computes.
 
-    def log_prob(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        """Log-density w.r.t. the ``d``-volume of the manifold at ``c†(x)``: ``(N, D), (N, C) -> (N,)``."""
-        x, c = self._check(x, c)
-        with parametrize.cached():
-            return self._terms(x, c)[0]
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(z, log|det J_f(u)| - d log λ(u))`` with ``u = c†(x)``, ``z = f(u)``: ``(N, D), (N, C) -> (N, d), (N,)``."""
+        z, ladj, _ = self._terms(*self._check(x, c))
+        return z, ladj
+
+    def forward_and_penalty(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` and the penalty ``(β/α) ||x - c(c†(x))||²`` (0 when ``α = 0``), from one pass."""
+        z, ladj, error = self._terms(*self._check(x, c))
+        weight = self.beta / self.alpha if self.alpha else 0.0
+        return z, ladj, weight * error
 
     def loss(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """``-α log p(x|c) + β ||x - c(c†(x))||²``: ``(N, D), (N, C) -> (N,)``."""
-        x, c = self._check(x, c)
-        with parametrize.cached():
-            log_p, error = self._terms(x, c)
-        return -self.alpha * log_p + self.beta * error
+        z, ladj, error = self._terms(*self._check(x, c))
+        return -self.alpha * (self.base.log_prob(z) + ladj) + self.beta * error
 
     def reconstruction(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """Squared distance ``||x - c(c†(x))||²`` to the left-inverse image, ``(N,)``."""
@@ -143,41 +148,26 @@ class CEF(ConditionalDensity):
         with parametrize.cached():
             return (x - self.embedding(self._project(x, c), c)).square().sum(-1)
 
-    def inverse(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        """Latent code ``z = f(c†(x))``: ``(N, D), (N, C) -> (N, d)``."""
-        x, c = self._check(x, c)
-        return self.flow(c).transform(self._project(x, c))
-
-    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        """Generation ``x = c(g(z))``: ``(N, d), (N, C) -> (N, D)``."""
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Generation ``x = c(g(z))`` and ``log|det J_g(z)| + d log λ(g(z))``: ``(N, d), (N, C) -> (N, D), (N,)``."""
         z = as_points(z, self.manifold_dim, name="z", dtype=self._dtype())
         c = self._check_context(c, z.shape[0])
-        return self.embedding(self.flow(c).transform.inv(z), c)
-
-    def sample(self, c: Tensor | None = None, n: int | None = None) -> Tensor:
-        """One sample per context row, ``(N, C) -> (N, D)``; with ``c=None`` (``C = 0``), ``n`` samples."""
-        if c is None and self.context == 0:
-            rows = positive_int(n, name="n")
-        else:
-            c = self._check_context(c, None)
-            rows = c.shape[0]
-            if n is not None and n != rows:
-                raise ValueError(f"n: expected None or the number of context rows {rows}, got {n!r}")
-        ref = next(self.parameters())
-        z = torch.randn(rows, self.manifold_dim, dtype=ref.dtype, device=ref.device)
-        return self.embedding(self.flow(c).transform.inv(z), c)
+        with parametrize.cached():
+            u, ladj = self.flow(c).transform.inv.call_and_ladj(z)
+            x, log_lambda = self.embedding.forward_and_log_factor(u, c)
+        return x, ladj + self.manifold_dim * log_lambda
 
     def _project(self, x: Tensor, c: Tensor | None) -> Tensor:
         """``u = c†(x)``, ``(N, D) -> (N, d)``."""
         return self.embedding.inverse(x, c)
 
-    def _terms(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(log p(x|c), ||x - c(c†(x))||²)``, both ``(N,)``, in one pass."""
-        u = self._project(x, c)
-        x_hat, log_lambda = self.embedding.forward_and_log_factor(u, c)
-        z, ladj = self.flow(c).transform.call_and_ladj(u)
-        log_q = -0.5 * (z.square().sum(-1) + self.manifold_dim * math.log(2 * math.pi))
-        return log_q + ladj - self.manifold_dim * log_lambda, (x - x_hat).square().sum(-1)
+    def _terms(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z, ladj, ||x - c(c†(x))||²)`` in one pass: ``(N, d), (N,), (N,)``."""
+        with parametrize.cached():
+            u = self._project(x, c)
+            x_hat, log_lambda = self.embedding.forward_and_log_factor(u, c)
+            z, ladj = self.flow(c).transform.call_and_ladj(u)
+        return z, ladj - self.manifold_dim * log_lambda, (x - x_hat).square().sum(-1)
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

@@ -5,19 +5,25 @@ The projection from the north pole of the sphere of radius ``r`` centred at ``m`
 .. math:: x = m + r \left( \frac{2 u}{1 + \|u\|^2}, \frac{\|u\|^2 - 1}{1 + \|u\|^2} \right),
           \qquad \lambda(u) = \frac{2 r}{1 + \|u\|^2},
 
-built from conformal layers as zero padding, the special conformal map with :math:`b = -e_3`
+that is :math:`x = m + r R\, \sigma^{-1}(u)` with :math:`\sigma^{-1}` the unit-sphere map
+:func:`vqflows.geometry.inverse_stereographic` (from the same pole). It is built from conformal layers, so that it is an
+embedding like any other CEF's: zero padding, the special conformal map with :math:`b = -e_3`
 (which bends the plane into the sphere of radius 1/2 through the origin, see
 :class:`~.conformal.SpecialConformal`), a rotation ``R`` and the scale-shift
 :math:`y \mapsto 2 r y + m + r R b`. The pole named by ``pole`` is the projection point, the image
 of infinity; ``u = 0`` lands on the opposite pole. A density :math:`q` on the plane becomes the density
 :math:`q(u) \lambda(u)^{-2}` w.r.t. area on the sphere.
 
+With ``pole="south"`` and ``rotation=rotation_to(d)`` (:func:`vqflows.geometry.rotation_to`,
+``R e_3 = d``), ``u = 0`` lands at ``m + r d`` and the projection point is the antipode, so a chart
+centred in direction ``d`` keeps its singularity as far from it as possible.
+
 Letters: N points, C context features.
 """
 
 from __future__ import annotations
 
-__all__ = ["stereographic_embedding", "rotation_to", "SphereCEF", "sphere_quadrature"]
+__all__ = ["SphereCEF", "rotation_to", "sphere_quadrature", "stereographic_embedding"]
 
 import math
 from collections.abc import Callable, Sequence
@@ -27,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..checks import one_of
+from ..geometry import rotation_to
 from .cef import CEF
 from .conformal import ConformalEmbedding, Orthogonal, ScaleShift, SpecialConformal, ZeroPad
 
@@ -43,28 +50,6 @@ def _radius(radius: float) -> float:
     if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
         raise ValueError(f"radius: expected a finite number > 0, got {radius!r}")
     return float(radius)
-
-
-def rotation_to(direction) -> Tensor:
-    r"""A rotation ``R`` (float64, ``(3, 3)``, ``det R = 1``) with :math:`R e_3 = d / \|d\|`.
-
-    With ``pole="south"`` and ``rotation=rotation_to(d)``, ``u = 0`` lands at ``m + r d/|d|`` and the
-    projection point is the antipode, so a chart centred in direction ``d`` keeps its singularity
-    as far from it as possible. Built by Rodrigues' formula; for ``d`` along ``-e_3``, the half-turn
-    about ``e_1``.
-    """
-    d = _vector3(direction, "direction")
-    norm = d.norm()
-    if norm == 0:
-        raise ValueError("direction: expected a non-zero vector, got 0")
-    d = d / norm
-    e3 = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    cos = float(e3 @ d)
-    if cos < -1 + 1e-12:
-        return torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
-    v1, v2, v3 = torch.linalg.cross(e3, d).tolist()
-    k = torch.tensor([[0.0, -v3, v2], [v3, 0.0, -v1], [-v2, v1, 0.0]], dtype=torch.float64)
-    return torch.eye(3, dtype=torch.float64) + k + k @ k / (1 + cos)
 
 
 def stereographic_embedding(radius: float = 1.0, centre=None, *, pole: str = "north",
@@ -121,11 +106,16 @@ class SphereCEF(CEF):
         torch.Size([4])
     """
 
+    frame = "rotation"
+
     def __init__(self, radius: float = 1.0, centre=None, *, context: int = 0, pole: str = "north",
                  rotation=None, transforms: int = 5, hidden_features: Sequence[int] = (64, 64)) -> None:
         embedding = stereographic_embedding(radius, centre, pole=pole, rotation=rotation)
         super().__init__(3, context, 2, transforms, hidden_features, alpha=1.0, beta=0.0, embedding=embedding)
         self.radius = _radius(radius)
+        rot = torch.eye(3, dtype=torch.float64) if rotation is None else torch.as_tensor(rotation, dtype=torch.float64)
+        #: where ``u = 0`` lands, seen from the centre: rotation frames turn each chart's centre onto it
+        self.axis = rot[:, 2] * (1.0 if pole == "south" else -1.0)
         self.register_buffer("centre", torch.zeros(3) if centre is None else _vector3(centre, "centre").to(torch.get_default_dtype()))
 
     def _project(self, x: Tensor, c: Tensor | None) -> Tensor:
@@ -136,7 +126,8 @@ class SphereCEF(CEF):
 
 
 def sphere_quadrature(log_prob_fn: Callable[[Tensor], Tensor], n_theta: int, n_phi: int, radius: float = 1.0,
-                      *, centre=None, dtype: torch.dtype = torch.float64) -> float:
+                      *, centre=None, dtype: torch.dtype = torch.float64,
+                      device: torch.device | str | None = None) -> float:
     r"""Integrate :math:`\exp(\text{log\_prob\_fn}(x))` over the sphere :math:`S^2(r, m)` w.r.t. area.
 
     .. math:: \int_{S^2} p \, dA = \int_0^{2\pi} \int_0^\pi p(x(\theta, \phi))\, r^2 \sin\theta \, d\theta \, d\phi,
@@ -153,6 +144,7 @@ def sphere_quadrature(log_prob_fn: Callable[[Tensor], Tensor], n_theta: int, n_p
         radius: ``r``.
         centre: ``m``, shape ``(3,)`` (default the origin).
         dtype: the dtype of the points handed to ``log_prob_fn``.
+        device: the device of those points (default the CPU); the sum is taken on the CPU.
 
     Example:
         >>> uniform = lambda x: torch.full(x.shape[:1], -math.log(4 * math.pi), dtype=x.dtype)
@@ -169,7 +161,7 @@ def sphere_quadrature(log_prob_fn: Callable[[Tensor], Tensor], n_theta: int, n_p
     t, sin, w_t, phi = t[:, None], sin[:, None], w_t[:, None], phi[None, :]
     unit = torch.stack(torch.broadcast_tensors(sin * torch.cos(phi), sin * torch.sin(phi), t), dim=-1).reshape(-1, 3)
     m = torch.zeros(3, dtype=torch.float64) if centre is None else _vector3(centre, "centre")
-    x = (m + radius * unit).to(dtype)
+    x = (m + radius * unit).to(dtype=dtype, device=device)
     log_w = torch.log(w_t * (2 * math.pi / n_phi) * radius**2).expand(n_theta, n_phi).reshape(-1)
-    log_p = torch.as_tensor(log_prob_fn(x)).to(torch.float64).reshape(-1)
+    log_p = torch.as_tensor(log_prob_fn(x)).to(dtype=torch.float64, device="cpu").reshape(-1)
     return float(torch.logsumexp(log_p + log_w, dim=0).exp())

@@ -1,19 +1,18 @@
 """Full-dimensional base flows (RealNVP, MAF, NSF) from zuko, behind the chart-map contract.
 
-Each is a bijection ``g(.; c)`` of ``R^D`` with a standard normal base ``q = N(0, I_D)``:
-``log p(x | c) = log q(f(x; c)) + log |det J_f(x; c)|``.
+Each is a bijection of ``R^D`` with a standard normal base ``q = N(0, I_D)``; zuko's transform runs
+data to latent, so ``forward`` is its ``call_and_ladj`` and ``inverse`` that of its inverse.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import zuko
 from torch import Tensor
 
-from .base import ConditionalDensity
+from .base import ChartFlow, StandardNormal
 
 #: zuko constructors by name; each takes ``(features, context, transforms=..., hidden_features=...)``.
 ZUKO_FLOWS = {
@@ -23,7 +22,7 @@ ZUKO_FLOWS = {
 }
 
 
-class ZukoFlow(ConditionalDensity):
+class ZukoFlow(ChartFlow):
     r"""A conditional zuko flow ``x = g(z; c)``, ``z ~ N(0, I_D)``.
 
     Contexts are always passed row by row, ``(N, C)`` beside ``(N, D)``: zuko 1.6 does not score points
@@ -38,8 +37,9 @@ class ZukoFlow(ConditionalDensity):
 
     Example:
         >>> flow = ZukoFlow("maf", features=3, context=2)
-        >>> flow.log_prob(torch.randn(4, 3), torch.randn(4, 2)).shape
-        torch.Size([4])
+        >>> z, ladj = flow(torch.randn(4, 3), torch.randn(4, 2))
+        >>> z.shape, ladj.shape
+        (torch.Size([4, 3]), torch.Size([4]))
     """
 
     def __init__(self, kind: str, features: int, context: int = 0, *, transforms: int = 5,
@@ -49,28 +49,15 @@ class ZukoFlow(ConditionalDensity):
         self.features = features
         self.context = context
         self.manifold_dim = features
+        self.base = StandardNormal(features)
         self.flow = ZUKO_FLOWS[kind](features, context, transforms=transforms,
                                      hidden_features=tuple(hidden_features), **kwargs)
 
-    def _dist(self, c: Tensor | None):
-        return self.flow(c if self.context else None)
+    def _transform(self, c: Tensor | None):
+        return self.flow(c if self.context else None).transform
 
-    def log_prob(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        transform = self._dist(c).transform
-        z, ladj = transform.call_and_ladj(x)
-        log_q = -0.5 * (z.square().sum(-1) + self.features * math.log(2 * math.pi))
-        return log_q + ladj
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._transform(c).call_and_ladj(x)
 
-    def inverse(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        return self._dist(c).transform(x)
-
-    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return self._dist(c).transform.inv(z)
-
-    def sample(self, c: Tensor | None = None, n: int | None = None) -> Tensor:
-        rows = c.shape[0] if c is not None and self.context else n
-        if rows is None:
-            raise ValueError("sample: expected a context of shape (N, C) or a count n, got neither")
-        ref = next(self.parameters())
-        z = torch.randn(rows, self.features, dtype=ref.dtype, device=ref.device)
-        return self.forward(z, c)
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._transform(c).inv.call_and_ladj(z)

@@ -4,7 +4,7 @@
 - :mod:`~vqflows.images.dequantize`: uniform dequantisation + logit, :func:`bits_per_dim`.
 - :mod:`~vqflows.images.fid`: :func:`frechet_distance` and :class:`ClassifierFID`.
 - :mod:`~vqflows.images.encoders`: :class:`ConvEncoder` / :class:`ConvDecoder` for a VQ autoencoder.
-- :mod:`~vqflows.images.models`: :func:`build_image_flow` (VQ-Flows on flattened images), :class:`ImageFrames`.
+- :mod:`~vqflows.images.models`: :func:`build_image_flow` (VQ-Flows on flattened images).
 - :mod:`~vqflows.images.study`: :func:`run_image_study`, the FID-over-training study (paper §5.3), and its
   command line; :mod:`~vqflows.images.report` draws its table, figure and sample grids.
 """
@@ -23,7 +23,7 @@ from .fid import (
     inception_backend,
     inception_fid,
 )
-from .models import IMAGE_MODELS, ImageFlowConfig, ImageFrames, ImageVQAutoencoder, build_image_flow
+from .models import IMAGE_MODELS, ImageFlowConfig, ImageVQAutoencoder, build_image_flow
 
 #: names served lazily from :mod:`.study` and :mod:`.report`, so that ``python -m vqflows.images.study``
 #: does not find its own module already imported by the package
@@ -58,7 +58,6 @@ __all__ = [
     "inception_fid",
     "IMAGE_MODELS",
     "ImageFlowConfig",
-    "ImageFrames",
     "ImageVQAutoencoder",
     "build_image_flow",
     "StudyConfig",

@@ -1,0 +1,59 @@
+"""The scikit-learn estimator: clone, grid search by held-out log-likelihood, and sklearn's own checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.utils.estimator_checks import check_estimator
+
+from vqflows import datasets
+from vqflows.sklearn import VQFlowDensity
+
+SMALL = {"epochs": 2, "chart_epochs": 1, "transforms": 1, "hidden": 8, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def X():
+    return datasets.load("helix", n=400, seed=0).train.numpy()  # (200, 3)
+
+
+def test_clone_keeps_parameters_and_drops_the_fit(X):
+    est = VQFlowDensity(charts=2, flow_options={"passes": 2}, **SMALL).fit(X)
+    copy = clone(est)
+    assert copy.get_params() == est.get_params() and not hasattr(copy, "model_")
+    assert copy.set_params(charts=4).charts == 4 and est.charts == 2
+    # equal parameters give the same fit: the estimator is seeded
+    np.testing.assert_array_equal(copy.set_params(charts=2).fit(X).score_samples(X[:20]), est.score_samples(X[:20]))
+
+
+def test_score_is_the_mean_log_density_and_sample_is_seeded(X):
+    est = VQFlowDensity(charts=2, **SMALL).fit(X)
+    lp = est.score_samples(X)
+    assert lp.shape == (len(X),) and lp.dtype == np.float64 and np.isfinite(lp).all()
+    assert est.score(X) == pytest.approx(lp.mean())
+    np.testing.assert_allclose(lp, est.model_.log_prob(X.astype(np.float32)).detach().numpy(), rtol=1e-5)
+    a, b = est.sample(7, random_state=3), est.sample(7, random_state=3)
+    assert a.shape == (7, 3) and np.array_equal(a, b) and not np.array_equal(a, est.sample(7, random_state=4))
+
+
+def test_grid_search_picks_by_held_out_log_likelihood(X):
+    cv = KFold(2, shuffle=True, random_state=0)
+    search = GridSearchCV(VQFlowDensity(charts=2, **SMALL), {"charts": [2, 4]}, cv=cv).fit(X)
+    means = search.cv_results_["mean_test_score"]
+    assert np.isfinite(means).all() and means[0] != means[1]
+    assert search.best_params_ == {"charts": [2, 4][int(np.argmax(means))]}
+    # a split's score is the mean log-likelihood of the held-out fold under a model fitted on the rest
+    train, test = next(cv.split(X))
+    held_out = VQFlowDensity(charts=4, **SMALL).fit(X[train]).score(X[test])
+    assert search.cv_results_["split0_test_score"][1] == pytest.approx(held_out, rel=1e-6)
+
+
+def test_sklearn_check_estimator():
+    est = VQFlowDensity(charts=2, epochs=1, chart_epochs=1, transforms=1, hidden=8, batch_size=64)
+    results = check_estimator(est, expected_failed_checks=VQFlowDensity.EXPECTED_FAILED_CHECKS, on_fail=None,
+                              on_skip=None)
+    failed = {r["check_name"]: str(r["exception"]).splitlines()[:1] for r in results if r["status"] == "failed"}
+    assert not failed
+    assert len(results) > 30

@@ -1,0 +1,176 @@
+"""The training loop: objectives, hooks, resuming bit for bit, charts kept, data-parallel equivalence."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+import vqflows
+from vqflows import EarlyStopping, build, datasets, fit, train_flow
+from vqflows.training import cosine
+
+
+def _data(n=600, seed=0):
+    s = datasets.load("helix", n=n, seed=seed)
+    return s.train, s.val
+
+
+def _small(charts=4, **kw):
+    torch.manual_seed(0)
+    return build(3, "maf", charts, transforms=2, hidden_features=(16, 16), vq_hidden=(16,), **kw)
+
+
+def test_mixture_loss_over_all_charts_is_the_exact_negative_log_likelihood():
+    train, _ = _data()
+    model = _small().double()
+    model.fit_charts(train.double(), epochs=2)
+    model.fit_weights(train.double())
+    x = train[:50].double()
+    every = torch.arange(model.K).expand(50, -1)
+    torch.testing.assert_close(model.mixture_loss(x, every), -model.log_prob(x, grad=True))
+    top = model.top_charts(x, 2)
+    assert top.shape == (50, 2) and torch.equal(top[:, 0], model.assign(x))
+    assert (model.mixture_loss(x, top) >= -model.log_prob(x) - 1e-12).all()  # fewer charts: an upper bound
+
+
+def test_mixture_objective_trains_and_learns_weights():
+    train, val = _data()
+    model = _small()
+    before = None
+
+    def grab(epoch, m, h):
+        nonlocal before
+        if epoch == 1:
+            before = m.log_weights.clone()
+
+    h = fit(model, train, val, epochs=3, chart_epochs=2, objective="mixture", top=2, callback=grab)
+    assert h.epochs == 3 and all(map(torch.isfinite, map(torch.tensor, h.train_loss)))
+    assert torch.allclose(model.log_weights.exp().sum(), torch.tensor(1.0), atol=1e-5)
+    with pytest.raises(ValueError, match="objective: expected one of 'cells', 'mixture'"):
+        fit(model, train, val, epochs=1, objective="em")
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    train, val = _data()
+    straight = _small()
+    fit(straight, train, val, epochs=4, chart_epochs=2, checkpoint=tmp_path / "a.pt")
+
+    def stop(epoch, m, h):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    broken = _small()
+    h = fit(broken, train, val, epochs=4, chart_epochs=2, checkpoint=tmp_path / "b.pt", callback=stop)
+    assert h.interrupted and (tmp_path / "b.pt").exists()
+    resumed = _small()  # a fresh process would rebuild the model, then resume from the file
+    h2 = fit(resumed, train, val, epochs=4, chart_epochs=2, checkpoint=tmp_path / "b.pt")
+    assert h2.resumed_at == 1 and h2.epochs == 4  # the interrupt came before epoch 2 was saved
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_train_flow_hooks_schedule_clip_and_fresh_data():
+    train, val = _data()
+    model = _small()
+    model.fit_charts(train, epochs=2)
+    model.fit_weights(train)
+    seen, lrs = [], []
+    g = torch.Generator().manual_seed(0)
+
+    def data(epoch):  # a fresh jitter each epoch, as dequantisation does
+        seen.append(epoch)
+        return train + 0.01 * torch.randn(train.shape, generator=g)
+
+    class Record:
+        began = False
+
+        def on_train_begin(self, m, h):
+            self.began = True
+
+        def __call__(self, epoch, m, h):
+            lrs.append(opt_lr[0])
+
+    opt_lr = [None]
+
+    def optimizer(params):
+        opt = torch.optim.SGD(params, lr=0.01)
+        opt_lr[0] = opt
+        return opt
+
+    rec = Record()
+    h = train_flow(model, data, None, epochs=3, batch_size=64, optimizer=optimizer, scheduler=cosine, clip_grad=1.0,
+                   callbacks=[rec, lambda e, m, h: lrs.__setitem__(-1, m and opt_lr[0].param_groups[0]["lr"])])
+    assert seen == [1, 2, 3] and rec.began and h.epochs == 3 and h.best_epoch == 3
+    assert lrs[0] > lrs[1] > lrs[2] >= 0  # annealed
+    with pytest.raises(ValueError, match="clip_grad: expected a finite number > 0"):
+        train_flow(model, train, epochs=1, clip_grad=-1.0)
+    with pytest.raises(ValueError, match="val: expected validation points"):
+        train_flow(model, train, epochs=1, early_stopping=EarlyStopping())
+
+
+def test_further_training_keeps_the_charts():
+    train, val = _data()
+    model = _small()
+    fit(model, train, val, epochs=1, chart_epochs=2)
+    codebook = model.partition.codebook.clone()
+    fit(model, train, val, epochs=1, fit_charts=False, lr=1e-4)
+    assert torch.equal(model.partition.codebook, codebook)
+    assert all(p.requires_grad for p in model.partition.parameters())  # unfrozen again after training
+
+
+def test_fit_restores_threads_and_the_callers_random_state():
+    train, val = _data(300)
+    model = _small(2)
+    torch.set_num_threads(2)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    fit(model, train, val, epochs=1, chart_epochs=1, threads=1)
+    assert torch.get_num_threads() == 2
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_constant_data_is_refused_clearly():
+    with pytest.raises(ValueError, match="train: expected data with non-zero spread, got constant values"):
+        fit(_small(2), torch.ones(50, 3), epochs=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, state: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        train, val = _data()
+        model = vqflows.VQFlow.load(state).double()
+        train_flow(model, train.double(), val.double(), epochs=int(os.environ.get("DDP_EPOCHS", 2)), batch_size=64, early_stopping=EarlyStopping(patience=5))
+        if rank == 0:
+            model.save(out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_take_the_same_steps_as_one_process(tmp_path):
+    """2 ranks with global batch B end with the parameters of 1 process with batch B (float64 tolerance)."""
+    train, val = _data()
+    model = _small().double()
+    model.fit_charts(train.double(), epochs=2)
+    model.fit_weights(train.double())
+    model.save(tmp_path / "start")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "start"), str(tmp_path / "ddp")),
+                                nprocs=2, join=True)
+    one = vqflows.VQFlow.load(tmp_path / "start").double()
+    train_flow(one, train.double(), val.double(), epochs=2, batch_size=64, early_stopping=EarlyStopping(patience=5))
+    two = vqflows.VQFlow.load(tmp_path / "ddp").double()
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+    x = val[:20].double()
+    torch.testing.assert_close(two.log_prob(x), one.log_prob(x), rtol=1e-9, atol=1e-9)
