@@ -314,10 +314,19 @@ class Runner:
         return begun, lost
 
     def _run_dask(self, tasks: Sequence[Task], record) -> None:
-        from dask.distributed import Client
-        from dask.distributed import as_completed as dask_completed
-
-        client = self.client if self.client is not None else Client(self.scheduler)
+        try:
+            from dask.distributed import Client
+            from dask.distributed import as_completed as dask_completed
+        except ImportError as e:
+            raise ValueError(f"scheduler: expected dask.distributed to be installed (pip install "
+                             f"'vqflows[cluster]'), got {type(e).__name__}: {e}") from None
+        client = self.client
+        if client is None:
+            try:
+                client = Client(self.scheduler, timeout=30)
+            except OSError as e:
+                raise ValueError(f"scheduler: expected the address of a running dask scheduler, got "
+                                 f"{self.scheduler!r} ({e})") from None
         resources = {"GPU": self.gpus_per_run} if self.gpus_per_run else None
         attempts: dict[int, int] = {}
 
