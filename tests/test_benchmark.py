@@ -14,9 +14,10 @@ from scipy import stats as sstats
 from sklearn.model_selection import KFold
 from sklearn.neighbors import KernelDensity
 
-from vqflows.benchmark import cli, grid, kde
-from vqflows.benchmark.stats import Summary, best_rows, summarize, t_interval
-from vqflows.benchmark.tables import Table
+from vqflows.experiments import cli, kde, paper
+from vqflows.experiments.stats import Summary, best_rows, summarize, t_interval
+from vqflows.experiments.tables import Table
+from vqflows.io import apply_overrides
 from vqflows.runs import RunConfig
 
 DATASETS = ("helix", "lissajous")
@@ -53,7 +54,8 @@ def test_best_rows():
 
 
 def test_markdown_marks_best_but_not_references():
-    cell = lambda m: Summary(m, 0.1, 0.05, 2)  # noqa: E731
+    def cell(m):
+        return Summary(m, 0.1, 0.05, 2)
     table = Table("t", "T", ["helix", "knotted"], {"maf": {"helix": cell(1.0), "knotted": cell(-3.0)},
                                                     "vq-maf": {"helix": cell(2.0)}},
                   references={"Oracle": {"helix": cell(5.0), "knotted": cell(4.0)}})
@@ -68,7 +70,7 @@ def test_markdown_marks_best_but_not_references():
 def test_bandwidth_selection_maximises_cross_validated_likelihood():
     x = np.random.default_rng(0).normal(size=(300, 2))
     grid_ = np.logspace(-1.5, 0.5, 9)
-    h, tried, scores = kde.select_bandwidth(x, grid_, folds=5, seed=0)
+    h, _tried, scores = kde.select_bandwidth(x, grid_, folds=5, seed=0)
     # brute force on the same folds
     brute = []
     for b in grid_:
@@ -101,12 +103,12 @@ def test_sample_score_counts_nonfinite_samples():
 # ------------------------------------------------------------------------------------ grid
 def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path):
     base = RunConfig(dataset="helix", model="maf", n=200, epochs=1, transforms=1, hidden=8)
-    bad = grid.Job(base.with_overrides({"lr": -1.0}), tmp_path / "bad")
-    good = grid.Job(base, tmp_path / "good")
-    report = grid.run_jobs([bad, good], workers=1, progress=False)
-    assert report.trained == 1 and len(report.failures) == 1
+    bad = paper.PaperRun(apply_overrides(base, {"lr": -1.0}), tmp_path / "bad")
+    good = paper.PaperRun(base, tmp_path / "good")
+    report = paper.run_grid([bad, good])
+    assert report.count("trained") == 1 and len(report.failures) == 1
     error = json.loads((tmp_path / "bad" / "error.json").read_text())
-    assert error["stage"] == "train" and "learning rate" in error["message"]
+    assert error["action"] == "trained" and "learning rate" in error["error"] and "Traceback" in error["traceback"]
     assert (tmp_path / "good" / "metrics.json").exists()
     assert [j.state() for j in (bad, good)] == ["train", "done"]
 
@@ -120,12 +122,12 @@ def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         out.mkdir(parents=True)
         (out / "config.json").write_text(json.dumps(config.to_dict()))
-        (out / "metrics.json").write_text("{}")
+        return {}
 
-    monkeypatch.setattr(grid, "train_run", fake_train)
-    jobs = grid.plan(tmp_path, ["helix"], ["maf"], range(3), RunConfig())
-    report = grid.run_jobs(jobs, workers=1, progress=False)
-    assert report.interrupted and report.trained == 1 and len(calls) == 2
+    monkeypatch.setattr(paper, "train_run", fake_train)
+    jobs = paper.plan(tmp_path, ["helix"], ["maf"], range(3), RunConfig())
+    report = paper.run_grid(jobs)
+    assert report.interrupted and report.count("trained") == 1 and len(calls) == 2
     assert [j.state() for j in jobs] == ["done", "train", "train"]
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from vqflows.benchmark import earth
 from vqflows.datasets.earth import latlon_to_xyz, load_earth, xyz_to_latlon
+from vqflows.experiments import earth, earth_report
 from vqflows.flows.sphere import sphere_quadrature
 from vqflows.vmf import VMFMixture, fit_vmf_mixture, vmf_sample
 
 #: Small enough for seconds on one core, big enough to exercise charts, stages and early stopping.
-TINY = dict(points_per_chart=40, transforms=2, hidden=16, depth=1, epochs=3, patience=2, lrs=(3e-3, 1e-3),
-            batch_size=64, components=(2, 4))
+TINY = {"points_per_chart": 40, "transforms": 2, "hidden": 16, "depth": 1, "epochs": 3, "patience": 2,
+        "lrs": (3e-3, 1e-3), "batch_size": 64, "components": (2, 4)}
 
 
 def clustered_events(n: int, seed: int) -> np.ndarray:
@@ -67,7 +67,8 @@ def test_fitted_vmf_mixture_integrates_to_one(data_dir):
 
 def test_uniform_floor_keeps_unit_mass_and_is_chosen_on_validation():
     mixture = VMFMixture([0.7, 0.3], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], [300.0, 50.0])
-    floored = lambda x: earth.with_floor(mixture.log_prob(x), 0.01)
+    def floored(x):
+        return earth.with_floor(mixture.log_prob(x), 0.01)
     assert sphere_quadrature(floored, 200, 400) == pytest.approx(1.0, abs=1e-6)
     x = mixture.sample(2000, seed=0)
     lp = mixture.log_prob(x)
@@ -172,11 +173,11 @@ def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
     rows = list(csv.DictReader((out / "table.csv").open()))
     ours = {r["method"]: r for r in rows if r["source"] == "this run"}
     assert float(ours["vq-sphere"]["mean"]) == table["rows"]["vq-sphere"]["volcano"]["mean"]
-    assert {r["method"] for r in rows if r["source"] == "published"} == set(earth.PUBLISHED)
+    assert {r["method"] for r in rows if r["source"] == "published"} == set(earth_report.PUBLISHED)
 
     md = (out / "table.md").read_text()
     vq = table["rows"]["vq-sphere"]["volcano"]
-    assert earth._cell(vq["mean"], vq["std"]) in md
+    assert earth_report._cell(vq["mean"], vq["std"]) in md
     assert "| Mixture of Kent | published | unit sphere | −0.80±0.47 |" in md
     summary = (out / "summary.md").read_text()
     assert "Wall time of this invocation" in summary and "Load average" in summary and "--earth" in summary

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import vqflows.images.study as study
 from vqflows.images import (
     ClassifierFID,
     ImageFlowConfig,
@@ -19,6 +18,7 @@ from vqflows.images import (
     build_image_flow,
     default_classifier_path,
     load_images,
+    study,
 )
 from vqflows.images.report import summarise
 from vqflows.images.study import TEST_NOISE_SEED, evaluate_image_model, main, run_path

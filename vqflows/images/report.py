@@ -13,15 +13,17 @@ import csv
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..io import write_json, write_text
 from .data import ImageSplits
 from .fid import ClassifierFID
 
-__all__ = ["write_report", "summarise", "plot_fid_curves", "image_grid", "save_image_grid"]
+__all__ = ["image_grid", "plot_fid_curves", "save_image_grid", "summarise", "write_report"]
 
 _LABELS = {"realnvp": "RealNVP", "vq-realnvp": "VQ-RealNVP", "maf": "MAF", "vq-maf": "VQ-MAF"}
 
@@ -63,8 +65,8 @@ def _fmt(mean, std, digits: int) -> str:
 
 
 def _markdown(rows, dataset: str, reference_fid: float, trials: int) -> str:
-    lines = [f"Image study on {dataset}: final classifier FID and test bits/dim, mean ± std over trials "
-             f"(lower is better).", "",
+    lines = [(f"Image study on {dataset}: final classifier FID and test bits/dim, mean ± std over trials "
+             f"(lower is better)."), "",
              "| model | runs | FID | bits/dim | iterations | parameters | train s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -87,12 +89,6 @@ def _csv(rows) -> str:
     for r in rows:
         writer.writerow({k: ("" if r[k] is None else r[k]) for k in keys})
     return buf.getvalue()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot_fid_curves(records: dict[str, list[dict]], path_stem: str | os.PathLike, *, title: str = "",
@@ -184,8 +180,6 @@ def write_report(out: str | os.PathLike, splits: ImageSplits, fid: ClassifierFID
                  failures: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``summary.{md,csv,json}``, ``fid_curves.{png,pdf}`` and ``samples/<model>.png`` for the
     finished runs of ``models`` × ``trials`` in ``out``; returns the summary."""
-    import json
-
     from .study import load_record, run_path
 
     out = Path(out)
@@ -200,9 +194,9 @@ def write_report(out: str | os.PathLike, splits: ImageSplits, fid: ClassifierFID
     summary = {"dataset": splits.name, "config": config.to_dict(), "trials": trials, "rows": rows,
                "reference_fid": reference_fid, "wall_seconds": wall_seconds, "failures": list(failures),
                "runs": {m: [f"runs/{m}-trial{r['trial']}.json" for r in rs] for m, rs in records.items()}}
-    _atomic_text(out / "summary.json", json.dumps(summary, indent=1))
-    _atomic_text(out / "summary.csv", _csv(rows))
-    _atomic_text(out / "summary.md", _markdown(rows, splits.name, reference_fid, trials))
+    write_json(out / "summary.json", summary, indent=1)
+    write_text(out / "summary.csv", _csv(rows))
+    write_text(out / "summary.md", _markdown(rows, splits.name, reference_fid, trials))
     if any(records.values()):
         plot_fid_curves(records, out / "fid_curves", title=f"{splits.name}: FID over training (mean ± std)",
                         reference=reference_fid)

@@ -13,11 +13,10 @@ dequantisation noise every epoch (:class:`~vqflows.images.LogitDequantization`) 
 A base flow and its VQ version share every setting of :class:`StudyConfig` except ``charts``. Runs
 are written one JSON file each (``runs/<model>-trial<t>.json``, the curve, with the final samples
 beside it as ``.npy``); a rerun skips finished runs. :mod:`~vqflows.images.report` turns the runs into
-the summary table, the figure and the sample grids.
+the summary table, the figure and the sample grids; :mod:`vqflows.experiments.images` runs the study
+(its runs on the shared job runner) and holds its command line (``vqflows benchmark --images``)::
 
-Command line (``python -m vqflows.images.study --help``)::
-
-    python -m vqflows.images.study --images digits --jobs 2 --out image-study/digits
+    vqflows benchmark --images digits --jobs 2 --out image-study/digits
 
 takes about 6 minutes on two shared CPU cores (12 runs of 800 steps) and gave final FIDs of
 11.8 ± 0.7 (RealNVP), 7.5 ± 1.6 (VQ-RealNVP), 8.9 ± 1.1 (MAF), 6.6 ± 0.6 (VQ-MAF), against 4.75 for
@@ -27,28 +26,26 @@ MNIST needs a GPU: ``--images mnist --data-dir DIR --device cuda --jobs 3 --thre
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
-import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
-from ..checks import one_of, override_pairs, positive_int
+from ..checks import one_of, positive_int
+from ..io import apply_overrides, read_json, save_numpy, write_json
 from ..training import TrainingError
-from .data import DATASETS, ImageSplits, load_images
+from .data import DATASETS, ImageSplits
 from .dequantize import LogitDequantization, bits_per_dim
-from .fid import ClassifierFID, default_classifier_path
+from .fid import ClassifierFID
 from .models import ENCODERS, IMAGE_MODELS, ImageFlowConfig, build_image_flow
 
-__all__ = ["StudyConfig", "run_image_study", "train_image_run", "evaluate_image_model", "main", "run_path"]
+__all__ = ["StudyConfig", "evaluate_image_model", "main", "run_image_study", "run_path", "train_image_run"]
 
 #: Learning-rate schedules.
 SCHEDULES = ("cosine", "constant")
@@ -130,7 +127,7 @@ class StudyConfig:
                 raise ValueError(f"{name}: expected a list of widths, got {value!r}")
             setattr(self, name, tuple(positive_int(v, name=name) for v in value))
         if not isinstance(self.frames, bool):
-            raise ValueError(f"frames: expected true or false, got {self.frames!r}")
+            raise ValueError(f"frames: expected true or false, got {self.frames!r}")  # noqa: TRY004
         self.flow_config("vq-maf")  # checks the architecture once
 
     @classmethod
@@ -148,10 +145,8 @@ class StudyConfig:
                    vq_channels=(32, 64), vq_hidden=(256,), chart_epochs=20)
 
     def with_overrides(self, overrides: dict[str, Any] | Sequence[str]) -> StudyConfig:
-        """A copy with ``key=value`` overrides (strings are parsed as JSON, lists as ``a,b``);
-        unknown keys and values of the wrong type raise ``ValueError``."""
-        changes = {key: _coerce(key, value, getattr(self, key)) for key, value in override_pairs(self, overrides).items()}
-        return dataclasses.replace(self, **changes)
+        """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`; lists as ``a,b``)."""
+        return apply_overrides(self, overrides)
 
     def flow_config(self, model: str) -> ImageFlowConfig:
         """The architecture of ``model`` (one of :data:`IMAGE_MODELS`)."""
@@ -162,32 +157,6 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-def _coerce(key: str, value: Any, current: Any) -> Any:
-    if isinstance(value, str):
-        text = value
-        if isinstance(current, tuple):
-            value = [v for v in text.strip("[]() ").split(",") if v.strip()]
-            try:
-                value = [int(v) for v in value]
-            except ValueError as e:
-                raise ValueError(f"{key}: expected comma-separated integers, got {text!r}") from e
-        elif not isinstance(current, str):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{key}: expected a {type(current).__name__}, got {text!r}") from e
-    if isinstance(current, tuple):
-        if isinstance(value, (str, bytes, int)) or not hasattr(value, "__iter__"):
-            raise ValueError(f"{key}: expected a list of integers, got {value!r}")
-        return tuple(value)
-    kind = type(current)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{key}: expected {kind.__name__}, got {value!r}")
-    return value
 
 
 # -- one run ------------------------------------------------------------------------------------------
@@ -248,7 +217,7 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
     one_of(model_name, IMAGE_MODELS, name="model")
     trial = positive_int(trial, name="trial", minimum=0)
     if not isinstance(config, StudyConfig):
-        raise ValueError(f"config: expected a StudyConfig, got {type(config).__name__}")
+        raise ValueError(f"config: expected a StudyConfig, got {type(config).__name__}")  # noqa: TRY004
     if splits.name != config.dataset:
         raise ValueError(f"splits: expected the {config.dataset!r} images of the config, got {splits.name!r}")
     device = torch.device(device)
@@ -305,7 +274,7 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
             log(f"{model_name} trial {trial}: epoch {epoch:3d}  FID {result['fid']:8.2f}  "
                 f"bits/dim {result['bits_per_dim']:.4f}  ({chart_seconds + train_seconds:.0f} s)")
         if path is not None:
-            _write_json(path, record)
+            write_json(path, record, indent=1)
 
     evaluate(0, math.nan)
     for epoch in range(1, config.epochs + 1):
@@ -340,235 +309,29 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
     record["final"] = {k: record["curve"][k][-1] for k in ("epoch", "iteration", "fid", "bits_per_dim")}
     if path is not None:
         samples_file = path.with_name(path.stem + "-samples.npy")
-        np.save(samples_file, last["levels"])
+        save_numpy(samples_file, last["levels"])
         record["samples"] = samples_file.name
-        _write_json(path, record)
+        write_json(path, record, indent=1)
     return record
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean = json.loads(json.dumps(obj, default=str), parse_constant=lambda c: None)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean, indent=1))
-    os.replace(tmp, path)
 
 
 def load_record(path: str | os.PathLike) -> dict[str, Any] | None:
     """The run record at ``path``, or ``None`` if it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(path)
 
 
-def _finished(path: Path, config: StudyConfig) -> bool:
-    record = load_record(path)
-    if record is None or not record.get("finished"):
-        return False
-    if record.get("config") != config.to_dict():
-        raise ValueError(f"out: expected the runs in {path.parent} to use the same settings, got a finished "
-                         f"{path.name} with different ones (use a new --out or delete it)")
-    return True
+def run_image_study(*args, **kwargs) -> dict[str, Any]:
+    """:func:`vqflows.experiments.images.run_image_study` (the study's runner and report)."""
+    from ..experiments.images import run_image_study
 
-
-# -- the study ----------------------------------------------------------------------------------------
-
-
-def _worker(messages, config_dict: dict, model_name: str, trial: int, out: str, device: str, data_dir,
-            download: bool, classifier: str, threads: int, verbose: bool) -> None:
-    """One run in a worker process; a diverged run is reported on ``messages`` rather than as a traceback."""
-    if threads:
-        torch.set_num_threads(threads)
-    config = StudyConfig(**config_dict)
-    splits = load_images(config.dataset, data_dir, seed=config.data_seed, download=download)
-    fid = ClassifierFID.load(config.dataset, path=classifier)
-    path = run_path(out, model_name, trial)
-    try:
-        train_image_run(model_name, trial, config, splits, fid, device=device, path=path,
-                        log=print if verbose else None)
-    except TrainingError as e:
-        messages.put((model_name, trial, str(e)))
-        raise SystemExit(3) from None
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda[:i]', got {device!r}") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: expected an available device, got {device!r} but CUDA is not available")
-    return device
-
-
-def run_image_study(dataset: str = "digits", data_dir: str | os.PathLike | None = None,
-                    models: Sequence[str] = IMAGE_MODELS, trials: int = 3, epochs: int | None = None,
-                    eval_every: int | None = None, charts: int | None = None, latent: int | None = None,
-                    device: str = "cpu", out: str | os.PathLike = "image-study", jobs: int = 1, *,
-                    download: bool = False, overrides: dict[str, Any] | Sequence[str] | None = None,
-                    threads: int = 1, log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run (or resume) the image study into the folder ``out`` and write its report.
-
-    Settings are :meth:`StudyConfig.defaults` for ``dataset``, then ``epochs``, ``eval_every``,
-    ``charts``, ``latent`` when given, then ``overrides`` (``key=value`` strings or a dict).
-    Finished runs in ``out`` are kept (a different configuration there raises ``ValueError``); with
-    ``jobs > 1`` runs go to that many worker processes with ``threads`` torch threads each (one
-    thread per job is fastest on a shared CPU). On Ctrl-C the finished runs are reported and
-    ``KeyboardInterrupt`` is re-raised.
-
-    Writes ``study.json``, ``runs/*.json``, ``summary.{md,csv,json}``, ``fid_curves.{png,pdf}`` and
-    ``samples/*.png`` (see :mod:`vqflows.images.report`). Returns the summary (as ``summary.json``).
-    """
-    from . import report
-
-    one_of(dataset, DATASETS, name="dataset")
-    if isinstance(models, str):
-        models = [models]
-    models = [one_of(m, IMAGE_MODELS, name="models") for m in models]
-    if not models or len(set(models)) != len(models):
-        raise ValueError(f"models: expected distinct names from {', '.join(IMAGE_MODELS)}, got {models!r}")
-    trials = positive_int(trials, name="trials")
-    jobs = positive_int(jobs, name="jobs")
-    threads = positive_int(threads, name="threads", minimum=0)
-    device = _resolve_device(device)
-    config = StudyConfig.defaults(dataset)
-    given = {"epochs": epochs, "eval_every": eval_every, "charts": charts, "latent": latent}
-    config = config.with_overrides({k: v for k, v in given.items() if v is not None})
-    if overrides:
-        config = config.with_overrides(overrides)
-    say = log or (lambda message: None)
-
-    out = Path(out)
-    splits = load_images(dataset, data_dir, seed=config.data_seed, download=download)
-    classifier = default_classifier_path(dataset)
-    t0 = time.perf_counter()
-    fid = ClassifierFID.load_or_fit(splits, path=classifier)
-    say(f"FID classifier {classifier} (test accuracy {fid.test_accuracy:.4f}, {time.perf_counter() - t0:.1f} s)")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "study.json", {"config": config.to_dict(), "models": models, "trials": trials,
-                                     "device": device, "jobs": jobs, "classifier": str(classifier)})
-
-    tasks = [(m, t) for m in models for t in range(trials)]
-    todo = [(m, t) for m, t in tasks if not _finished(run_path(out, m, t), config)]
-    say(f"{len(tasks) - len(todo)} of {len(tasks)} runs already finished in {out}; training {len(todo)}")
-    failures: list[str] = []
-    t_start = time.perf_counter()
-    try:
-        if jobs == 1 or len(todo) <= 1:
-            for m, t in todo:
-                try:
-                    train_image_run(m, t, config, splits, fid, device=device, path=run_path(out, m, t), log=log)
-                except TrainingError as e:
-                    failures.append(str(e))
-                    say(f"failed: {e}")
-        else:
-            _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, log, failures)
-    except KeyboardInterrupt:
-        say("interrupted: reporting the finished runs")
-        report.write_report(out, splits, fid, models=models, trials=trials, config=config,
-                            wall_seconds=time.perf_counter() - t_start)
-        raise
-    return report.write_report(out, splits, fid, models=models, trials=trials, config=config,
-                               wall_seconds=time.perf_counter() - t_start, failures=failures)
-
-
-def _run_parallel(todo, config, out, device, data_dir, download, classifier, jobs, threads, log, failures) -> None:
-    """Run ``todo`` in at most ``jobs`` worker processes at a time; on any exception (Ctrl-C included)
-    the workers still running are terminated before it propagates."""
-    import multiprocessing
-    from multiprocessing.connection import wait
-
-    # spawn, not fork: CUDA cannot be re-initialised in a forked child and forked torch thread pools can hang
-    context = multiprocessing.get_context("spawn")
-    messages = context.SimpleQueue()
-    say = log or (lambda message: None)
-    queue, running, errors = list(todo), {}, {}
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                m, t = queue.pop(0)
-                process = context.Process(
-                    target=_worker, name=f"{m}-trial{t}",
-                    args=(messages, config.to_dict(), m, t, str(out), device,
-                          None if data_dir is None else str(data_dir), download, str(classifier), threads,
-                          log is not None))
-                process.start()
-                running[process] = (m, t)
-            wait([p.sentinel for p in running])
-            for process in [p for p in running if not p.is_alive()]:
-                m, t = running.pop(process)
-                process.join()
-                while not messages.empty():
-                    mm, tt, text = messages.get()
-                    errors[mm, tt] = text
-                if process.exitcode == 0:
-                    say(f"finished {m} trial {t}")
-                    continue
-                # a diverged run sent its message; otherwise it was killed (e.g. out of memory) or crashed,
-                # with its traceback, if any, on stderr
-                failures.append(errors.get((m, t), f"{m} trial {t}: worker process exited with status "
-                                                   f"{process.exitcode}"))
-                say(f"failed: {failures[-1]}")
-    except BaseException:
-        for process in running:
-            process.terminate()
-        for process in running:
-            process.join()
-        raise
-
-
-# -- command line -------------------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vqflows benchmark --images",
-        description="Image study (paper §5.3): RealNVP and MAF with and without VQ charts; classifier FID and "
-                    "bits/dim over training, mean ± std over trials.")
-    p.add_argument("--images", choices=DATASETS, default="digits", help="dataset (default digits)")
-    p.add_argument("--data-dir", default=None, help="folder holding the MNIST IDX files")
-    p.add_argument("--download", action="store_true", help="fetch MNIST with torchvision if missing")
-    p.add_argument("--models", nargs="+", default=list(IMAGE_MODELS),
-                   help=f"models, space- or comma-separated (default: {' '.join(IMAGE_MODELS)})")
-    p.add_argument("--trials", type=int, default=3, help="independent trials per model (default 3)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the dataset's)")
-    p.add_argument("--eval-every", type=int, default=None, help="epochs between evaluations")
-    p.add_argument("--charts", type=int, default=None, help="K of the VQ models")
-    p.add_argument("--latent", type=int, default=None, help="code dimension of the VQ autoencoder")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="further StudyConfig overrides, e.g. hidden=128,128 lr=5e-4")
-    p.add_argument("--out", default=None, help="study folder (default image-study/<images>)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process each)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    p.add_argument("--quiet", action="store_true", help="print only the summary table")
-    return p
+    return run_image_study(*args, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: run the image study and print its summary table; returns the exit status."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    models = [m.strip() for item in args.models for m in item.split(",") if m.strip()]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out or f"image-study/{args.images}")
-    try:
-        summary = run_image_study(args.images, args.data_dir, models, args.trials, args.epochs, args.eval_every,
-                                  args.charts, args.latent, args.device, out, args.jobs, download=args.download,
-                                  overrides=args.set, threads=args.threads, log=None if args.quiet else print)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished runs are kept in {out}; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print((out / "summary.md").read_text())
-    for failure in summary.get("failures", []):
-        print(f"failed: {failure}", file=sys.stderr)
-    return 1 if summary.get("failures") else 0
+    """:func:`vqflows.experiments.images.main`, the command line ``vqflows benchmark --images``."""
+    from ..experiments.images import main
+
+    return main(argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 
+from .. import io
 from ..checks import as_points, positive_int
 
 #: Relative tolerance of the tree-based KDE sums: 1e-8 changes scores by far less than their
@@ -124,7 +125,7 @@ def calibrate(cache: str | os.PathLike, splits, *, dataset: str, seed: int, n: i
             entry["reference_score"] = sample_score(splits.train, fresh, h)["score"]
             entry["reference_seed"] = ref_seed
         entry["seconds"] = time.perf_counter() - t0
-        _write_json(path, entry)
+        io.write_json(path, entry)
         return entry
 
 
@@ -141,7 +142,7 @@ def score_run(folder: str | os.PathLike, cache: str | os.PathLike) -> dict:
               **sample_score(splits.train, samples, entry["bandwidth"]),
               "bandwidth": entry["bandwidth"], "reference_score": entry["reference_score"],
               "reference_seed": entry["reference_seed"]}
-    _write_json(folder / "sample_kde.json", result)
+    io.write_json(folder / "sample_kde.json", result)
     return result
 
 
@@ -158,15 +159,3 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=_finite))
-    os.replace(tmp, path)
-
-
-def _finite(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o).__name__)

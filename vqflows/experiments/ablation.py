@@ -8,17 +8,17 @@ as for Table 2. Results are shown as mean ± one standard deviation over trials,
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..io import apply_overrides
 from ..runs import RunConfig
-from .figures import val_curve, stack_curves, plot_band, pyplot, save_figure
-from .grid import Job
-from .tables import Table, summary_table
+from .figures import plot_band, pyplot, save_figure, stack_curves, val_curve
+from .paper import PaperRun
+from .tables import Table, read_record, summary_table
 
 CHARTS = (1, 2, 4, 8, 16, 32, 64)
 PARTITIONS = ("vqae", "kmeans")
@@ -31,11 +31,12 @@ PARTITION_NAMES = {"vqae": "VQ-AE", "kmeans": "k-means"}
 
 
 def plan(root: str | os.PathLike, base: RunConfig, *, charts: Sequence[int] = CHARTS,
-         partitions: Sequence[str] = PARTITIONS, seeds: Iterable[int] = range(TRIALS)) -> list[Job]:
-    """Jobs for every partition × K × seed on :data:`DATASET` with :data:`MODEL`; ``base`` sets the rest."""
+         partitions: Sequence[str] = PARTITIONS, seeds: Iterable[int] = range(TRIALS)) -> list[PaperRun]:
+    """Runs for every partition × K × seed on :data:`DATASET` with :data:`MODEL`; ``base`` sets the rest."""
     root = Path(root)
-    return [Job(base.with_overrides({"dataset": DATASET, "model": MODEL, "seed": s, "charts": k, "partition": p}),
-                root / "ablation" / p / f"K-{k}" / f"seed-{s}", True, root / "kde")
+    return [PaperRun(apply_overrides(base, {"dataset": DATASET, "model": MODEL, "seed": s, "charts": k,
+                                            "partition": p}),
+                     root / "ablation" / p / f"K-{k}" / f"seed-{s}", True, root / "kde")
             for s in seeds for p in partitions for k in charts]
 
 
@@ -48,20 +49,17 @@ def collect(root: str | os.PathLike, *, charts: Iterable[int] | None = None,
     for path in sorted(Path(root).glob("ablation/*/K-*/seed-*/metrics.json")):
         folder = path.parent
         k = int(folder.parent.name.removeprefix("K-"))
-        record = json.loads(path.read_text())
+        record = read_record(folder)
         if (keep_k is not None and k not in keep_k) or (keep_s is not None and record["seed"] not in keep_s):
             continue
-        kde_path = folder / "sample_kde.json"
-        record.update(partition=folder.parent.parent.name, charts=k, folder=str(folder),
-                      sample_kde=json.loads(kde_path.read_text()) if kde_path.exists() else None)
-        records.append(record)
+        records.append({**record, "partition": folder.parent.parent.name, "charts": k})
     return records
 
 
 def tables(records: Sequence[dict]) -> list[Table]:
     """Test log-likelihood and sample KDE score, rows partitions × columns K, mean ± std."""
-    common = dict(rows_key="partition", columns_key="charts", spread="std", row_order=PARTITIONS,
-                  column_order=CHARTS, row_label="Partition", names=_names(records))
+    common = {"rows_key": "partition", "columns_key": "charts", "spread": "std", "row_order": PARTITIONS,
+                  "column_order": CHARTS, "row_label": "Partition", "names": _names(records)}
     out = [summary_table(records, lambda r: r.get("test_log_likelihood"), name="ablation-test",
                          title=f"Ablation ({DATASET}, {MODEL}): test log-likelihood against K", **common),
            summary_table(records, lambda r: (r.get("sample_kde") or {}).get("score"), name="ablation-samples",

@@ -14,13 +14,17 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
+from ..io import read_json, write_text
 from ..runs import MODELS
-from .grid import PAPER_DATASETS, PAPER_MODELS
 from .stats import Summary, best_rows, summarize
+
+#: The paper's datasets and models, in its tables' order.
+PAPER_DATASETS = ("spherical", "helix", "lissajous", "twisted-eight", "knotted", "interlocked-circles")
+PAPER_MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf", "cef", "vq-cef")
 
 MODEL_NAMES = {"realnvp": "RealNVP", "maf": "MAF", "nsf": "NSF", "cef": "CEF"}
 MODEL_NAMES.update({f"vq-{k}": f"VQ-{v}" for k, v in list(MODEL_NAMES.items())})
@@ -32,7 +36,7 @@ SPREADS = {"ci": "95% confidence interval (Student t)", "std": "one standard dev
 
 @dataclass
 class Table:
-    """A table of :class:`~vqflows.benchmark.stats.Summary` cells.
+    """A table of :class:`~vqflows.experiments.stats.Summary` cells.
 
     ``rows[row][column]`` are ranked per column (highest mean best, or lowest with
     ``higher_is_better=False``); ``references[label][column]`` are extra rows, not ranked.
@@ -122,17 +126,9 @@ class Table:
 
     def write(self, folder: str | os.PathLike) -> list[Path]:
         """Write ``<name>.md``, ``<name>.csv`` and ``<name>.json`` into ``folder``; returns the paths."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for suffix, text in ((".md", self.to_markdown()), (".csv", self.to_csv()),
-                             (".json", json.dumps(self.to_dict(), indent=2, allow_nan=False))):
-            path = folder / f"{self.name}{suffix}"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-            paths.append(path)
-        return paths
+        return [write_text(Path(folder) / f"{self.name}{suffix}", text)
+                for suffix, text in ((".md", self.to_markdown()), (".csv", self.to_csv()),
+                                     (".json", json.dumps(self.to_dict(), indent=2, allow_nan=False)))]
 
 
 def collect(root: str | os.PathLike, *, datasets: Iterable[str] | None = None, models: Iterable[str] | None = None,
@@ -149,18 +145,22 @@ def collect(root: str | os.PathLike, *, datasets: Iterable[str] | None = None, m
     for path in sorted(Path(root).glob("runs/*/*/seed-*/metrics.json")):
         folder = path.parent
         dataset, model = folder.parent.parent.name, folder.parent.name
-        record = json.loads(path.read_text())
+        record = read_record(folder)
         seed = record.get("seed", _seed_of(folder))
         if (keep_d is not None and dataset not in keep_d) or (keep_m is not None and model not in keep_m) \
                 or (keep_s is not None and seed not in keep_s):
             continue
-        record.update(dataset=dataset, model=model, seed=seed, folder=str(folder))
-        kde_path = folder / "sample_kde.json"
-        record["sample_kde"] = json.loads(kde_path.read_text()) if kde_path.exists() else None
-        records.append(record)
+        records.append({**record, "dataset": dataset, "model": model, "seed": seed})
     datasets_order, models_order = list(PAPER_DATASETS), _model_order()
     return sorted(records, key=lambda r: (_rank(r["dataset"], datasets_order), _rank(r["model"], models_order),
                                           r["seed"] if r["seed"] is not None else -1))
+
+
+def read_record(folder: str | os.PathLike) -> dict:
+    """A finished run's ``metrics.json`` with ``folder`` and ``sample_kde`` (its ``sample_kde.json``, or ``None``)."""
+    folder = Path(folder)
+    return {**json.loads((folder / "metrics.json").read_text()), "folder": str(folder),
+            "sample_kde": read_json(folder / "sample_kde.json")}
 
 
 def summary_table(records: Sequence[dict], value: Callable[[dict], float | None], *, name: str, title: str,
@@ -199,7 +199,7 @@ def summary_table(records: Sequence[dict], value: Callable[[dict], float | None]
 
 def benchmark_tables(records: Sequence[dict]) -> list[Table]:
     """Table 1 (with the oracle), the gap to the oracle, the CEF reconstruction error and Table 2."""
-    order = dict(row_order=_model_order(), column_order=PAPER_DATASETS)
+    order = {"row_order": _model_order(), "column_order": PAPER_DATASETS}
     tables = [
         summary_table(records, _get("test_log_likelihood"), name="table1", **order,
                       title="Table 1: test log-likelihood (nats per point)",

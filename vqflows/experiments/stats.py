@@ -12,8 +12,8 @@ the paper's "±" (95%, five trials: :math:`t_{0.975, 4} \approx 2.776`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import numpy as np
 from scipy import stats as _stats

@@ -1,0 +1,445 @@
+r"""Earth-science densities on the sphere S²: VQ-flows against the published table.
+
+Four sets of real events (volcanic eruptions, earthquakes, floods, fires; :mod:`vqflows.datasets.earth`)
+under the standard protocol: a random 80/10/10 split, a new one per seed, and the test NLL in nats,
+
+.. math:: \mathrm{NLL} = -\frac{1}{N} \sum_{i=1}^{N} \log p(x_i),
+
+with ``p`` a density w.r.t. the area measure of the unit sphere (uniform: ``ln 4π ≈ 2.531``), as mean
+± standard deviation (``ddof=1``) over the seeds. The models, one table row each:
+
+* ``vq-sphere`` / ``sphere``: VQ-Flow with ``flow="sphere"``, K charts (or one), each a conditional
+  RealNVP carried onto the FIXED unit sphere by the stereographic projection from the antipode of the
+  chart's mean direction. An exact, normalised density w.r.t. the sphere's area: directly comparable
+  with the published rows.
+* ``vq-cef`` / ``cef``: VQ-Flow with ``flow="cef"``, a LEARNED 2-D surface per chart. Its density is
+  w.r.t. the area of the learned surface, so its NLL is comparable only insofar as that surface is the
+  unit sphere; the mean squared distance from the test points to it is reported beside it.
+* ``vmf``: a von Mises–Fisher mixture fitted by EM, its number of components chosen on validation
+  (:func:`vqflows.vmf.fit_vmf_mixture`): the classical anchor.
+
+Every hyperparameter of a row is shared by the four datasets (:func:`default_configs`); the only
+data-dependent choice is the number of charts, ``K = round(N_train / points_per_chart)`` within
+``[min_charts, max_charts]``.
+
+Layout of ``--out``: ``runs/<dataset>/<model>/seed-<s>/`` (``result.json`` with the numbers and the
+resolved config, and the fitted model), ``table.md``, ``table.csv``, ``table.json``, ``summary.md`` and
+``figures/<dataset>.png|pdf`` (written by :mod:`.earth_report`). A rerun skips the runs whose ``result.json``
+holds the same config. The runs go to the shared job runner (:mod:`.runner`: ``--jobs``, ``--scheduler``).
+
+Letters: N points, K charts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checks import one_of, positive_int
+from ..datasets.earth import EARTH_DATASETS, EarthSplits, load_earth
+from ..io import apply_overrides, claim, hardware, read_json, write_json, write_text
+from ..model import VQFlow, build
+from ..training import fit
+from ..vmf import VMFMixture, fit_vmf_mixture
+from .common import comma_list, command, log_invocation
+from .runner import Report, Runner, Task, add_runner_arguments, runner_from_args
+
+#: Table rows of this package, in display order, and what their density is taken w.r.t.
+MODELS = {
+    "vmf": "unit sphere",
+    "sphere": "unit sphere",
+    "vq-sphere": "unit sphere",
+    "cef": "learned surface",
+    "vq-cef": "learned surface",
+}
+
+#: Display names of the datasets (the published table's columns).
+TRAIN_EVAL = 2048
+
+#: Weights ``w`` of the uniform density tried in the ``+floor`` rows, ``(1 - w) p + w / 4π``, chosen on
+#: validation per run (``0`` included, so a floor is used only when validation asks for one).
+FLOOR_WEIGHTS = (0.0, 1e-3, 1e-2, 3e-2)
+
+
+@dataclass(frozen=True)
+class EarthConfig:
+    """Hyperparameters shared by every dataset and seed (chosen on validation NLL only).
+
+    Attributes:
+        points_per_chart: training points per chart; ``K = round(N_train / points_per_chart)``.
+        min_charts, max_charts: bounds on ``K``.
+        partition: ``"kmeans"`` or ``"vqae"`` charts.
+        m, eps: chart membership (``m=1, eps=0``: hard charts).
+        transforms, hidden, depth: the coupling flow: ``transforms`` layers, each with ``depth``
+            hidden layers of width ``hidden``.
+        epochs, patience: per learning-rate stage; each stage restarts from the best weights so far.
+        lrs: the learning rate of each stage (a step schedule driven by validation plateaus).
+        batch_size, weight_decay: Adam's.
+        chart_epochs: VQ-AE epochs (ignored by k-means).
+        components: vMF mixture sizes tried, the best kept on validation.
+    """
+
+    points_per_chart: int = 16
+    min_charts: int = 2
+    max_charts: int = 512
+    partition: str = "kmeans"
+    m: int = 1
+    eps: float = 0.0
+    transforms: int = 8
+    hidden: int = 128
+    depth: int = 2
+    epochs: int = 150
+    patience: int = 10
+    lrs: tuple[float, ...] = (3e-3, 1e-3)
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    chart_epochs: int = 30
+    components: tuple[int, ...] = (25, 50, 100, 200)
+
+    def __post_init__(self) -> None:
+        for name in ("points_per_chart", "min_charts", "max_charts", "m", "transforms", "hidden", "depth", "epochs",
+                     "patience", "batch_size", "chart_epochs"):
+            positive_int(getattr(self, name), name=name)
+        one_of(self.partition, ("kmeans", "vqae"), name="partition")
+        if self.min_charts < 2 or self.max_charts < self.min_charts:
+            raise ValueError(f"min_charts, max_charts: expected 2 <= min_charts <= max_charts, "
+                             f"got {self.min_charts} and {self.max_charts}")
+        if self.m > self.min_charts:
+            raise ValueError(f"m: expected at most min_charts={self.min_charts}, got {self.m}")
+        for name in ("eps", "weight_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+        if not self.lrs or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.lrs):
+            raise ValueError(f"lrs: expected one or more learning rates > 0, got {self.lrs!r}")
+        if not self.components:
+            raise ValueError("components: expected one or more mixture sizes, got none")
+        for k in self.components:
+            positive_int(k, name="components")
+
+    def charts(self, n_train: int) -> int:
+        """``K`` for a training set of ``n_train`` points."""
+        return int(min(self.max_charts, max(self.min_charts, round(n_train / self.points_per_chart))))
+
+    def with_overrides(self, overrides: Sequence[str] | dict[str, Any]) -> EarthConfig:
+        """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`; ``lrs=0.002`` or ``lrs=[3e-3,1e-3]``)."""
+        return apply_overrides(self, overrides)
+
+    def to_dict(self, model: str | None = None) -> dict:
+        """The fields as JSON types; for ``model="vmf"`` only those the vMF mixture uses."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if model == "vmf":
+            return {"components": d["components"]}
+        if model is not None:
+            d.pop("components")
+        return d
+
+
+def default_configs() -> dict[str, EarthConfig]:
+    """The hyperparameters of each row, chosen on validation NLL (seed 0 splits) and shared by the datasets.
+
+    The learned-surface rows are smaller and run one stage: their numbers are a side check (their
+    density is not w.r.t. the unit sphere), and on two cores their cost would otherwise double the study.
+    """
+    main = EarthConfig()
+    side = dataclasses.replace(main, points_per_chart=64, transforms=5, hidden=64, lrs=(3e-3,), epochs=40)
+    return {"vmf": main, "sphere": main, "vq-sphere": main, "cef": side, "vq-cef": side}
+
+
+def resolve_configs(models: Sequence[str], overrides: Sequence[str] = (), epochs: int | None = None
+                    ) -> dict[str, EarthConfig]:
+    """:func:`default_configs` of ``models`` with ``key=value`` (every row) or ``model.key=value`` overrides."""
+    configs = {m: default_configs()[m] for m in models}
+    shared, own = [], {m: [] for m in models}
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "." in key:
+            model, rest = item.split(".", 1)
+            one_of(model, list(MODELS), name="override")
+            if model in own:
+                own[model].append(rest)
+        else:
+            shared.append(item)
+    for m in models:
+        configs[m] = configs[m].with_overrides(shared).with_overrides(own[m])
+        if epochs is not None:
+            configs[m] = dataclasses.replace(configs[m], epochs=positive_int(epochs, name="epochs"))
+    return configs
+
+
+# ------------------------------------------------------------------------------------------ one run
+
+
+def build_model(model: str, n_train: int, config: EarthConfig) -> VQFlow:
+    """The VQ-Flow of a table row for a training set of ``n_train`` points (not ``"vmf"``)."""
+    one_of(model, [m for m in MODELS if m != "vmf"], name="model")
+    charts = config.charts(n_train) if model.startswith("vq-") else None
+    return build(3, model.removeprefix("vq-"), charts, partition=config.partition, m=config.m if charts else 1,
+                 eps=config.eps, transforms=config.transforms, hidden_features=(config.hidden,) * config.depth)
+
+
+@contextmanager
+def _charts_frozen(model: VQFlow) -> Iterator[None]:
+    """Keep the learned charts through a further call of :func:`~vqflows.fit`.
+
+    ``fit`` starts by fitting the charts; a VQ-AE would go on training from where it stopped and move
+    the cells under the flow. Frames and weights are refitted from the unchanged charts, identically.
+    """
+    model.fit_charts = lambda *args, **kwargs: []  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model.fit_charts
+
+
+def train_flow(model: VQFlow, splits: EarthSplits, config: EarthConfig, seed: int) -> dict[str, Any]:
+    """Fit ``model`` in stages, one per learning rate, each from the best weights of the last.
+
+    Returns the epochs run and the best epoch of each stage.
+    """
+    epochs, best = [], []
+    for stage, lr in enumerate(config.lrs):
+        with _charts_frozen(model) if stage else nullcontext():
+            history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
+                          lr=lr, weight_decay=config.weight_decay, patience=config.patience,
+                          chart_epochs=config.chart_epochs, seed=seed + 1000 * stage)
+        epochs.append(history.epochs)
+        best.append(history.best_epoch)
+        if history.interrupted:
+            raise KeyboardInterrupt
+    return {"epochs": epochs, "best_epochs": best}
+
+
+@torch.no_grad()
+def _log_probs(log_prob, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([log_prob(xs) for xs in x.split(4096)]).double()
+
+
+def with_floor(log_p: torch.Tensor, weight: float) -> torch.Tensor:
+    r"""``log((1 - w) p + w / 4π)``: a density on S² mixed with the uniform one, ``(N,) -> (N,)``.
+
+    Still normalised w.r.t. the area of the unit sphere; ``w = 0`` returns ``log_p``. The floor
+    ``log(w / 4π)`` caps the loss of a test point far from every training point, where a flow's or
+    a vMF's tails fall off like a Gaussian's.
+    """
+    if not 0 <= weight < 1:
+        raise ValueError(f"weight: expected 0 <= w < 1, got {weight!r}")
+    if weight == 0:
+        return log_p
+    return torch.logaddexp(log_p + math.log1p(-weight), torch.full_like(log_p, math.log(weight / (4 * math.pi))))
+
+
+def choose_floor(val_log_p: torch.Tensor, weights: Sequence[float] = FLOOR_WEIGHTS) -> float:
+    """The weight in ``weights`` whose :func:`with_floor` mixture has the lowest validation NLL."""
+    return min(weights, key=lambda w: (-float(with_floor(val_log_p, w).mean()), w))
+
+
+@dataclass(frozen=True)
+class EarthRun:
+    """One run of the grid: a dataset's split ``seed`` fitted by the row ``model`` with ``config``.
+
+    ``cost`` (training points times a model factor) orders the runs and weighs them in the ETA.
+    """
+
+    dataset: str
+    model: str
+    seed: int
+    data_dir: str
+    config: EarthConfig
+    cost: float = 1.0
+
+    def done(self, folder: Path) -> bool:
+        """Whether ``folder/result.json`` exists and was made with this config (the fields this model uses)."""
+        stored = read_json(folder / "result.json", {})
+        return isinstance(stored, dict) and stored.get("config") == self.config.to_dict(self.model)
+
+
+def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
+    """Fit one table cell's run, saving the fitted model in ``folder``; returns ``{"result.json": result}``.
+
+    The result holds the NLL (nats, mean over points) of the train, validation and test splits, the
+    number of charts or components, epochs, wall and CPU seconds, and for ``cef`` rows the mean squared
+    distance from the test points to the learned surface. ``train_nll`` is over :data:`TRAIN_EVAL`
+    training points.
+    """
+    dataset, model, seed, config = run.dataset, run.model, run.seed, run.config
+    one_of(model, MODELS, name="model")
+    folder = Path(folder)
+    wall, cpu = time.perf_counter(), time.process_time()
+    splits = load_earth(dataset, data_dir=run.data_dir, seed=seed)
+    torch.manual_seed(seed)
+    result: dict[str, Any] = {"dataset": dataset, "model": model, "seed": seed, "density": MODELS[model],
+                              "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+                              "config": config.to_dict(model)}
+    folder.mkdir(parents=True, exist_ok=True)
+    if model == "vmf":
+        sel = fit_vmf_mixture(splits.train, splits.val, components=config.components, seed=seed)
+        mixture = sel.model
+        log_prob = mixture.log_prob
+        mixture.save(folder / "vmf.json")
+        result.update(components=sel.components, components_val_nll={str(k): v for k, v in sel.val_nll.items()})
+    else:
+        flow = build_model(model, len(splits.train), config)
+        result.update(train_flow(flow, splits, config, seed))
+        result["charts"] = flow.K
+        result["parameters"] = sum(p.numel() for p in flow.parameters())
+        log_prob = flow.log_prob
+        if MODELS[model] == "learned surface":
+            with torch.no_grad():
+                result["reconstruction"] = float(flow.reconstruction(splits.test).double().mean())
+        flow.save(folder / "model")
+    # A subset of the training split bounds the cost of the all-charts evaluation, O(N K).
+    subset = splits.train[torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:TRAIN_EVAL]]
+    val, test = _log_probs(log_prob, splits.val), _log_probs(log_prob, splits.test)
+    result.update(train_nll=-float(_log_probs(log_prob, subset).mean()), val_nll=-float(val.mean()),
+                  test_nll=-float(test.mean()))
+    if MODELS[model] == "unit sphere":
+        w = choose_floor(val)
+        result.update(floor_weight=w, val_nll_floor=-float(with_floor(val, w).mean()),
+                      test_nll_floor=-float(with_floor(test, w).mean()))
+    result.update(seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
+    return {"result.json": result}
+
+
+def load_fitted(folder: str | os.PathLike):
+    """The fitted model of a run folder: a :class:`VQFlow` or a :class:`VMFMixture`."""
+    folder = Path(folder)
+    if (folder / "vmf.json").exists():
+        return VMFMixture.load(folder / "vmf.json")
+    return VQFlow.load(folder / "model")
+
+
+# ----------------------------------------------------------------------------------------- the grid
+
+
+#: Relative CPU time per training point of each row with its default config (measured on the fire set,
+#: ``sphere`` = 1), for ordering the runs and for the ETA.
+_COST = {"vmf": 0.6, "sphere": 1.0, "vq-sphere": 5.0, "cef": 0.3, "vq-cef": 1.0}
+
+
+def run_folder(out: str | os.PathLike, run: EarthRun) -> Path:
+    """``<out>/runs/<dataset>/<model>/seed-<seed>``."""
+    return Path(out) / "runs" / run.dataset / run.model / f"seed-{run.seed}"
+
+
+def plan(datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int], data_dir: str | os.PathLike,
+         configs: dict[str, EarthConfig]) -> list[EarthRun]:
+    """Every dataset × model × seed, the most expensive first (so that two workers finish together)."""
+    from ..datasets.earth import earth_path, read_latlon
+
+    sizes = {d: round(0.8 * len(read_latlon(earth_path(d, data_dir)))) for d in datasets}
+    runs = [EarthRun(d, m, s, str(data_dir), configs[m], sizes[d] * _COST[m])
+            for d in datasets for m in models for s in seeds]
+    return sorted(runs, key=lambda r: -r.cost)
+
+
+def run_grid(runs: Sequence[EarthRun], out: str | os.PathLike, runner: Runner | None = None) -> Report:
+    """Run the unfinished ``runs`` into ``out`` (see :class:`~.runner.Runner`; default: in this process)."""
+    tasks = [Task(run_one, r, run_folder(out, r), label=f"{r.dataset}/{r.model}/seed-{r.seed}", cost=r.cost)
+             for r in runs if not r.done(run_folder(out, r))]
+    return (runner or Runner()).run(tasks, skipped=len(runs) - len(tasks), desc="earth")
+
+
+# ---------------------------------------------------------------------------------------- the table
+
+
+def collect(runs: Sequence[EarthRun], out: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ``result.json`` of every finished run made with its current config."""
+    return [read_json(run_folder(out, r) / "result.json") for r in runs if r.done(run_folder(out, r))]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vqflows benchmark --earth",
+                                description="Test NLL on the Earth datasets (S²) against the published table.")
+    p.add_argument("--earth", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--datasets", default=",".join(EARTH_DATASETS), help="comma-separated (default: all four)")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds/splits, 0..n-1 (default 5)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated among {', '.join(MODELS)}")
+    p.add_argument("--data-dir", default=os.environ.get("VQFLOWS_EARTH_DIR", "../shared/data/earth"),
+                   help="folder holding the four CSV files")
+    p.add_argument("--out", default="results/earth", help="output folder (runs, tables, figures, summary.md)")
+    p.add_argument("--epochs", type=int, default=None, help="most epochs per learning-rate stage")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="hyperparameter overrides for every row (key=value) or one (model.key=value), "
+                        "e.g. points_per_chart=32 vq-cef.hidden=32 'lrs=[0.003]'")
+    p.add_argument("--no-figures", action="store_true", help="skip the world maps")
+    add_runner_arguments(p, jobs=2)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vqflows benchmark --earth``: run (or resume) the grid, then write the tables, maps and summary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        datasets = comma_list(args.datasets, "datasets", lambda d: one_of(d, EARTH_DATASETS, name="datasets"))
+        models = comma_list(args.models, "models", lambda m: one_of(m, MODELS, name="models"))
+        positive_int(args.seeds, name="seeds")
+        runner = runner_from_args(args)
+        configs = resolve_configs(models, args.set, args.epochs)
+        if not Path(args.data_dir).is_dir():
+            raise ValueError(f"data-dir: expected the folder holding the Earth CSV files, got {args.data_dir!r}")
+        runs = plan(datasets, models, list(range(args.seeds)), args.data_dir, configs)
+        with claim(args.out):
+            return _run(args, argv, runner, runs, datasets, models, configs)
+    except ValueError as e:
+        print(f"vqflows benchmark --earth: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, argv: list[str], runner: Runner, runs: list[EarthRun], datasets: list[str],
+         models: list[str], configs: dict[str, EarthConfig]) -> int:
+    from . import earth_report
+
+    wall = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    out = Path(args.out)
+    start = hardware()
+    done = run_grid(runs, out, runner)
+    report = {"total": done.total, "skipped": done.skipped, "trained": done.count(), "seconds": done.seconds,
+              "failures": [f"{label}: {error}" for label, error in done.failures], "interrupted": done.interrupted}
+    results = collect(runs, out)
+    t = earth_report.table(results, datasets, models)
+    write_text(out / "table.md", earth_report.markdown(t))
+    write_text(out / "table.csv", earth_report.csv_text(t))
+    figures = []
+    if not (args.no_figures or done.interrupted):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(args.jobs, threads))  # the workers are done: the maps may use their cores
+        figures = earth_report.draw_maps(t, results, out, args.data_dir)
+        torch.set_num_threads(threads)
+    end = hardware()
+    invocations = log_invocation(out / "invocations.json", {
+        "command": command(argv), "started": started, "seconds": time.perf_counter() - wall,
+        "grid_seconds": done.seconds, "trained": done.count(), "skipped": done.skipped,
+        "failed": len(done.failures), "interrupted": done.interrupted, "workers": args.jobs,
+        "load_start": start["load_average"], "load_end": end["load_average"]})
+    write_json(out / "table.json", {**t, "configs": {m: c.to_dict(m) for m, c in configs.items()},
+                                    "command": command(argv), "report": report, "invocations": invocations,
+                                    "hardware": {"start": start, "end": end}, "runs": results}, indent=1)
+    summary = earth_report.summary_markdown(t, command=command(argv), report=report, start=start, end=end,
+                                            workers=args.jobs, configs=configs, results=results, figures=figures,
+                                            out=out, invocations=invocations)
+    write_text(out / "summary.md", summary)
+    if not args.quiet:
+        print(earth_report.markdown(t))
+        print(f"wrote {out / 'summary.md'} ({done.seconds:.0f} s)")
+    if done.interrupted:
+        return 130
+    return 1 if done.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
