@@ -45,7 +45,7 @@ def test_fitted_vq_sphere_integrates_to_one(data_dir):
     config = earth.EarthConfig(**{**TINY, "epochs": 20, "patience": 5, "lrs": (1e-2,)})
     torch.manual_seed(0)
     model = earth.build_model("vq-sphere", len(splits.train), config)
-    earth.train_flow(model, splits, config, seed=0)
+    earth.train_in_stages(model, splits, config, seed=0)
     assert model.K == config.charts(len(splits.train)) == 6
     model = model.double()
     with torch.no_grad():

@@ -39,8 +39,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,31 +189,18 @@ def build_model(model: str, n_train: int, config: EarthConfig) -> VQFlow:
                  eps=config.eps, transforms=config.transforms, hidden_features=(config.hidden,) * config.depth)
 
 
-@contextmanager
-def _charts_frozen(model: VQFlow) -> Iterator[None]:
-    """Keep the learned charts through a further call of :func:`~vqflows.fit`.
-
-    ``fit`` starts by fitting the charts; a VQ-AE would go on training from where it stopped and move
-    the cells under the flow. Frames and weights are refitted from the unchanged charts, identically.
-    """
-    model.fit_charts = lambda *args, **kwargs: []  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del model.fit_charts
-
-
-def train_flow(model: VQFlow, splits: EarthSplits, config: EarthConfig, seed: int) -> dict[str, Any]:
-    """Fit ``model`` in stages, one per learning rate, each from the best weights of the last.
+def train_in_stages(model: VQFlow, splits: EarthSplits, config: EarthConfig, seed: int) -> dict[str, Any]:
+    """Fit ``model`` in stages, one per learning rate, each from the best weights of the last; the
+    charts are learned in the first stage and kept after (weights and frames are refitted from them,
+    identically).
 
     Returns the epochs run and the best epoch of each stage.
     """
     epochs, best = [], []
     for stage, lr in enumerate(config.lrs):
-        with _charts_frozen(model) if stage else nullcontext():
-            history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
-                          lr=lr, weight_decay=config.weight_decay, patience=config.patience,
-                          chart_epochs=config.chart_epochs, seed=seed + 1000 * stage)
+        history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
+                      lr=lr, weight_decay=config.weight_decay, patience=config.patience,
+                      chart_epochs=config.chart_epochs, seed=seed + 1000 * stage, fit_charts=stage == 0)
         epochs.append(history.epochs)
         best.append(history.best_epoch)
         if history.interrupted:
@@ -292,7 +278,7 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
         result.update(components=sel.components, components_val_nll={str(k): v for k, v in sel.val_nll.items()})
     else:
         flow = build_model(model, len(splits.train), config)
-        result.update(train_flow(flow, splits, config, seed))
+        result.update(train_in_stages(flow, splits, config, seed))
         result["charts"] = flow.K
         result["parameters"] = sum(p.numel() for p in flow.parameters())
         log_prob = flow.log_prob

@@ -39,7 +39,7 @@ import torch
 
 from ..checks import one_of, positive_int
 from ..io import apply_overrides, read_json, save_numpy, write_json
-from ..training import TrainingError
+from ..training import History, adam, cosine, train_flow
 from .data import DATASETS, ImageSplits
 from .dequantize import LogitDequantization, bits_per_dim
 from .fid import ClassifierFID
@@ -247,62 +247,51 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
         "curve": {k: [] for k in ("epoch", "iteration", "fid", "bits_per_dim", "train_loss", "seconds",
                                   "nonfinite_samples")},
     }
-    params = [p for p in model.flow.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr)
     n = splits.train.shape[0]
     per_epoch = math.ceil(n / config.batch_size)
-    total_steps = config.epochs * per_epoch
-    if config.schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    else:
-        schedule = None
-    train_seconds, last = 0.0, None
+    last = None
 
-    def evaluate(epoch: int, train_loss: float) -> None:
+    def trained_seconds(history: History) -> float:
+        return chart_seconds + sum(history.epoch_seconds)
+
+    def evaluate(epoch: int, history: History) -> None:
         nonlocal last
         result = evaluate_image_model(model, splits, dequantizer, fid, test_y=test_y, test_logdet=test_logdet,
                                       reference=reference, samples=n_samples, seed=sample_seed)
         last = result
         curve = record["curve"]
+        train_loss = history.train_loss[-1] if history.train_loss else math.nan
         for key, value in (("epoch", epoch), ("iteration", epoch * per_epoch), ("fid", result["fid"]),
                            ("bits_per_dim", result["bits_per_dim"]), ("train_loss", train_loss),
-                           ("seconds", chart_seconds + train_seconds),
+                           ("seconds", trained_seconds(history)),
                            ("nonfinite_samples", result["nonfinite_samples"])):
             curve[key].append(value)
         if log is not None:
             log(f"{model_name} trial {trial}: epoch {epoch:3d}  FID {result['fid']:8.2f}  "
-                f"bits/dim {result['bits_per_dim']:.4f}  ({chart_seconds + train_seconds:.0f} s)")
+                f"bits/dim {result['bits_per_dim']:.4f}  ({trained_seconds(history):.0f} s)")
         if path is not None:
             write_json(path, record, indent=1)
 
-    evaluate(0, math.nan)
-    for epoch in range(1, config.epochs + 1):
-        te = time.perf_counter()
-        model.train()
-        if epoch > 1:  # a fresh draw of the dequantisation noise; epoch 1 reuses the charts' draw
-            y = dequantizer(splits.train, noise)[0].to(device)
-        with torch.no_grad():
-            charts = torch.cat([model.assign(b) for b in y.split(8192)])
-        perm = torch.randperm(n, generator=noise).to(device)
-        total = 0.0
-        for b, i in enumerate(range(0, n, config.batch_size)):
-            idx = perm[i:i + config.batch_size]
-            loss = model.loss(y[idx], charts[idx]).mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{model_name} trial {trial}: non-finite training loss at epoch {epoch}, "
-                                    f"batch {b + 1}; try a lower learning rate (lr={config.lr}) or clip")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip:
-                torch.nn.utils.clip_grad_norm_(params, config.clip)
-            opt.step()
-            if schedule is not None:
-                schedule.step()
-            total += loss.item() * idx.shape[0]
-        train_seconds += time.perf_counter() - te
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            evaluate(epoch, total / n)
+    class Curve:
+        """FID and bits/dim before training and every ``eval_every`` epochs (and at the last)."""
+
+        def on_train_begin(self, m, history: History) -> None:
+            evaluate(0, history)
+
+        def __call__(self, epoch: int, m, history: History) -> None:
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                evaluate(epoch, history)
+
+    def data(epoch: int) -> torch.Tensor:
+        # a fresh draw of the dequantisation noise each epoch; epoch 1 reuses the charts' draw
+        return y if epoch == 1 else dequantizer(splits.train, noise)[0].to(device)
+
+    history = train_flow(model, data, None, epochs=config.epochs, batch_size=config.batch_size,
+                         optimizer=adam(config.lr), scheduler=cosine if config.schedule == "cosine" else None,
+                         clip_grad=config.clip or None, early_stopping=None, callbacks=[Curve()], seed=seed)
+    if history.interrupted:
+        raise KeyboardInterrupt
+    train_seconds = sum(history.epoch_seconds)
 
     record["finished"] = True
     record["train_seconds"] = train_seconds
