@@ -111,7 +111,7 @@ def test_claim_is_exclusive_released_and_taken_over_when_stale(tmp_path):
     with io.claim(tmp_path) as lock:
         holder = json.loads(lock.read_text())
         assert holder["pid"] == os.getpid()
-        with pytest.raises(ValueError, match=f"held by process {os.getpid()} on {socket.gethostname()}"), \
+        with pytest.raises(ValueError, match=f"locked by pid {os.getpid()} on {socket.gethostname()}"), \
                 io.claim(tmp_path):
             pass
     assert not lock.exists()
@@ -123,7 +123,7 @@ def test_claim_is_exclusive_released_and_taken_over_when_stale(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     # another host's claim is respected
     lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "earlier"}))
-    with pytest.raises(ValueError, match="held by process 1 on elsewhere"), io.claim(tmp_path):
+    with pytest.raises(ValueError, match="locked by pid 1 on elsewhere"), io.claim(tmp_path):
         pass
 
 

@@ -89,23 +89,3 @@ def positive_int(value, *, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def override_pairs(config, overrides) -> dict:
-    """``key=value`` overrides (a dict, or strings ``"key=value"``) for the dataclass ``config``,
-    as a dict of raw values; malformed items and unknown keys raise ``ValueError``."""
-    import dataclasses
-
-    if not isinstance(overrides, dict):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override: expected key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = value.strip()
-        overrides = pairs
-    fields = {f.name for f in dataclasses.fields(config)}
-    for key in overrides:
-        if key not in fields:
-            raise ValueError(f"override: expected one of {', '.join(sorted(fields))}, got {key!r}")
-    return dict(overrides)

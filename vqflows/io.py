@@ -291,12 +291,12 @@ def hardware() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- claims
 
 #: Name of the lock file that :func:`claim` creates in a folder.
-LOCK = ".claim.json"
+LOCK = ".lock"
 
 
 @contextmanager
-def claim(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold ``folder`` for this process: exclusive creation of ``folder/.claim.json``, removed on exit.
+def claim(folder: str | os.PathLike, *, name: str = "folder") -> Iterator[Path]:
+    """Hold ``folder`` for this process: exclusive creation of ``folder/.lock``, removed on exit.
 
     The lock file names its holder (host, process id, start time). A second claim raises
     ``ValueError`` naming the holder, unless the holder is a process of this host that no longer
@@ -306,7 +306,7 @@ def claim(folder: str | os.PathLike) -> Iterator[Path]:
         >>> import tempfile
         >>> with claim(tempfile.mkdtemp()) as lock:
         ...     lock.name
-        '.claim.json'
+        '.lock'
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -317,22 +317,40 @@ def claim(folder: str | os.PathLike) -> Iterator[Path]:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = read_json(path, {})
-            if _alive(holder, path):
-                raise ValueError(f"folder: expected a folder no other process is using, got {str(folder)!r}, held by "
-                                 f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
+            if _alive(holder, path) or not _take_over(path, holder):
+                raise ValueError(f"{name}: expected a folder no other process is writing, got {str(folder)!r} locked by "
+                                 f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
                                  f"(remove {path} if that process is gone)") from None
-            path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as handle:
             json.dump(me, handle)
         break
     else:
-        raise ValueError(f"folder: expected to claim {str(folder)!r}, got a claim that keeps coming back")
+        raise ValueError(f"{name}: expected to claim {str(folder)!r}, got a claim that keeps coming back")
     try:
         yield path
     finally:
         if read_json(path, {}).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+
+
+def _take_over(path: Path, holder: Any) -> bool:
+    """Move a stale lock aside atomically; ``False`` if another process took it over first (then the
+    lock it made is put back), so that two processes taking over one stale lock cannot both win."""
+    aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # someone else removed it: race for the fresh lock
+    if read_json(aside, {}) == holder:
+        aside.unlink(missing_ok=True)
+        return True
+    try:
+        os.link(aside, path)
+    except OSError:
+        pass
+    aside.unlink(missing_ok=True)
+    return False
 
 
 def _alive(holder: Mapping[str, Any], path: Path) -> bool:

@@ -15,14 +15,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import inspect
-import io
+import io as _io
 import json
-import math
 import os
 import pickle
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +28,8 @@ from typing import Any
 import torch
 
 from . import datasets, presets
-from .checks import one_of, override_pairs, positive_int, spread
+from .checks import one_of, positive_int, spread
+from .io import apply_overrides, claim, write_json, write_text
 from .model import VQFlow
 from .training import OBJECTIVES, History, fit
 
@@ -104,10 +102,9 @@ class RunConfig:
         return self.model.startswith("vq-")
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> RunConfig:
-        """A copy with ``key=value`` overrides; unknown keys and values of the wrong type raise ``ValueError``."""
-        out = {key: _coerce(key, value, _KINDS.get(key) or type(getattr(self, key)))
-               for key, value in override_pairs(self, overrides).items()}
-        return dataclasses.replace(self, **out)
+        """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`); unknown keys and values
+        of the wrong type raise ``ValueError``."""
+        return apply_overrides(self, overrides)
 
     def build_model(self, features: int) -> VQFlow:
         """The untrained model of this run for data in ``R^features`` (its preset, so that it saves and loads)."""
@@ -121,25 +118,6 @@ class RunConfig:
 
 
 #: Fields whose default does not tell their type (``None``) or that take ints for floats.
-_KINDS: dict[str, type] = {"lr": float, "eps": float, "n": int, "m": int}
-_NULLABLE = ("n", "m")
-
-
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    if isinstance(value, str) and kind is not str:
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-    if value is None and key in _NULLABLE:
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{key}: expected {kind.__name__}, got {value!r}")
-    return value
-
-
 def load_data(config: RunConfig) -> datasets.Splits:
     """The run's splits (built-in name, or a path to a user's ``.npy``/``.csv``)."""
     return datasets.load(config.dataset, n=config.n, seed=config.seed)
@@ -316,79 +294,16 @@ def _check_resumable(out: Path, config: RunConfig, splits: datasets.Splits) -> N
 
 @contextlib.contextmanager
 def _claim(out: Path) -> Iterator[None]:
-    """Hold ``out/.lock`` while the body runs.
-
-    The lock is created exclusively (``O_EXCL``), so of two writers exactly one wins. A lock left by
-    a process that died (same host, pid gone) is taken over; the lock is removed on every exit path
-    that Python sees (return, error, Ctrl-C). A folder created here and left empty is removed.
-    """
+    """Hold ``out/.lock`` (:func:`vqflows.io.claim`) while the body runs; a folder created here and
+    left empty is removed."""
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
     try:
-        for attempt in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(lock)
-                if attempt == 0 and _is_stale(holder) and _take_over(lock, holder):
-                    continue
-                who = (f"pid {holder['pid']} on {holder['host']}" if holder else "another process")
-                raise ValueError(f"out: expected a run folder no other process is writing, got {str(out)!r} "
-                                 f"locked by {who} (delete {str(lock)!r} if that process is gone)") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            break
-        try:
+        with claim(out, name="out"):
             yield
-        finally:
-            if _read_lock(lock) == me:
-                lock.unlink(missing_ok=True)
     finally:
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if empty
-
-
-def _read_lock(lock: Path) -> dict | None:
-    try:
-        holder = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) and {"pid", "host"} <= set(holder) else None
-
-
-def _is_stale(holder: dict | None) -> bool:
-    """Whether the lock's writer is known to be dead: same host, and no process with its pid."""
-    if holder is None or holder["host"] != socket.gethostname() or not isinstance(holder["pid"], int):
-        return False
-    if holder["pid"] == os.getpid():
-        return False
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
-
-
-def _take_over(lock: Path, holder: dict) -> bool:
-    """Move a stale lock aside atomically; ``False`` if another process took it over first."""
-    aside = lock.with_name(f"{LOCK}.stale-{os.getpid()}")
-    try:
-        os.rename(lock, aside)
-    except FileNotFoundError:
-        return True  # someone else removed it: race for the fresh lock
-    if _read_lock(aside) == holder:
-        aside.unlink(missing_ok=True)
-        return True
-    # We moved a live writer's fresh lock: put it back unless a third process already holds one.
-    with contextlib.suppress(OSError):
-        os.link(aside, lock)
-    aside.unlink(missing_ok=True)
-    return False
 
 
 def _read_config(path: Path) -> RunConfig:
@@ -480,25 +395,15 @@ def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> None:
-    if isinstance(o, float) and not math.isfinite(o):
-        return
-    raise TypeError(type(o).__name__)
+    write_json(path, obj)
 
 
 def _write_history(out: Path, history: History) -> None:
     h = history.to_dict()
     _write_json(out / "history.json", h)
-    buf = io.StringIO()
+    buf = _io.StringIO()
     w = csv.writer(buf)
     w.writerow(["epoch", "train_loss", "val_log_likelihood", "epoch_seconds"])
     for row in zip(h["epoch"], h["train_loss"], h["val_log_likelihood"], h["epoch_seconds"]):
         w.writerow(row)
-    tmp = out / "history.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, out / "history.csv")
+    write_text(out / "history.csv", buf.getvalue())
