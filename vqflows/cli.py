@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=None, default=lambda o: None))
@@ -65,6 +63,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_sample(args) -> int:
+    import numpy as np
+
     from .runs import load_run
 
     model, _ = load_run(args.run)
