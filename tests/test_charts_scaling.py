@@ -74,7 +74,7 @@ def test_vqae_step_budget_does_not_grow_with_n():
         x = datasets.get("knotted").sample(n, seed=0)
         ae = VQAutoencoder(3, 8, 2, hidden=(16,))
         calls = []
-        ae.decoder.register_forward_hook(lambda *a: calls.append(1))  # one decoder call per Adam step
+        ae.decoder.register_forward_hook(lambda *a, calls=calls: calls.append(1))  # one decoder call per Adam step
         ae.fit(x, epochs=3, warmup=1, batch_size=500, points_per_epoch=3000, sample_points=2000, seed=0)
         steps.append(len(calls))
     assert steps == [3 * 3, 3 * 6, 3 * 6]
