@@ -484,14 +484,21 @@ def main(argv: list[str] | None = None) -> int:
               "chunks": lambda: row_chunks(args.quick), "charts": lambda: row_charts(args.quick),
               "cli": lambda: row_cli(args.quick)}
     rows: list[Row] = []
-    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+
     for name in ROWS:
         if name in rows_wanted:
             t = time.perf_counter()
             rows += makers[name]()
             print(f"[{name}: {time.perf_counter() - t:.0f} s]", file=sys.stderr, flush=True)
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     print(f"# vqflows speed — {'quick, ' if args.quick else ''}1 torch thread, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.perf_counter() - t0:.0f} s")
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {wall:.0f} s; load average "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}, this process on CPU {cpu / wall:.0%} of its wall time "
+          f"(well under 100%: a busy machine, times inflated)")
     print("| row | today | target | measured |")
     print("|---|---|---|---|")
     for r in rows:
