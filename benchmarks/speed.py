@@ -1,7 +1,8 @@
 """Speed of vqflows against fixed targets, every row measured in one run, side by side with the figures
 it replaces ("today") and the goal ("target").
 
-    python benchmarks/speed.py [--quick] [--full-grid] [--rows grid,ratio,flows,logprob,chunks,charts,cli] [--json F]
+    python benchmarks/speed.py [--quick] [--full-grid] [--rows grid,ratio,flows,logprob,chunks,charts,cli]
+                               [--graph-points N] [--json F]
 
 Rows:
   grid     the paper grid (`vqflows benchmark --table 1 --table 2`, 180 trainings, 2 jobs): estimated from one
@@ -11,7 +12,8 @@ Rows:
   flows    one epoch of training steps (batch 128, helix 5,000 points) of vqflows maf, vqflows vq-maf (hard cells),
            zuko's MAF and a hand-written conditional MAF (the floor; defined here, nowhere else).
   logprob  `model.log_prob` on 100,000 points, K = 32: peak RSS and throughput, as the README calls it, under
-           `torch.no_grad()` and under `torch.inference_mode()`, each in its own process.
+           `torch.no_grad()` and under `torch.inference_mode()`, each in its own process. If the default call
+           keeps a graph it needs about 160 kB per point: lower `--graph-points` on a small machine.
   chunks   mixture throughput (`model.log_prob(x, chunk=c)`) for chunk sizes 1,024..65,536 flattened rows.
   charts   chart stage (fit_charts + fit_weights) on 1e6 points against one flow epoch on 1e6 points
            (extrapolated from timed steps), in its own process.
@@ -310,9 +312,10 @@ def _child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def row_logprob(quick: bool) -> list[Row]:
+def row_logprob(quick: bool, graph_points: int | None = None) -> list[Row]:
     points = 100_000
-    graph_points = 10_000 if quick else points  # the graph-keeping call took 15.8 GB at 100,000 points
+    if graph_points is None:  # the graph-keeping call took 15.8 GB at 100,000 points
+        graph_points = 10_000 if quick else points
     res = {m: _child(["logprob", m, str(graph_points if m == "default" else points)])
            for m in ("default", "no_grad", "inference_mode")}
 
@@ -323,17 +326,15 @@ def row_logprob(quick: bool) -> list[Row]:
                 f"{r['points_per_s']:,.0f} pts/s" + (", graph kept" if r["keeps_graph"] else ""))
 
     d = res["default"]
-    note = "" if graph_points == points else f" (at {graph_points:,} points: --quick)"
+    note = "" if graph_points == points else f" (at {graph_points:,} points)"
     rows = [Row("`model.log_prob(x)` on 100,000 points, K = 32, default call" + note,
                 "15.8 GB peak, 39.5 s (graph kept)", "≤ 1 GB peak", show(d))]
-    ng = res["no_grad"]
     base = 100_000 / 8.5
     for m in ("no_grad", "inference_mode"):
         r = res[m]
         speed = "" if "error" in r else f"; {r['points_per_s'] / base:.2f}× today's no_grad throughput"
         rows.append(Row(f"  same under torch.{m}", "654 MB / 8.5 s" if m == "no_grad" else "",
                         "≥ 2× today's no_grad throughput", show(r) + speed))
-    del ng
     return rows
 
 
@@ -466,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds and points; a bound for the grid")
     p.add_argument("--full-grid", action="store_true", help="run the real paper grid (about 20-45 min)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    p.add_argument("--graph-points", type=int, default=None,
+                   help="points for the default (graph-keeping) log_prob call (default 100,000; --quick 10,000)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -486,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # children too
     makers = {"grid": lambda: row_grid(args.quick, args.full_grid), "ratio": lambda: row_ratio(args.quick),
-              "flows": lambda: row_flows(args.quick), "logprob": lambda: row_logprob(args.quick),
+              "flows": lambda: row_flows(args.quick), "logprob": lambda: row_logprob(args.quick, args.graph_points),
               "chunks": lambda: row_chunks(args.quick), "charts": lambda: row_charts(args.quick),
               "cli": lambda: row_cli(args.quick)}
     rows: list[Row] = []
