@@ -138,3 +138,16 @@ def test_kmeans_large_n_fits_a_seeded_subsample_and_reports_full_inertia():
     assert abs(loss[0] - float(brute)) < 1e-4
     small = KMeansCharts(3, 6)
     assert small.fit(x[:900], seed=4, sample_points=1000)[0] > 0
+
+
+def test_points_per_epoch_none_makes_full_passes():
+    x = datasets.get("knotted").sample(6000, seed=0)
+
+    class FullPasses(VQAutoencoder):
+        points_per_epoch = None
+
+    ae = FullPasses(3, 8, 2, hidden=(16,))
+    calls = []
+    ae.decoder.register_forward_hook(lambda *a: calls.append(1))
+    ae.fit(x, epochs=2, warmup=1, batch_size=1000, sample_points=2000, seed=0)
+    assert len(calls) == 2 * 6

@@ -152,6 +152,9 @@ class VQAutoencoder(nn.Module):
         encoder, decoder: optional custom networks ``(N, D) -> (N, C)`` and ``(N, C) -> (N, D)``.
     """
 
+    #: Points per training epoch (``None``: every epoch is a full pass, so the step budget grows with N).
+    points_per_epoch: int | None = POINTS_PER_EPOCH
+
     def __init__(self, features: int, codes: int = 32, latent: int = 2, *,
                  hidden: Sequence[int] = (64, 64), beta: float = 0.25,
                  encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> None:
@@ -186,12 +189,12 @@ class VQAutoencoder(nn.Module):
         return VQLoss(rec + cb + self.beta * com, rec, cb, com)
 
     def fit(self, x: Tensor, *, epochs: int = 30, warmup: int = 5, batch_size: int = 256, lr: float = 2e-3,
-            seed: int = 0, points_per_epoch: int = POINTS_PER_EPOCH, sample_points: int = SAMPLE_POINTS,
+            seed: int = 0, points_per_epoch: int | None = None, sample_points: int = SAMPLE_POINTS,
             progress=None) -> list[float]:
         """Train on ``x`` ``(N, D)``; returns the per-epoch mean loss.
 
-        An epoch is at most ``points_per_epoch`` points, so training takes
-        ``epochs × ceil(min(N, points_per_epoch) / batch_size)`` Adam steps (600 by default for
+        An epoch is at most ``points_per_epoch`` points (default: the class attribute), so training
+        takes ``epochs × ceil(min(N, points_per_epoch) / batch_size)`` Adam steps (600 by default for
         N ≥ 5,000) whatever N. The first ``warmup`` epochs train a plain autoencoder; the codebook is
         then placed by k-means, and unused codes restarted after every epoch, on a seeded subsample of
         at most ``sample_points`` points; a last restart after training looks at all N points.
@@ -201,7 +204,8 @@ class VQAutoencoder(nn.Module):
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         pick = _subsample(x.shape[0], sample_points, seed)
         sub = x if pick is None else x[pick.to(x.device)]
-        epochs_idx = _EpochIndices(x.shape[0], points_per_epoch, gen)
+        points = self.points_per_epoch if points_per_epoch is None else points_per_epoch
+        epochs_idx = _EpochIndices(x.shape[0], x.shape[0] if points is None else points, gen)
         losses = []
         for epoch in range(epochs):
             if epoch == warmup:
