@@ -9,17 +9,29 @@ and the centres themselves as context vectors ``v_k`` ``(K, C)``. Two partitione
 
 Membership (:func:`membership`) keeps the m nearest centres, enlarged by ε; chart weights
 (:func:`chart_weights`) follow equation 15.
+
+Fitting costs do not grow with N beyond a few passes: the VQ-AE takes a fixed budget of Adam steps
+(an epoch is at most ``points_per_epoch`` points), codebook placement (k-means, restarts of unused
+codes during training) runs on a seeded subsample of at most ``sample_points`` points, and whole-set
+passes (distances, the final restart) go through the encoder ``chunk`` rows at a time.
 """
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
-import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from torch import Tensor, nn
+
+#: Points per VQ-AE epoch. 5,000 is the training split of the paper's sets, so there the schedule is a
+#: plain epoch over the data; on larger sets the step budget stays ``epochs × ceil(5000 / batch_size)``.
+POINTS_PER_EPOCH = 5_000
+#: Largest subsample on which codebooks are placed (k-means, restarts during training). 20,000 points
+#: leave 600 per code at K = 32, and every paper set (N ≤ 20,000) is fitted on all its points.
+SAMPLE_POINTS = 20_000
+#: Rows per encoder / distance pass over a whole set: keeps activations and ``(rows, K)`` blocks small.
+CHUNK = 65_536
 
 
 def mlp(inputs: int, outputs: int, hidden: Sequence[int]) -> nn.Sequential:
@@ -49,8 +61,53 @@ def nearest(d2: Tensor) -> Tensor:
 
 def chart_weights(member: Tensor) -> Tensor:
     r"""Equation 15: ``r_k = E[1_{U_k}(x)]`` over the data, ``p_k = r_k / Σ_j r_j``; ``(N, K) -> (K,)``."""
-    r = member.to(torch.float64).mean(dim=0)
+    # counting the booleans avoids an (N, K) float64 copy; integer counts make the same mean exactly
+    total = member.sum(dim=0) if member.dtype == torch.bool else member.to(torch.float64).sum(dim=0)
+    r = total.to(torch.float64) / member.shape[0]
     return r / r.sum()
+
+
+def _subsample(n: int, size: int, seed: int) -> Tensor | None:
+    """A seeded subset of ``size`` of ``range(n)``, or ``None`` when ``n <= size`` (use everything)."""
+    if n <= size:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+class _EpochIndices:
+    """Row indices of successive epochs of at most ``points`` rows each, ``(≤ points,)``.
+
+    With ``n <= points`` every epoch is a fresh permutation of all rows; otherwise epochs walk one
+    permutation of all ``n`` rows (drawn anew when used up), so every row is seen once before any twice.
+    """
+
+    def __init__(self, n: int, points: int, gen: torch.Generator) -> None:
+        self.n, self.points, self.gen = n, points, gen
+        self.perm, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def next(self) -> Tensor:
+        if self.n <= self.points:
+            return torch.randperm(self.n, generator=self.gen)
+        parts, need = [], self.points
+        while need:
+            if self.pos == len(self.perm):
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            take = min(need, self.n - self.pos)
+            parts.append(self.perm[self.pos:self.pos + take])
+            self.pos += take
+            need -= take
+        return torch.cat(parts)
+
+
+_MULTINOMIAL_CATEGORIES = 2**24  # torch.multinomial refuses more categories
+
+
+def _draw_index(p: Tensor, gen: torch.Generator) -> int:
+    """One index drawn with probability ``p`` ``(N,)`` (float64, summing to 1, on the CPU)."""
+    if p.shape[0] <= _MULTINOMIAL_CATEGORIES:
+        return int(torch.multinomial(p, 1, generator=gen)[0])
+    u = torch.rand(1, generator=gen, dtype=torch.float64)
+    return min(int(torch.searchsorted(p.cumsum(0), u)[0]), p.shape[0] - 1)
 
 
 class _Standardise(nn.Module):
@@ -84,7 +141,7 @@ class VQAutoencoder(nn.Module):
     Loss (van den Oord et al., 2017): ``||x - D(v_{k(x)})||² + ||sg[E(x)] - v_k||² + β ||E(x) - sg[v_k]||²``,
     with a straight-through gradient from the decoder to the encoder. The codebook is initialised
     by k-means on the encodings after a short warm-up, and unused codes are restarted on the
-    worst-reconstructed encodings so that all K codes are used.
+    encodings far from every code so that all K codes are used.
 
     Arguments:
         features: ``D``.
@@ -94,6 +151,9 @@ class VQAutoencoder(nn.Module):
         beta: commitment weight.
         encoder, decoder: optional custom networks ``(N, D) -> (N, C)`` and ``(N, C) -> (N, D)``.
     """
+
+    #: Points per training epoch (``None``: every epoch is a full pass, so the step budget grows with N).
+    points_per_epoch: int | None = POINTS_PER_EPOCH
 
     def __init__(self, features: int, codes: int = 32, latent: int = 2, *,
                  hidden: Sequence[int] = (64, 64), beta: float = 0.25,
@@ -114,9 +174,9 @@ class VQAutoencoder(nn.Module):
         """``E(x)``: ``(N, D) -> (N, C)``."""
         return self.encoder(self.standardise(x))
 
-    def distances(self, x: Tensor) -> Tensor:
-        """``d_k(x) = ||E(x) - v_k||²``: ``(N, D) -> (N, K)``."""
-        return torch.cdist(self.encode(x), self.codebook).square()
+    def distances(self, x: Tensor, *, chunk: int = CHUNK) -> Tensor:
+        """``d_k(x) = ||E(x) - v_k||²``: ``(N, D) -> (N, K)``, through the encoder ``chunk`` rows at a time."""
+        return torch.cat([torch.cdist(self.encode(xc), self.codebook).square() for xc in x.split(chunk)])
 
     def loss(self, x: Tensor) -> VQLoss:
         e = self.encode(x)
@@ -129,20 +189,31 @@ class VQAutoencoder(nn.Module):
         return VQLoss(rec + cb + self.beta * com, rec, cb, com)
 
     def fit(self, x: Tensor, *, epochs: int = 30, warmup: int = 5, batch_size: int = 256, lr: float = 2e-3,
-            seed: int = 0, progress=None) -> list[float]:
-        """Train on ``x`` ``(N, D)``; returns the per-epoch mean loss."""
+            seed: int = 0, points_per_epoch: int | None = None, sample_points: int = SAMPLE_POINTS,
+            progress=None) -> list[float]:
+        """Train on ``x`` ``(N, D)``; returns the per-epoch mean loss.
+
+        An epoch is at most ``points_per_epoch`` points (default: the class attribute), so training
+        takes ``epochs × ceil(min(N, points_per_epoch) / batch_size)`` Adam steps (600 by default for
+        N ≥ 5,000) whatever N. The first ``warmup`` epochs train a plain autoencoder; the codebook is
+        then placed by k-means, and unused codes restarted after every epoch, on a seeded subsample of
+        at most ``sample_points`` points; a last restart after training looks at all N points.
+        """
         gen = torch.Generator().manual_seed(seed)
         self.standardise.fit(x)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
-        n = x.shape[0]
+        pick = _subsample(x.shape[0], sample_points, seed)
+        sub = x if pick is None else x[pick.to(x.device)]
+        points = self.points_per_epoch if points_per_epoch is None else points_per_epoch
+        epochs_idx = _EpochIndices(x.shape[0], x.shape[0] if points is None else points, gen)
         losses = []
         for epoch in range(epochs):
             if epoch == warmup:
-                self._init_codebook(x, seed)
-            perm = torch.randperm(n, generator=gen).to(x.device)
+                self._init_codebook(sub, seed)
+            idx = epochs_idx.next().to(x.device)
             total = 0.0
-            for i in range(0, n, batch_size):
-                xb = x[perm[i:i + batch_size]]
+            for batch in idx.split(batch_size):
+                xb = x[batch]
                 if epoch < warmup:  # plain autoencoder until the codebook is placed
                     loss = (self.decoder(self.encode(xb)) - self.standardise(xb)).square().sum(-1).mean()
                 else:
@@ -152,36 +223,46 @@ class VQAutoencoder(nn.Module):
                 opt.step()
                 total += loss.item() * xb.shape[0]
             if epoch >= warmup:
-                self._restart_dead_codes(x, gen)
-            losses.append(total / n)
+                self._restart_dead_codes(sub, gen)
+            losses.append(total / idx.shape[0])
             if progress is not None:
                 progress(epoch, losses[-1])
         if epochs <= warmup:
-            self._init_codebook(x, seed)
+            self._init_codebook(sub, seed)
         self._restart_dead_codes(x, gen)
         return losses
 
     @torch.no_grad()
+    def _encode_chunked(self, x: Tensor, chunk: int = CHUNK) -> Tensor:
+        """``E(x)`` without a graph, ``chunk`` rows at a time: ``(N, D) -> (N, C)``."""
+        return torch.cat([self.encode(xc) for xc in x.split(chunk)])
+
+    @torch.no_grad()
     def _init_codebook(self, x: Tensor, seed: int) -> None:
-        e = self.encode(x).detach().cpu().double().numpy()
+        from sklearn.cluster import KMeans
+
+        e = self._encode_chunked(x).cpu().double().numpy()
         km = KMeans(self.codes, n_init=1, random_state=seed).fit(e)
         self.codebook.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.codebook.dtype))
 
     @torch.no_grad()
-    def _restart_dead_codes(self, x: Tensor, gen: torch.Generator) -> None:
+    def _restart_dead_codes(self, x: Tensor, gen: torch.Generator, chunk: int = CHUNK) -> None:
         """Move codes that no point uses onto encodings far from every code (probability ∝ distance²)."""
-        e = self.encode(x)
+        e = self._encode_chunked(x, chunk)
         for _ in range(self.codes):
-            d2 = torch.cdist(e, self.codebook).square()
-            counts = torch.bincount(d2.argmin(-1), minlength=self.codes)
+            counts = torch.zeros(self.codes, dtype=torch.long, device=e.device)
+            dmin = []
+            for ec in e.split(chunk):
+                d2 = torch.cdist(ec, self.codebook).square()
+                counts += torch.bincount(d2.argmin(-1), minlength=self.codes)
+                dmin.append(d2.min(-1).values)
             dead = (counts == 0).nonzero().flatten()
             if len(dead) == 0:
                 return
-            dmin = d2.min(-1).values.double()
+            dmin = torch.cat(dmin).double()
             if float(dmin.sum()) <= 0:
                 return  # fewer distinct encodings than codes
-            pick = torch.multinomial((dmin / dmin.sum()).cpu(), 1, generator=gen).to(e.device)
-            self.codebook[dead[0]] = e[pick[0]]
+            self.codebook[dead[0]] = e[_draw_index((dmin / dmin.sum()).cpu(), gen)]
 
 
 class KMeansCharts(nn.Module):
@@ -200,15 +281,25 @@ class KMeansCharts(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         return self.standardise(x)
 
-    def distances(self, x: Tensor) -> Tensor:
-        return torch.cdist(self.encode(x), self.codebook).square()
+    def distances(self, x: Tensor, *, chunk: int = CHUNK) -> Tensor:
+        """``d_k(x) = ||z(x) - μ_k||²`` in standardised coordinates: ``(N, D) -> (N, K)``."""
+        return torch.cat([torch.cdist(self.encode(xc), self.codebook).square() for xc in x.split(chunk)])
 
     @torch.no_grad()
-    def fit(self, x: Tensor, *, seed: int = 0, **unused) -> list[float]:
+    def fit(self, x: Tensor, *, seed: int = 0, sample_points: int = SAMPLE_POINTS, **unused) -> list[float]:
+        """k-means (3 restarts) on ``x`` ``(N, D)``, or on a seeded subsample of ``sample_points`` when N is
+        larger; returns ``[mean squared distance to the nearest centre over all N]``."""
+        from sklearn.cluster import KMeans
+
         self.standardise.fit(x)
-        km = KMeans(self.codes, n_init=3, random_state=seed).fit(self.encode(x).cpu().double().numpy())
+        pick = _subsample(x.shape[0], sample_points, seed)
+        z = self.encode(x if pick is None else x[pick.to(x.device)])
+        km = KMeans(self.codes, n_init=3, random_state=seed).fit(z.cpu().double().numpy())
         self.codebook.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.codebook.dtype))
-        return [float(km.inertia_) / x.shape[0]]
+        if pick is None:
+            return [float(km.inertia_) / x.shape[0]]
+        inertia = sum(float(self.distances(xc).min(-1).values.double().sum()) for xc in x.split(CHUNK))
+        return [inertia / x.shape[0]]
 
 
 PARTITIONS = {"vqae": VQAutoencoder, "kmeans": KMeansCharts}

@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=None, default=lambda o: None))
@@ -73,6 +71,7 @@ SAMPLE_FORMATS = {".npy": None, ".csv": ",", ".txt": " "}
 
 def _cmd_sample(args) -> int:
     from .checks import positive_int
+    from .io import save_numpy, write_text
     from .runs import load_run
 
     n = positive_int(args.n, name="n")
@@ -87,23 +86,23 @@ def _cmd_sample(args) -> int:
         raise ValueError(f"out: expected a new file, got the existing {str(out)!r} (use --overwrite to replace it)")
     model, _ = load_run(args.run)
     x = model.sample(n, seed=args.seed).detach().cpu().numpy()
-    # Written beside the target and renamed, so an existing file is never left half-written.
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as f:
-        if SAMPLE_FORMATS[suffix] is None:
-            np.save(f, x)
-        else:
-            np.savetxt(f, x, delimiter=SAMPLE_FORMATS[suffix])
-    tmp.replace(out)
+    if SAMPLE_FORMATS[suffix] is None:
+        save_numpy(out, x)
+    else:
+        import io as _io
+
+        import numpy as np
+
+        text = _io.StringIO()
+        np.savetxt(text, x, delimiter=SAMPLE_FORMATS[suffix])
+        write_text(out, text.getvalue())
     print(f"wrote {n} samples of shape {x.shape} to {out.resolve()}")
     return 0
 
 
 def _cmd_benchmark(args, rest: list[str]) -> int:
-    try:
-        from .benchmark.cli import main as bench_main
-    except ImportError as e:  # pragma: no cover - the benchmark package ships with the library
-        raise SystemExit(f"benchmark: unavailable ({e})")
+    from .experiments.cli import main as bench_main
+
     return bench_main(rest)
 
 
