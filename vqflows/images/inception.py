@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -110,7 +111,10 @@ def load_inception(path: str | os.PathLike | None = None, *, device: str | torch
         if got != sha256.lower():
             raise ValueError(f"{path}: expected SHA-256 {sha256.lower()}, got {got} (a different or damaged file; "
                              f"reinstall with {_INSTALL_HINT})")
-    net = torch.jit.load(str(path), map_location=torch.device(device))
+    with warnings.catch_warnings():
+        # the file exists only as TorchScript, which newer torch marks deprecated in favour of torch.export
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
+        net = torch.jit.load(str(path), map_location=torch.device(device))
     return net.eval()
 
 
@@ -169,8 +173,8 @@ class InceptionFID:
         x = self._levels(images, name)
         return self._prepare(x)
 
-    def _levels(self, images, name: str) -> Tensor:
-        x = as_points(images, self.D, name=name, dtype=torch.float32)
+    def _levels(self, images, name: str, min_points: int = 1) -> Tensor:
+        x = as_points(images, self.D, name=name, min_points=min_points, dtype=torch.float32)
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > self.levels - 1:
             raise ValueError(f"{name}: expected level values in [0, {self.levels - 1}], got range [{lo:g}, {hi:g}]")
@@ -184,9 +188,9 @@ class InceptionFID:
         return u.expand(-1, 3, -1, -1)
 
     @torch.no_grad()
-    def features(self, images, *, name: str = "images") -> Tensor:
+    def features(self, images, *, name: str = "images", min_points: int = 1) -> Tensor:
         """Pool features ``(N, D) → (N, F)`` in float64 on the CPU, computed ``batch_size`` images at a time."""
-        x = self._levels(images, name)
+        x = self._levels(images, name, min_points)
         out = [self.net(self._prepare(b.to(self.device)).contiguous()).double().cpu() for b in x.split(self.batch_size)]
         f = torch.cat(out)
         if f.dim() != 2 or f.shape[0] != x.shape[0]:
@@ -195,7 +199,7 @@ class InceptionFID:
 
     def stats(self, images, *, name: str = "images") -> tuple[np.ndarray, np.ndarray]:
         """Mean ``(F,)`` and covariance ``(F, F)`` of :meth:`features` (:func:`feature_stats`), float64."""
-        return feature_stats(self.features(images, name=name))
+        return feature_stats(self.features(images, name=name, min_points=2))
 
     def score(self, generated, reference) -> float:
         """FID between image sets ``(N₁, D)`` and ``(N₂, D)``, or a precomputed ``(μ, Σ)``
