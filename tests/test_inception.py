@@ -113,6 +113,11 @@ def test_inception_fid_rejects_bad_input():
         InceptionFID("net", extractor="x")
     with pytest.raises(ValueError, match="levels: expected an integer >= 2"):
         InceptionFID(PoolFeatures(), levels=1, extractor="x")
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda"):
+        InceptionFID(PoolFeatures(), device="gpu0", extractor="x")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            InceptionFID(PoolFeatures(), device="cuda", extractor="x")
 
 
 # -- cached reference statistics ------------------------------------------------------------------------

