@@ -54,8 +54,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
     With ``torchmetrics`` installed its ``_compute_fid`` does the work: it takes
     ``tr (Σ₁Σ₂)^{1/2}`` as the sum of the square roots of the eigenvalues of ``Σ₁Σ₂`` (real and
     ``≥ 0`` up to rounding, as ``Σ₁Σ₂`` is similar to ``Σ₁^{1/2} Σ₂ Σ₁^{1/2}``; rounding noise below
-    zero contributes nothing), which needs no regularising and is three times faster than
-    :func:`scipy.linalg.sqrtm` at ``F = 2048`` (2.7 s against 8.3 s on one CPU thread).
+    zero contributes nothing), which needs no regularising and is 3–9 times faster than
+    :func:`scipy.linalg.sqrtm` at ``F = 2048`` (2.7–4 s against 8–36 s on one CPU thread).
 
     Without it (or if that private function moves) ``(Σ₁Σ₂)^{1/2}`` comes from
     :func:`scipy.linalg.sqrtm`: when not finite (singular covariances, e.g. fewer images than
@@ -376,7 +376,7 @@ def inception_backend() -> str | None:
     return INCEPTION_PACKAGE if inception_path() is not None else None
 
 
-def inception_fid(generated, reference, *, shape: tuple[int, int], levels: int, batch_size: int = 32,
+def inception_fid(generated, reference, *, shape: tuple[int, int], levels: int, batch_size: int | None = None,
                   device: str | torch.device = "cpu") -> float:
     """Inception-v3 FID (2048 pool features) between two image sets of levels ``(N₁, H·W)`` and ``(N₂, H·W)``.
 
