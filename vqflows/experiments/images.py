@@ -54,8 +54,8 @@ class ImageRun:
 @functools.lru_cache(maxsize=2)
 def _inputs(dataset: str, data_dir: str | None, seed: int, download: bool, classifier: str | None):
     """The images and the FID network, loaded once per worker process."""
-    return (load_images(dataset, data_dir, seed=seed, download=download),
-            ClassifierFID.load(dataset, path=classifier))
+    splits = load_images(dataset, data_dir, seed=seed, download=download)
+    return splits, ClassifierFID.load(splits.name, path=classifier)
 
 
 def run_one(run: ImageRun, folder: Path) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def run_image_study(dataset: str = "digits", data_dir: str | None = None, models
     trials = positive_int(trials, name="trials")
     runner = runner or Runner(jobs=jobs, threads=threads, progress=False)
     device = _resolve_device(device)
-    config = study.StudyConfig.defaults(dataset)
+    config = study.StudyConfig.defaults(dataset, subset=data_dir is None)
     given = {"epochs": epochs, "eval_every": eval_every, "charts": charts, "latent": latent}
     config = config.with_overrides({k: v for k, v in given.items() if v is not None})
     if overrides:
@@ -119,10 +119,14 @@ def run_image_study(dataset: str = "digits", data_dir: str | None = None, models
 
     out = Path(out)
     splits = load_images(dataset, data_dir, seed=config.data_seed, download=download)
-    classifier = default_classifier_path(dataset)
+    classifier = default_classifier_path(splits.tag)
     t0 = time.perf_counter()
     fid = ClassifierFID.load_or_fit(splits, path=classifier)
     say(f"FID classifier {classifier} (test accuracy {fid.test_accuracy:.4f}, {time.perf_counter() - t0:.1f} s)")
+    if config.inception:  # the test images' Inception statistics, computed once here and read by every run
+        t0 = time.perf_counter()
+        study.inception_reference(study.inception_fid(splits, device), splits)
+        say(f"Inception statistics of the {len(splits.test)} test images ({time.perf_counter() - t0:.0f} s)")
     with claim(out):
         write_json(out / "study.json", {"config": config.to_dict(), "models": models, "trials": trials,
                                         "device": device, "jobs": runner.jobs, "classifier": str(classifier)},

@@ -44,7 +44,10 @@ def summarise(records: dict[str, list[dict]]) -> list[dict[str, Any]]:
     for model, runs in records.items():
         fid_mean, fid_std = _mean_std([r["final"]["fid"] for r in runs])
         bpd_mean, bpd_std = _mean_std([r["final"]["bits_per_dim"] for r in runs])
+        inception = [r["final"].get("inception_fid") for r in runs]
+        inc_mean, inc_std = _mean_std(inception) if runs and None not in inception else (None, None)
         rows.append({
+            "inception_fid_mean": inc_mean, "inception_fid_std": inc_std, "inception_fid": inception,
             "model": model, "runs": len(runs),
             "fid_mean": fid_mean, "fid_std": fid_std,
             "bits_per_dim_mean": bpd_mean, "bits_per_dim_std": bpd_std,
@@ -64,25 +67,28 @@ def _fmt(mean, std, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def _markdown(rows, dataset: str, reference_fid: float, trials: int) -> str:
-    lines = [(f"Image study on {dataset}: final classifier FID and test bits/dim, mean ± std over trials "
-             f"(lower is better)."), "",
-             "| model | runs | FID | bits/dim | iterations | parameters | train s |",
-             "|---|---|---|---|---|---|---|"]
+def _markdown(rows, dataset: str, reference_fid: float, trials: int, reference_inception: float | None = None) -> str:
+    inc = reference_inception is not None
+    lines = [(f"Image study on {dataset}: final classifier FID{', Inception FID' if inc else ''} and test bits/dim, "
+              f"mean ± std over trials (lower is better)."), "",
+             f"| model | runs | FID |{' Inception FID |' if inc else ''} bits/dim | iterations | parameters | train s |",
+             f"|---|---|---|{'---|' if inc else ''}---|---|---|---|"]
     for r in rows:
         lines.append(f"| {_LABELS.get(r['model'], r['model'])} | {r['runs']}/{trials} | "
-                     f"{_fmt(r['fid_mean'], r['fid_std'], 2)} | {_fmt(r['bits_per_dim_mean'], r['bits_per_dim_std'], 4)} | "
+                     f"{_fmt(r['fid_mean'], r['fid_std'], 2)} | "
+                     + (f"{_fmt(r['inception_fid_mean'], r['inception_fid_std'], 1)} | " if inc else "")
+                     + f"{_fmt(r['bits_per_dim_mean'], r['bits_per_dim_std'], 4)} | "
                      f"{r['iterations'] if r['iterations'] is not None else 'n/a'} | "
                      f"{r['parameters'] if r['parameters'] is not None else 'n/a'} | "
                      f"{_fmt(r['train_seconds_mean'], None, 0)} |")
-    lines += ["", f"Reference: FID of held-out real images against the test images, same count: {reference_fid:.2f}.",
-              ""]
+    lines += ["", f"Reference: FID of held-out real images against the test images, same count: {reference_fid:.2f}"
+              + (f" (Inception FID {reference_inception:.1f})." if inc else "."), ""]
     return "\n".join(lines)
 
 
 def _csv(rows) -> str:
-    keys = ["model", "runs", "fid_mean", "fid_std", "bits_per_dim_mean", "bits_per_dim_std", "iterations",
-            "parameters", "train_seconds_mean"]
+    keys = ["model", "runs", "fid_mean", "fid_std", "inception_fid_mean", "inception_fid_std", "bits_per_dim_mean",
+            "bits_per_dim_std", "iterations", "parameters", "train_seconds_mean"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
@@ -191,12 +197,19 @@ def write_report(out: str | os.PathLike, splits: ImageSplits, fid: ClassifierFID
     n = min(len(splits.test), config.fid_samples)
     held_out = splits.val if len(splits.val) >= 2 else splits.train
     reference_fid = fid.score(held_out[:n], fid.stats(splits.test))
-    summary = {"dataset": splits.name, "config": config.to_dict(), "trials": trials, "rows": rows,
-               "reference_fid": reference_fid, "wall_seconds": wall_seconds, "failures": list(failures),
+    reference_inception = None
+    if config.inception:
+        from .study import inception_fid, inception_reference
+
+        inception = inception_fid(splits)
+        reference_inception = inception.score(held_out[:n], inception_reference(inception, splits))
+    summary = {"dataset": splits.name, "source": getattr(splits, "source", splits.name), "config": config.to_dict(),
+               "trials": trials, "rows": rows, "reference_fid": reference_fid,
+               "reference_inception_fid": reference_inception, "wall_seconds": wall_seconds, "failures": list(failures),
                "runs": {m: [f"runs/{m}-trial{r['trial']}.json" for r in rs] for m, rs in records.items()}}
     write_json(out / "summary.json", summary, indent=1)
     write_text(out / "summary.csv", _csv(rows))
-    write_text(out / "summary.md", _markdown(rows, splits.name, reference_fid, trials))
+    write_text(out / "summary.md", _markdown(rows, splits.name, reference_fid, trials, reference_inception))
     if any(records.values()):
         plot_fid_curves(records, out / "fid_curves", title=f"{splits.name}: FID over training (mean ± std)",
                         reference=reference_fid)
