@@ -380,7 +380,7 @@ class VQFlow(nn.Module):
             charts = torch.multinomial(post.double().cpu(), 1, generator=generator).flatten().to(x.device)
         return self.chart_map(x, charts)[0], charts
 
-    def distribution(self) -> "VQFlowDistribution":
+    def distribution(self) -> VQFlowDistribution:
         """This model as a :class:`torch.distributions.Distribution` with ``event_shape (D,)``."""
         return VQFlowDistribution(self)
 
@@ -400,7 +400,7 @@ class VQFlow(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> "VQFlow":
+    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VQFlow:
         """Rebuild a model saved by :meth:`save` (also accepts a run folder holding ``model/``)."""
         from . import presets
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +80,7 @@ class History:
         return {**asdict(self), "epochs": self.epochs, "train_seconds": self.train_seconds}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "History":
+    def from_dict(cls, d: dict) -> History:
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -192,7 +192,8 @@ class _Objective(nn.Module):
         return self.model.mixture_loss(x, charts, self.log_weights())
 
 
-def _device(device) -> torch.device:
+def resolve_device(device) -> torch.device:
+    """``device`` as a :class:`torch.device`; ``ValueError`` for a malformed name or a CUDA device that is not there."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -253,7 +254,7 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
         train, val = train[perm[cut:]], train[perm[:cut]]
     else:
         val = as_points(val, model.features, name="val")
-    device = _device(device if device is not None else model.log_weights.device)
+    device = resolve_device(device if device is not None else model.log_weights.device)
     model.to(device)
     dtype = model.log_weights.dtype
     train, val = train.to(device, dtype), val.to(device, dtype)
@@ -478,5 +479,5 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
     return history
 
 
-__all__ = ["fit", "train_flow", "History", "EarlyStopping", "TrainingError", "adam", "cosine", "torch_threads",
+__all__ = ["fit", "train_flow", "resolve_device", "History", "EarlyStopping", "TrainingError", "adam", "cosine", "torch_threads",
            "OBJECTIVES"]

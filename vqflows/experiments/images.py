@@ -31,7 +31,7 @@ from ..images.data import DATASETS, load_images
 from ..images.fid import ClassifierFID, default_classifier_path
 from ..images.models import IMAGE_MODELS
 from ..io import claim, write_json
-from ..training import _device
+from ..training import resolve_device
 from .runner import Runner, Task, add_runner_arguments
 
 __all__ = ["ImageRun", "main", "run_image_study", "run_one"]
@@ -80,7 +80,7 @@ def _finished(path: Path, config: study.StudyConfig) -> bool:
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(_device(device))
+    return str(resolve_device(device))
 
 
 def run_image_study(dataset: str = "digits", data_dir: str | None = None, models: Sequence[str] = IMAGE_MODELS,

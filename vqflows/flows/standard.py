@@ -6,9 +6,8 @@ data to latent, so ``forward`` is its ``call_and_ladj`` and ``inverse`` that of 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import torch
 import zuko
 from torch import Tensor
 

@@ -23,7 +23,7 @@ from .fid import (
     inception_backend,
     inception_fid,
 )
-from .models import IMAGE_MODELS, ImageFlowConfig, ImageVQAutoencoder, build_image_flow
+from .models import IMAGE_MODELS, ImageFlowConfig, build_image_flow
 
 #: names served lazily from :mod:`.study` and :mod:`.report`, so that ``python -m vqflows.images.study``
 #: does not find its own module already imported by the package
@@ -58,7 +58,6 @@ __all__ = [
     "inception_fid",
     "IMAGE_MODELS",
     "ImageFlowConfig",
-    "ImageVQAutoencoder",
     "build_image_flow",
     "StudyConfig",
     "run_image_study",

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..checks import as_points, positive_int
+from ..training import resolve_device
 from .fid import feature_stats, frechet_distance
 
 __all__ = [
@@ -114,7 +115,7 @@ def load_inception(path: str | os.PathLike | None = None, *, device: str | torch
     with warnings.catch_warnings():
         # the file exists only as TorchScript, which newer torch marks deprecated in favour of torch.export
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
-        net = torch.jit.load(str(path), map_location=_device(device))
+        net = torch.jit.load(str(path), map_location=resolve_device(device))
     return net.eval()
 
 
@@ -144,7 +145,7 @@ class InceptionFID:
                  extractor: str | None = None) -> None:
         self.shape = (positive_int(shape[0], name="shape[0]"), positive_int(shape[1], name="shape[1]"))
         self.levels = positive_int(levels, name="levels", minimum=2)
-        self.device = _device(device)
+        self.device = resolve_device(device)
         if batch_size is None:
             batch_size = 8 if self.device.type == "cpu" else 128
         self.batch_size = positive_int(batch_size, name="batch_size")
@@ -255,16 +256,6 @@ class InceptionFID:
             Path(tmp).unlink(missing_ok=True)
             raise
         return mu, sigma
-
-
-def _device(device) -> torch.device:
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: expected 'cpu' or 'cuda[:i]', got {device!r}") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: expected an available device, got {device!r} but CUDA is not available")
-    return resolved
 
 
 def _read_stats(path: Path) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,9 +1,8 @@
 r"""VQ-Flows on images: a :class:`~vqflows.VQFlow` composed with a convolutional VQ autoencoder.
 
 The library's model works on flattened images unchanged (its frames apply one matrix product per
-chart when ``D`` is large, and fit a few charts at a time); the partition is an
-:class:`ImageVQAutoencoder` (a :class:`~vqflows.charts.VQAutoencoder` whose codebook placement works
-on a GPU and encodes in batches) built on :class:`~vqflows.images.ConvEncoder` /
+chart when ``D`` is large, and fit a few charts at a time); the partition is the library's
+:class:`~vqflows.charts.VQAutoencoder` (chunked passes, codebook placement on any device) built on :class:`~vqflows.images.ConvEncoder` /
 :class:`~vqflows.images.ConvDecoder` (``"conv"``) or on the library's MLP (``"mlp"``). The presets
 ``image-realnvp``, ``image-vq-realnvp``, ``image-maf`` and ``image-vq-maf`` build them.
 
@@ -19,17 +18,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-from sklearn.cluster import KMeans
-from torch import Tensor
-
 from ..charts import VQAutoencoder
 from ..checks import one_of, positive_int
 from ..flows import ZukoFlow
 from ..model import VQFlow
 from .encoders import ConvDecoder, ConvEncoder
 
-__all__ = ["ImageVQAutoencoder", "ImageFlowConfig", "build_image_flow", "IMAGE_MODELS", "ENCODERS",
+__all__ = ["ImageFlowConfig", "build_image_flow", "IMAGE_MODELS", "ENCODERS",
            "image_realnvp", "image_vq_realnvp", "image_maf", "image_vq_maf"]
 
 #: Model names of the image study: base flows and their VQ versions.
@@ -40,38 +35,6 @@ ENCODERS = ("conv", "mlp")
 
 #: Image frames leave out of a chart's refit the members beyond the χ²_D 0.999 quantile.
 IMAGE_TRIM_LEVEL = 0.999
-
-
-class ImageVQAutoencoder(VQAutoencoder):
-    """A :class:`~vqflows.charts.VQAutoencoder` whose codebook placement also runs on a GPU and on
-    many images: encodings are computed in batches and moved to the CPU for k-means and for the
-    seeded draws that restart unused codes."""
-
-    @torch.no_grad()
-    def _encode_all(self, x: Tensor, batch: int = 4096) -> Tensor:
-        return torch.cat([self.encode(b) for b in x.split(batch)])
-
-    @torch.no_grad()
-    def _init_codebook(self, x: Tensor, seed: int) -> None:
-        e = self._encode_all(x).double().cpu().numpy()
-        km = KMeans(self.codes, n_init=1, random_state=seed).fit(e)
-        self.codebook.copy_(torch.as_tensor(km.cluster_centers_, dtype=self.codebook.dtype))
-
-    @torch.no_grad()
-    def _restart_dead_codes(self, x: Tensor, gen: torch.Generator) -> None:
-        """Move each unused code onto an encoding drawn with probability ∝ its squared distance to the codebook."""
-        e = self._encode_all(x)
-        for _ in range(self.codes):
-            d2 = torch.cdist(e, self.codebook).square()
-            counts = torch.bincount(d2.argmin(-1), minlength=self.codes)
-            dead = (counts == 0).nonzero().flatten()
-            if len(dead) == 0:
-                return
-            dmin = d2.min(-1).values.double().cpu()
-            if float(dmin.sum()) <= 0:
-                return  # fewer distinct encodings than codes
-            pick = int(torch.multinomial(dmin / dmin.sum(), 1, generator=gen))
-            self.codebook[dead[0]] = e[pick]
 
 
 @dataclass
@@ -158,7 +121,7 @@ def _image_flow(flow: str, charts: int | None, shape: Sequence[int], **options: 
                                             hidden=width))
         else:
             nets = dict(hidden=config.vq_hidden)
-        partition = ImageVQAutoencoder(D, config.charts, config.latent, **nets)
+        partition = VQAutoencoder(D, config.charts, config.latent, **nets)
     flow = ZukoFlow(config.flow, D, partition.latent if partition is not None else 0,
                     transforms=config.transforms, hidden_features=config.hidden)
     return VQFlow(flow, partition, local_frames=config.frames, trim=IMAGE_TRIM_LEVEL)
