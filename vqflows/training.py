@@ -197,7 +197,7 @@ def resolve_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {str(device)!r}") from e
+        raise ValueError(f"device: expected 'cpu' or 'cuda[:i]', got {str(device)!r}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: expected 'cpu' here (no CUDA device is available), got {str(device)!r}")
     return device
