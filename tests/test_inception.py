@@ -116,7 +116,7 @@ def test_inception_fid_rejects_bad_input():
     with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda"):
         InceptionFID(PoolFeatures(), device="gpu0", extractor="x")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="no CUDA device is available"):
             InceptionFID(PoolFeatures(), device="cuda", extractor="x")
 
 
