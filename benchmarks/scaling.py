@@ -1,6 +1,13 @@
-"""Wall time of a 12-training grid through the local process pool and through a local Dask cluster, side by side.
+"""Past one process, side by side in one run: one model data-parallel over 1 and 2 gloo processes, and a
+12-training grid through the local process pool and through a local Dask cluster.
 
-    python benchmarks/scaling.py [--workers 2] [--epochs 5] [--n 1000]
+    PYTHONPATH=. python benchmarks/scaling.py [--ddp-points 200000] [--ddp-epochs 2] [--workers 2] [--epochs 5] [--n 1000]
+
+Data-parallel part: VQ-MAF (K = 32) with fitted charts on ``--ddp-points`` helix points, trained by
+:func:`vqflows.train_flow` for ``--ddp-epochs`` epochs at global batch 512 in 1 process and in 2
+``gloo`` processes (``torch.distributed`` on the loopback, one torch thread each), alternately over
+``--rounds`` rounds; the figure is the median epoch time. On 2 shared cores two processes may not be
+faster — the test suite checks that they take the same steps.
 
 The grid is the paper grid's shape in small: helix, lissajous and knotted × maf and vq-maf × 2 trials,
 ``--epochs`` epochs on ``--n`` points each. Both backends run the same :class:`vqflows.experiments.PaperRun`
@@ -41,13 +48,80 @@ def timed(runs, runner: Runner) -> tuple[float, float]:
     return wall, sum(json.loads((r.folder / "metrics.json").read_text())["train_seconds"] for r in runs)
 
 
+def _ddp_rank(rank: int, world: int, port: int, state: str, points: int, epochs: int, out: str) -> None:
+    import os
+
+    import torch
+
+    import vqflows
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    if world > 1:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x = vqflows.datasets.get("helix").sample(points, seed=0)
+        model = vqflows.VQFlow.load(state)
+        history = vqflows.train_flow(model, x, None, epochs=epochs, batch_size=512, early_stopping=None)
+        if rank == 0:
+            Path(out).write_text(json.dumps(history.epoch_seconds))
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def data_parallel(points: int, epochs: int, rounds: int) -> dict[int, list[float]]:
+    """Epoch seconds of 1 and 2 gloo processes, alternating, ``rounds`` times each."""
+    import socket
+    import statistics
+
+    import torch
+
+    import vqflows
+
+    times: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = vqflows.build(3, "maf", 32)
+        x = vqflows.datasets.get("helix").sample(points, seed=0)
+        model.fit_charts(x, epochs=30)
+        model.fit_weights(x)
+        model.save(Path(tmp) / "start")
+        for _ in range(rounds):
+            for world in (1, 2):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                out = Path(tmp) / f"epochs-{world}.json"
+                torch.multiprocessing.spawn(_ddp_rank, args=(world, port, str(Path(tmp) / "start"), points, epochs,
+                                                             str(out)), nprocs=world, join=True)
+                times[world].append(statistics.median(json.loads(out.read_text())))
+    return times
+
+
 def main() -> None:
+    import statistics
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ddp-points", type=int, default=200_000)
+    p.add_argument("--ddp-epochs", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--n", type=int, default=1000)
     args = p.parse_args()
     from dask.distributed import Client, LocalCluster
+
+    ddp = data_parallel(args.ddp_points, args.ddp_epochs, args.rounds)
+    one, two = statistics.median(ddp[1]), statistics.median(ddp[2])
+    print(f"One model, data-parallel: VQ-MAF (K = 32), {args.ddp_points:,} helix points, global batch 512, "
+          f"median epoch over {args.rounds} alternating rounds of {args.ddp_epochs} epochs")
+    print()
+    print("| processes (gloo, 1 thread each) | epoch time (s) | speed-up |")
+    print("|---|---:|---:|")
+    print(f"| 1 | {one:.1f} | 1.00 |")
+    print(f"| 2 | {two:.1f} | {one / two:.2f} |")
+    print()
 
     with tempfile.TemporaryDirectory() as tmp:
         pool_runs = grid(Path(tmp) / "pool", args.epochs, args.n)

@@ -1,0 +1,621 @@
+"""Rerun the table of bad inputs a new user meets, each row exactly as a user would, and print what happens.
+
+    python benchmarks/robustness.py > robustness.md
+
+Python API rows run in this process; command-line rows run ``python -m vqflows ...`` in temporary folders
+with tiny settings (``--epochs 2 --set n=600 charts=4 chart_epochs=2 hidden=16 transforms=2``), so the whole
+table takes a few minutes on two busy CPU cores. Memory rows run in their own process and report its peak
+resident set size (``ru_maxrss``). Output: a Markdown table
+
+    | what a user does | command / call | what happens now | right behaviour? |
+
+with the exit code and the one-line message (or the result) of every case, then the script's wall time.
+Temporary paths are printed as ``<tmp>``. Nothing outside the temporary folder is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's vqflows, in process and in every child
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+import vqflows  # noqa: E402
+
+TINY_MODEL = ["charts=4", "chart_epochs=2", "hidden=16", "transforms=2"]
+TINY = ["--epochs", "2", "--quiet", "--set", "n=600", *TINY_MODEL]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+ROWS: list[tuple[str, str, str, bool]] = []
+TMP = Path(tempfile.mkdtemp(prefix="vqflows-robustness-"))
+
+
+def show(text: Any) -> str:
+    """``text`` for a table cell: temporary paths as ``<tmp>``, one line, pipes escaped."""
+    s = str(text)
+    for p in sorted({str(TMP), str(TMP.resolve())}, key=len, reverse=True):
+        s = s.replace(p, "<tmp>")
+    return " ".join(s.split()).replace("|", "\\|")
+
+
+def row(what: str, command: str, happened: str, ok: bool) -> None:
+    ROWS.append((what, show(command), show(happened), ok))
+    print(f"[{len(ROWS):2d}] {'yes' if ok else 'NO '} {what}: {show(happened)[:160]}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    @property
+    def line(self) -> str:
+        """The message a user reads: the last line of stderr on failure, of stdout on success."""
+        text = self.err if self.rc else (self.out or self.err)
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    @property
+    def one_line_error(self) -> bool:
+        """Exit code 2 with exactly one line on stderr and no traceback."""
+        lines = [ln for ln in self.err.splitlines() if ln.strip()]
+        return self.rc == 2 and len(lines) == 1 and "Traceback" not in self.err
+
+    def __str__(self) -> str:
+        return f"exit {self.rc}: {self.line}"
+
+
+def cmd(args: list[str]) -> str:
+    return "vqflows " + " ".join(args)
+
+
+def vqflows_cli(args: list[str], cwd: Path = TMP, timeout: float = 600) -> Result:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "vqflows", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                       timeout=timeout)
+    return Result(p.returncode, p.stdout, p.stderr, time.perf_counter() - t0)
+
+
+def start(args: list[str], cwd: Path, name: str) -> tuple[subprocess.Popen, Path, Path]:
+    """A ``vqflows`` process in its own session, with Ctrl-C delivered as in a terminal (SIGINT at its default)."""
+    out, err = TMP / f"{name}.out", TMP / f"{name}.err"
+    p = subprocess.Popen([sys.executable, "-m", "vqflows", *args], cwd=cwd, env=ENV, stdout=out.open("w"),
+                         stderr=err.open("w"), start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return p, out, err
+
+
+def finish(p: subprocess.Popen, out: Path, err: Path, t0: float, timeout: float = 600) -> Result:
+    rc = p.wait(timeout=timeout)
+    return Result(rc, out.read_text(), err.read_text(), time.perf_counter() - t0)
+
+
+def wait_for(predicate: Callable[[], bool], p: subprocess.Popen | None = None, timeout: float = 300,
+             poll: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        if p is not None and p.poll() is not None:
+            return predicate()
+        time.sleep(poll)
+    return False
+
+
+def attempt(fn: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, fn()
+    except Exception as e:  # noqa: BLE001 - the row reports whatever a user would see
+        return False, e
+
+
+def error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def one_line_value_error(e: Any) -> bool:
+    return isinstance(e, ValueError) and "\n" not in str(e).strip()
+
+
+def describe_tensor(t: Any) -> str:
+    if not isinstance(t, torch.Tensor):
+        return f"{type(t).__name__}"
+    finite = bool(torch.isfinite(t).all())
+    return f"tensor {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}, {'finite' if finite else 'NOT finite'}"
+
+
+def sha(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+
+def api_rows() -> None:
+    """Rows 1, 3 and 4: a fitted tiny model used through the Python API."""
+    torch.set_num_threads(1)
+    splits = vqflows.datasets.load("helix", n=600, seed=0)
+    torch.manual_seed(0)
+    model = vqflows.build(3, "maf", charts=4, transforms=2, hidden_features=(16, 16))
+    vqflows.fit(model, splits.train, splits.val, epochs=2, chart_epochs=2)
+
+    # 1: inputs of other dtypes and containers
+    np.random.seed(0)
+    x64 = np.random.randn(5, 3)
+    ref = model.log_prob(torch.tensor(x64, dtype=torch.float32))
+    for label, make, call in (
+            ("numpy float64 array", lambda: np.array(x64), "model.log_prob(np.random.randn(5, 3))"),
+            ("float64 tensor", lambda: torch.from_numpy(x64), "model.log_prob(torch.from_numpy(np.random.randn(5, 3)))"),
+            ("Python list", lambda: x64.tolist(), "model.log_prob(np.random.randn(5, 3).tolist())")):
+        ok, out = attempt(lambda: model.log_prob(make()))
+        if ok:
+            diff = float((out - ref).abs().max())
+            good = out.shape == (5,) and bool(torch.isfinite(out).all()) and diff < 1e-4
+            row(f"1. `log_prob` of a {label}", call, f"{describe_tensor(out)}; max |diff| to float32 input {diff:.1e}",
+                good)
+        else:
+            row(f"1. `log_prob` of a {label}", call, error_text(out), False)
+
+    # 3: overflowing and non-finite points
+    for label, call, make in (
+            ("points at 1e30", "model.log_prob(np.full((2, 3), 1e30))", lambda: np.full((2, 3), 1e30)),
+            ("one row at 1e30 among normal ones", "model.log_prob([[0.1, 0.2, 0.3], [1e30, 0, 0]])",
+             lambda: [[0.1, 0.2, 0.3], [1e30, 0, 0]]),
+            ("a NaN", "model.log_prob([[float('nan'), 0, 0]])", lambda: [[float("nan"), 0, 0]])):
+        ok, out = attempt(lambda: model.log_prob(make()))
+        if ok:
+            row(f"3. `log_prob` of {label}", call, f"{describe_tensor(out)}: {out.tolist()}", False)
+        else:
+            row(f"3. `log_prob` of {label}", call, error_text(out), one_line_value_error(out))
+
+    # 4: torch and scikit-learn conventions
+    x = splits.test[:7]
+    ok, out = attempt(lambda: model(x))
+    row("4. call the module, `model(x)`", "model(x)  # x: (7, 3)",
+        f"{describe_tensor(out)}, equal to model.log_prob(x): {bool(torch.equal(out, model.log_prob(x)))}"
+        if ok else error_text(out), ok and bool(torch.equal(out, model.log_prob(x))))
+    ok, out = attempt(lambda: model.sample((2, 3)))
+    row("4. `sample` with a torch sample_shape", "model.sample((2, 3))",
+        describe_tensor(out) if ok else error_text(out), ok and tuple(out.shape) == (2, 3, 3))
+
+    def rsample_grad() -> tuple[int, int, bool]:
+        model.zero_grad(set_to_none=True)
+        xs = model.rsample(64, seed=0)
+        xs.pow(2).sum().backward()
+        params = list(model.flow.parameters())
+        got = sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
+        return got, len(params), xs.requires_grad
+
+    ok, out = attempt(rsample_grad)
+    row("4. reparameterised `rsample`; gradient reaches the flow",
+        "x = model.rsample(64); x.pow(2).sum().backward()",
+        f"requires_grad={out[2]}; {out[0]} of {out[1]} flow parameter tensors get a non-zero gradient" if ok
+        else error_text(out), ok and out[0] > 0)
+
+    from sklearn.base import clone
+
+    from vqflows.sklearn import VQFlowDensity
+
+    def clone_fit() -> tuple[bool, float]:
+        est = VQFlowDensity(charts=4, epochs=2, chart_epochs=2, hidden=16, transforms=2)
+        copy = clone(est)
+        same = copy is not est and copy.get_params() == est.get_params()
+        return same, copy.fit(splits.train.numpy()).score(splits.test.numpy())
+
+    ok, out = attempt(clone_fit)
+    row("4. `sklearn.base.clone` of the estimator (then fit and score the clone)",
+        "clone(VQFlowDensity(charts=4, epochs=2, chart_epochs=2, hidden=16, transforms=2)).fit(X).score(X_test)",
+        f"clone has equal get_params(): {out[0]}; score {out[1]:.3f} nats/point" if ok else error_text(out),
+        ok and out[0] and np.isfinite(out[1]))
+
+
+MEMORY_CHILD = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch
+    import vqflows
+    torch.set_num_threads(1)
+    splits = vqflows.datasets.load("helix", n=10_000, seed=0)
+    torch.manual_seed(0)
+    model = vqflows.build(features=3, flow="maf", charts=32)
+    vqflows.fit(model, splits.train, splits.val, epochs=1, chart_epochs=2)
+    x = vqflows.datasets.get("helix").sample(100_000, seed=1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if sys.argv[1] == "no_grad":
+        with torch.no_grad():
+            lp = model.log_prob(x)
+    else:
+        lp = model.log_prob(x)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"training": model.training, "before_mb": before / 1024, "peak_mb": peak / 1024,
+                      "seconds": seconds, "shape": list(lp.shape), "finite": bool(torch.isfinite(lp).all()),
+                      "requires_grad": lp.requires_grad}))
+""")
+
+
+def memory_rows() -> None:
+    """Row 2: scoring 100,000 points with K = 32 after ``vqflows.fit``, in a process of its own per variant."""
+    got = {}
+    for variant in ("plain", "no_grad"):
+        p = subprocess.run([sys.executable, "-c", MEMORY_CHILD, variant], cwd=TMP, env=ENV, capture_output=True,
+                           text=True, timeout=900)
+        got[variant] = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else p.stderr
+    call = ("model = vqflows.build(features=3, flow='maf', charts=32); vqflows.fit(model, train, val, epochs=1, "
+            "chart_epochs=2); model.log_prob(x)  # x: 100,000 helix points")
+    for variant, shown in (("plain", call), ("no_grad", call.replace("model.log_prob(x)",
+                                                                     "with torch.no_grad(): model.log_prob(x)"))):
+        r = got[variant]
+        if isinstance(r, str):
+            row(f"2. `log_prob` on 100,000 points, K = 32 ({variant})", shown, f"child failed: {r.splitlines()[-1]}",
+                False)
+            continue
+        text = (f"model.training={r['training']}; peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['before_mb']:+.0f} MB "
+                f"during log_prob); {r['seconds']:.1f} s; shape {tuple(r['shape'])}, finite={r['finite']}, "
+                f"requires_grad={r['requires_grad']}")
+        if variant == "plain":
+            ref = got["no_grad"]
+            bounded = not isinstance(ref, str) and r["peak_mb"] <= 1.5 * ref["peak_mb"]
+            ok = bounded and r["finite"] and not r["requires_grad"] and not r["training"]
+        else:
+            ok = r["finite"] and r["peak_mb"] < 2048
+        row(f"2. `log_prob` on 100,000 points, K = 32 ({'as the README calls it' if variant == 'plain' else 'under torch.no_grad, for comparison'})",
+            shown, text, ok)
+
+
+def cli_rows() -> None:
+    runs = TMP / "r"
+    runs.mkdir()
+
+    # 5: repeated --set accumulate; this run is also the one later rows load
+    base = runs / "base"
+    args = ["train", "--dataset", "helix", "--out", str(base), "--epochs", "2", "--quiet",
+            "--set", "n=600", "hidden=16", "transforms=2", "--set", "charts=4", "--set", "chart_epochs=2"]
+    r = vqflows_cli(args)
+    cfg = read_json(base / "config.json") if (base / "config.json").exists() else {}
+    picked = {k: cfg.get(k) for k in ("n", "hidden", "transforms", "charts", "chart_epochs")}
+    row("5. several `--set` flags", cmd(args), f"{r}; config.json has {picked}",
+        r.rc == 0 and picked == {"n": 600, "hidden": 16, "transforms": 2, "charts": 4, "chart_epochs": 2})
+
+    # 6: two writers on one folder
+    twin = runs / "x"
+    args = ["train", "--dataset", "helix", "--out", str(twin), "--epochs", "20", "--quiet",
+            "--set", "n=4000", *TINY_MODEL]
+    t0 = time.perf_counter()
+    procs = [start(args, TMP, f"twin{i}") for i in range(2)]
+    results = sorted((finish(*p, t0) for p in procs), key=lambda res: res.rc)
+    codes = [res.rc for res in results]
+    refused = results[-1]
+    ok = codes == [0, 2] and refused.one_line_error and "locked" in refused.line \
+        and (twin / "metrics.json").exists() and not (twin / ".lock").exists()
+    row("6. two `vqflows train --out r/x` at once", cmd(args) + "  (twice, started together)",
+        f"exit codes {codes}; the refused one: {refused.line}; folder: metrics.json "
+        f"{'present' if (twin / 'metrics.json').exists() else 'MISSING'}, .lock "
+        f"{'left behind' if (twin / '.lock').exists() else 'removed'}", ok)
+
+    interrupt_rows(runs)
+    chart_stage_row(runs)
+    benchmark_rows()
+    bad_file_rows(runs, base)
+    divergence_rows(runs)
+    user_file_rows(base)
+
+
+def interrupt_rows(runs: Path) -> None:
+    """Row 7: Ctrl-C after the first epoch, a plain rerun, a resume, and the resumed run against an uninterrupted one."""
+    out = runs / "int"
+    args = ["train", "--dataset", "helix", "--out", str(out), "--epochs", "8", "--quiet",
+            "--set", "n=10000", *TINY_MODEL]
+    t0 = time.perf_counter()
+    p, o, e = start(args, TMP, "int")
+    seen = wait_for(lambda: (out / "checkpoint.pt").exists(), p)
+    if seen:
+        p.send_signal(signal.SIGINT)
+    r = finish(p, o, e, t0)
+    files = sorted(f.name for f in out.iterdir()) if out.exists() else []
+    weights = out / "model" / "weights.pt"
+    row("7. Ctrl-C after the first epoch", cmd(args) + "  (SIGINT once checkpoint.pt appears)",
+        f"{r}; folder: {', '.join(files)}",
+        seen and r.rc == 130 and "resume" in r.line and weights.exists() and (out / "checkpoint.pt").exists()
+        and "Traceback" not in r.err)
+
+    before = sha(weights)
+    r = vqflows_cli(args)
+    row("7. rerun the same command after Ctrl-C", cmd(args),
+        f"{r}; weights.pt {'unchanged' if sha(weights) == before else 'CHANGED'}",
+        r.one_line_error and sha(weights) == before and "resume" in r.line)
+
+    r = vqflows_cli([*args, "--resume"])
+    files = sorted(f.name for f in out.iterdir())
+    row("7. rerun with `--resume`", cmd([*args, "--resume"]), f"{r}; folder: {', '.join(files)}",
+        r.rc == 0 and (out / "metrics.json").exists() and not (out / "interrupted.json").exists()
+        and not (out / "checkpoint.pt").exists())
+
+    full = runs / "full"
+    plain = [a if a != str(out) else str(full) for a in args]
+    r = vqflows_cli(plain)
+    a = torch.load(weights, weights_only=True)
+    b = torch.load(full / "model" / "weights.pt", weights_only=True) if r.rc == 0 else {}
+    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = read_json(out / "metrics.json"), read_json(full / "metrics.json") if r.rc == 0 else {}
+    row("7. the resumed run against an uninterrupted one", cmd(plain) + "  (then compare model/weights.pt)",
+        f"{r}; every weight tensor bit-identical: {same}; test log-likelihood {ma.get('test_log_likelihood')} "
+        f"(resumed) vs {mb.get('test_log_likelihood')} (uninterrupted)", r.rc == 0 and same)
+
+
+def chart_stage_row(runs: Path) -> None:
+    """Row 8: Ctrl-C while the charts are being fitted."""
+    out = runs / "charts"
+    args = ["train", "--dataset", "helix", "--out", str(out), "--epochs", "2", "--quiet",
+            "--set", "n=20000", "chart_epochs=200", "hidden=16", "transforms=2"]
+    t0 = time.perf_counter()
+    p, o, e = start(args, TMP, "charts")
+    seen = wait_for(lambda: (out / "config.json").exists(), p)
+    time.sleep(1.0)  # config.json is written just before the chart stage begins
+    early = p.poll() is None and not (out / "model").exists()
+    p.send_signal(signal.SIGINT)
+    r = finish(p, o, e, t0)
+    files = sorted(f.name for f in out.iterdir()) if out.exists() else []
+    has_weights = (out / "model" / "weights.pt").exists()
+    says_none = "no weights" in r.line
+    row("8. Ctrl-C during the chart stage", cmd(args) + "  (SIGINT 1 s after config.json appears)",
+        f"{r}; folder: {', '.join(files)}",
+        seen and early and r.rc == 130 and says_none == (not has_weights) and "Traceback" not in r.err)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def benchmark_rows() -> None:
+    """Row 9: kill -9 of a running benchmark, then the same command again."""
+    out = TMP / "bench"
+    args = ["benchmark", "--table", "1", "--datasets", "helix", "--models", "maf,vq-maf", "--trials", "3",
+            "--epochs", "4", "--set", "n=2000", *TINY_MODEL, "--jobs", "2", "--no-figures", "--quiet",
+            "--out", str(out)]
+    total = 2 * 3
+
+    def finished() -> list[Path]:
+        return sorted((out / "runs").glob("*/*/*/metrics.json"))
+
+    t0 = time.perf_counter()
+    p, o, e = start(args, TMP, "bench")
+    seen = wait_for(lambda: len(finished()) >= 1, p)
+    children = _descendants(p.pid)
+    names = sorted({c.name() for c in children if _alive(c)})
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    t_kill = time.perf_counter()
+    gone = wait_for(lambda: not any(_alive(c) for c in children), timeout=10, poll=0.05)
+    gone_after = time.perf_counter() - t_kill
+    left = [c.pid for c in children if _alive(c)]
+    done_before = len(finished())
+    row("9. kill -9 of `vqflows benchmark --jobs 2`",
+        cmd(args) + "  (SIGKILL to the driver once a run has finished)",
+        f"{len(children)} child process(es) before the kill ({', '.join(names)}); "
+        + (f"all gone {gone_after:.1f} s after it" if gone else f"STILL ALIVE after 10 s: pids {left}")
+        + f"; {done_before} of {total} runs finished",
+        seen and p.returncode == -signal.SIGKILL and gone and len(children) >= 2 and done_before < total)
+    for c in children:  # nothing of this script's making may outlive it
+        if _alive(c):
+            c.kill()
+
+    r = vqflows_cli(args)
+    summary = next((ln for ln in (r.out + r.err).splitlines() if "already finished" in ln), r.line)
+    trained = int(summary.split()[0]) if summary.split() and summary.split()[0].isdigit() else -1
+    row("9. rerun the killed benchmark", cmd(args),
+        f"exit {r.rc}: {summary}; {len(finished())} of {total} runs now finished",
+        r.rc == 0 and trained == total - done_before and len(finished()) == total)
+
+
+def bad_file_rows(runs: Path, base: Path) -> None:
+    """Row 10: broken files and arguments."""
+    data = TMP / "data"
+    data.mkdir()
+    (data / "empty.npy").write_bytes(b"")
+    np.save(data / "no-rows.npy", np.zeros((0, 3), dtype=np.float32))
+    for name, label in (("empty.npy", "an empty (0-byte) `.npy`"), ("no-rows.npy", "a `.npy` holding a (0, 3) array")):
+        args = ["train", "--dataset", str(data / name), "--out", str(runs / f"bad-{name}"), *TINY]
+        r = vqflows_cli(args)
+        row(f"10. train on {label}", cmd(args), str(r), r.one_line_error)
+
+    def broken_copy(name: str, damage: Callable[[Path], None]) -> Path:
+        folder = runs / name
+        shutil.copytree(base, folder)
+        damage(folder)
+        return folder
+
+    def truncate(folder: Path) -> None:
+        w = folder / "model" / "weights.pt"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+    def unknown_run_key(folder: Path) -> None:
+        cfg = read_json(folder / "config.json")
+        (folder / "config.json").write_text(json.dumps({**cfg, "colour": "blue"}))
+
+    def unknown_model_key(folder: Path) -> None:
+        cfg = read_json(folder / "model" / "config.json")
+        cfg["args"]["colour"] = "blue"
+        (folder / "model" / "config.json").write_text(json.dumps(cfg))
+
+    for name, label, damage in (
+            ("truncated", "a truncated `model/weights.pt`", truncate),
+            ("empty-weights", "an empty `model/weights.pt`", lambda f: (f / "model" / "weights.pt").write_bytes(b"")),
+            ("unknown-key", "an unknown key in the run's `config.json`", unknown_run_key),
+            ("unknown-model-key", "an unknown key in `model/config.json`", unknown_model_key)):
+        folder = broken_copy(name, damage)
+        before = {f: sha(f) for f in folder.rglob("*") if f.is_file()}
+        r = vqflows_cli(["evaluate", str(folder)])
+        kept = before == {f: sha(f) for f in folder.rglob("*") if f.is_file()}
+        row(f"10. evaluate a run with {label}", cmd(["evaluate", str(folder)]),
+            f"{r}; files {'untouched' if kept else 'CHANGED'}", r.one_line_error and kept)
+    folder = runs / "unknown-model-key"
+    ok, out = attempt(lambda: vqflows.VQFlow.load(folder / "model"))
+    row("10. `VQFlow.load` of a model folder with an unknown key in `config.json`",
+        "vqflows.VQFlow.load('<run>/model')", error_text(out) if not ok else f"loaded {type(out).__name__}",
+        not ok and one_line_value_error(out))
+
+    args = ["train", "--dataset", "helix", "--out", str(runs / "threads"), "--threads", "-2", *TINY]
+    r = vqflows_cli(args)
+    row("10. `--threads -2`", cmd(args), f"{r}; run folder {'created' if (runs / 'threads').exists() else 'not created'}",
+        r.one_line_error and not (runs / "threads").exists())
+    args = ["sample", str(base), "-n", "10", "--out", "/nodir/x.npy"]
+    r = vqflows_cli(args)
+    row("10. `sample --out` into a missing folder", cmd(args), str(r), r.one_line_error)
+
+
+def divergence_rows(runs: Path) -> None:
+    """Row 11: constant data, and learning rates that are too large."""
+    const = TMP / "data" / "const.npy"
+    np.save(const, np.ones((600, 3), dtype=np.float32))
+    args = ["train", "--dataset", str(const), "--out", str(runs / "const"), *TINY]
+    r = vqflows_cli(args)
+    row("11. train on constant-valued data", cmd(args), str(r),
+        r.one_line_error and "learning rate" not in r.line)
+
+    def fit_const() -> Any:
+        model = vqflows.build(3, "maf", charts=4, transforms=2, hidden_features=(16, 16))
+        return vqflows.fit(model, np.ones((600, 3), dtype=np.float32), epochs=2, chart_epochs=2)
+
+    ok, out = attempt(fit_const)
+    row("11. `vqflows.fit` on constant-valued data", "vqflows.fit(model, np.ones((600, 3)), epochs=2, chart_epochs=2)",
+        error_text(out) if not ok else "fitted", not ok and one_line_value_error(out) and "learning rate" not in str(out))
+
+    for lr in ("100", "1e8"):
+        folder = runs / f"lr-{lr}"
+        args = ["train", "--dataset", "helix", "--out", str(folder), "--json", *TINY, f"lr={lr}"]
+        r = vqflows_cli(args)
+        if r.rc == 0:
+            m = json.loads(r.out.strip().splitlines()[-1])
+            happened = f"exit 0: finished, test log-likelihood {m['test_log_likelihood']:.3f}"
+            ok = bool(np.isfinite(m["test_log_likelihood"]))
+        else:
+            happened = f"{r}; run folder {'left' if folder.exists() else 'removed'}"
+            ok = r.one_line_error and "learning rate" in r.line and "Traceback" not in r.err
+        row(f"11. `--set lr={lr}`", cmd(args), happened, ok)
+
+
+def _splits_of(run: Path) -> tuple[int, int, int]:
+    """The split sizes a file-based run trained on, rebuilt from its ``config.json`` and ``data.json``."""
+    cfg, data = read_json(run / "config.json"), read_json(run / "data.json")
+    s = vqflows.datasets.load(data["path"], n=cfg["n"], seed=cfg["seed"])
+    return len(s.train), len(s.val), len(s.test)
+
+
+def user_file_rows(base: Path) -> None:
+    """Rows 12-14: the user's own points, evaluation from elsewhere and after the file changed, text samples."""
+    user = TMP / "user"
+    user.mkdir()
+    helix = vqflows.datasets.get("helix")
+    trained = {}
+    for rows in (400, 20_000):
+        name = f"my{rows}.npy"
+        np.save(user / name, helix.sample(rows, seed=rows).numpy())
+        args = ["train", "--dataset", name, "--out", f"r{rows}", "--epochs", "2", "--quiet", "--set", *TINY_MODEL]
+        r = vqflows_cli(args, cwd=user)
+        run = user / f"r{rows}"
+        if r.rc == 0:
+            sizes = _splits_of(run)
+            data = read_json(run / "data.json")
+            cfg = read_json(run / "config.json")
+            happened = (f"exit 0; data.json: {data['rows']} rows of {data['path']}; config n={cfg['n']}; "
+                        f"train/val/test {sizes[0]:,}/{sizes[1]:,}/{sizes[2]:,}")
+            ok = sizes == (rows // 2, rows // 4, rows - rows // 2 - rows // 4) and data["rows"] == rows
+        else:
+            happened, ok = str(r), False
+        trained[rows] = r.rc == 0
+        row(f"12. `--dataset my.npy` with {rows:,} rows", f"cd <tmp>/user && {cmd(args)}", happened, ok)
+
+    run = user / "r400"
+    elsewhere = TMP / "elsewhere"
+    elsewhere.mkdir()
+    args = ["evaluate", str(run), "--json"]
+    r = vqflows_cli(args, cwd=elsewhere)
+    if r.rc == 0:
+        got = json.loads(r.out.strip().splitlines()[-1])["test_log_likelihood"]
+        saved = read_json(run / "metrics.json")["test_log_likelihood"]
+        happened, ok = f"exit 0: test log-likelihood {got:.6f} (training wrote {saved:.6f})", abs(got - saved) < 1e-6
+    else:
+        happened, ok = str(r), False
+    row("13. `vqflows evaluate` of a file-based run from another directory",
+        f"cd <tmp>/elsewhere && {cmd(args)}", happened, ok and trained[400])
+
+    np.save(user / "my400.npy", helix.sample(400, seed=12345).numpy())
+    args = ["evaluate", str(run)]
+    r = vqflows_cli(args, cwd=elsewhere)
+    row("13. `vqflows evaluate` after the data file changed", f"(rewrite my400.npy) {cmd(args)}", str(r),
+        r.one_line_error and "changed" in r.line)
+
+    where = TMP / "samples"
+    where.mkdir()
+    args = ["sample", str(base), "-n", "50", "--out", "s.txt"]
+    r = vqflows_cli(args, cwd=where)
+    made = sorted(f.name for f in where.iterdir())
+    shape = np.loadtxt(where / "s.txt").shape if (where / "s.txt").exists() else None
+    row("14. `sample --out s.txt`", f"cd <tmp>/samples && {cmd(args)}",
+        f"{r}; folder holds {made}; np.loadtxt('s.txt').shape = {shape}",
+        r.rc == 0 and made == ["s.txt"] and shape == (50, 3) and "s.txt" in r.line)
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    try:
+        api_rows()
+        memory_rows()
+        cli_rows()
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    print("| what a user does | command / call | what happens now | right behaviour? |")
+    print("|---|---|---|---|")
+    for what, command, happened, ok in ROWS:
+        print(f"| {what} | `{command}` | {happened} | {'yes' if ok else '**no**'} |")
+    bad = sum(not ok for *_, ok in ROWS)
+    print()
+    print(f"{len(ROWS) - bad} of {len(ROWS)} cases show the right behaviour"
+          + (f"; {bad} do not." if bad else "."))
+    print(f"Wall time of `python benchmarks/robustness.py`: {seconds:.0f} s "
+          f"(Python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPU cores).")
+    return 0 if not bad else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
