@@ -279,7 +279,7 @@ def memory_rows() -> None:
                 False)
             continue
         text = (f"model.training={r['training']}; peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['before_mb']:+.0f} MB "
-                f"during log_prob); {r['seconds']:.1f} s; shape {tuple(r['shape'])}, finite={r['finite']}, "
+                f"over the peak before the call); {r['seconds']:.1f} s; shape {tuple(r['shape'])}, finite={r['finite']}, "
                 f"requires_grad={r['requires_grad']}")
         if variant == "plain":
             ref = got["no_grad"]
@@ -416,7 +416,6 @@ def benchmark_rows() -> None:
     def finished() -> list[Path]:
         return sorted((out / "runs").glob("*/*/*/metrics.json"))
 
-    t0 = time.perf_counter()
     p, o, e = start(args, TMP, "bench")
     seen = wait_for(lambda: len(finished()) >= 1, p)
     children = _descendants(p.pid)
@@ -525,7 +524,7 @@ def divergence_rows(runs: Path) -> None:
         r = vqflows_cli(args)
         if r.rc == 0:
             m = json.loads(r.out.strip().splitlines()[-1])
-            happened = f"exit 0: finished, test log-likelihood {m['test_log_likelihood']:.3f}"
+            happened = f"exit 0: finished, test log-likelihood {m['test_log_likelihood']:.4g} nats/point"
             ok = bool(np.isfinite(m["test_log_likelihood"]))
         else:
             happened = f"{r}; run folder {'left' if folder.exists() else 'removed'}"
@@ -606,7 +605,7 @@ def main() -> int:
     seconds = time.perf_counter() - t0
     print("| what a user does | command / call | what happens now | right behaviour? |")
     print("|---|---|---|---|")
-    for what, command, happened, ok in ROWS:
+    for what, command, happened, ok in sorted(ROWS, key=lambda r: int(r[0].split(".")[0])):
         print(f"| {what} | `{command}` | {happened} | {'yes' if ok else '**no**'} |")
     bad = sum(not ok for *_, ok in ROWS)
     print()

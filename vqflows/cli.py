@@ -107,7 +107,9 @@ def _cmd_benchmark(args, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .runs import MODELS
+    from .presets import names
+
+    MODELS = [name for name in names() if not name.startswith("image-")]  # the same list as runs.MODELS
 
     p = argparse.ArgumentParser(prog="vqflows", description="VQ-Flows: exact densities on data manifolds.")
     sub = p.add_subparsers(dest="command", required=True)

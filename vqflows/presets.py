@@ -7,6 +7,8 @@ frames); a *recipe* turns a few options into those objects. :func:`build` is the
 remembers it (:attr:`VQFlow.spec`), so :meth:`VQFlow.save` writes the recipe and its arguments and
 :meth:`VQFlow.load` rebuilds the same model before loading its weights.
 
+The module imports nothing heavy, so that the command line can list the names at once.
+
 Example:
     >>> model = create("vq-maf", features=3, charts=8)
     >>> model.spec["preset"], model.spec["args"]["charts"]
@@ -21,8 +23,6 @@ import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from .checks import one_of, positive_int
 
 #: Base flows of the library by name.
 FLOWS = ("realnvp", "maf", "nsf", "cef", "sphere")
@@ -47,6 +47,8 @@ def names() -> list[str]:
 
 def recipe(name: str) -> Callable[..., Any]:
     """The recipe registered as ``name``."""
+    from .checks import one_of
+
     one_of(name, _REGISTRY, name="preset")
     entry = _REGISTRY[name]
     if isinstance(entry, str):
@@ -115,6 +117,7 @@ def build(features: int, flow: str = "maf", charts: int | None = 32, *, partitio
 
     from . import flows
     from .charts import KMeansCharts, VQAutoencoder
+    from .checks import one_of, positive_int
     from .model import VQFlow
 
     positive_int(features, name="features")
