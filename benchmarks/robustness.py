@@ -45,6 +45,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.e
 
 ROWS: list[tuple[str, str, str, bool]] = []
 TMP = Path(tempfile.mkdtemp(prefix="vqflows-robustness-"))
+#: Row 2 counts scoring as bounded when it adds less than this to the process's peak memory.
+GRAPH_FREE_MB = 1024
 
 
 def show(text: Any) -> str:
@@ -173,7 +175,8 @@ def api_rows() -> None:
     ref = model.log_prob(torch.tensor(x64, dtype=torch.float32))
     for label, make, call in (
             ("numpy float64 array", lambda: np.array(x64), "model.log_prob(np.random.randn(5, 3))"),
-            ("float64 tensor", lambda: torch.from_numpy(x64), "model.log_prob(torch.from_numpy(np.random.randn(5, 3)))"),
+            ("float64 tensor", lambda: torch.from_numpy(x64),
+             "model.log_prob(torch.from_numpy(np.random.randn(5, 3)))"),
             ("Python list", lambda: x64.tolist(), "model.log_prob(np.random.randn(5, 3).tolist())")):
         ok, out = attempt(lambda: model.log_prob(make()))
         if ok:
@@ -278,17 +281,15 @@ def memory_rows() -> None:
             row(f"2. `log_prob` on 100,000 points, K = 32 ({variant})", shown, f"child failed: {r.splitlines()[-1]}",
                 False)
             continue
-        text = (f"model.training={r['training']}; peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['before_mb']:+.0f} MB "
-                f"over the peak before the call); {r['seconds']:.1f} s; shape {tuple(r['shape'])}, finite={r['finite']}, "
-                f"requires_grad={r['requires_grad']}")
-        if variant == "plain":
-            ref = got["no_grad"]
-            bounded = not isinstance(ref, str) and r["peak_mb"] <= 1.5 * ref["peak_mb"]
-            ok = bounded and r["finite"] and not r["requires_grad"] and not r["training"]
-        else:
-            ok = r["finite"] and r["peak_mb"] < 2048
-        row(f"2. `log_prob` on 100,000 points, K = 32 ({'as the README calls it' if variant == 'plain' else 'under torch.no_grad, for comparison'})",
-            shown, text, ok)
+        grown = r["peak_mb"] - r["before_mb"]
+        text = (f"model.training={r['training']}; peak RSS {r['peak_mb']:.0f} MB ({grown:+.0f} MB over the peak "
+                f"before the call; bounded means < {GRAPH_FREE_MB} MB); {r['seconds']:.1f} s; "
+                f"shape {tuple(r['shape'])}, finite={r['finite']}, requires_grad={r['requires_grad']}")
+        # A kept autograd graph took 15.3 GB for this call (about 150 kB per point); bounded scoring stays far
+        # below 1 GB.
+        ok = grown < GRAPH_FREE_MB and r["finite"] and not r["requires_grad"] and not r["training"]
+        how = "as the README calls it" if variant == "plain" else "under torch.no_grad, for comparison"
+        row(f"2. `log_prob` on 100,000 points, K = 32 ({how})", shown, text, ok)
 
 
 def cli_rows() -> None:
@@ -330,7 +331,8 @@ def cli_rows() -> None:
 
 
 def interrupt_rows(runs: Path) -> None:
-    """Row 7: Ctrl-C after the first epoch, a plain rerun, a resume, and the resumed run against an uninterrupted one."""
+    """Row 7: Ctrl-C after the first epoch, a plain rerun, a resume, and the resumed run against an
+    uninterrupted one."""
     out = runs / "int"
     args = ["train", "--dataset", "helix", "--out", str(out), "--epochs", "8", "--quiet",
             "--set", "n=10000", *TINY_MODEL]
@@ -494,7 +496,8 @@ def bad_file_rows(runs: Path, base: Path) -> None:
 
     args = ["train", "--dataset", "helix", "--out", str(runs / "threads"), "--threads", "-2", *TINY]
     r = vqflows_cli(args)
-    row("10. `--threads -2`", cmd(args), f"{r}; run folder {'created' if (runs / 'threads').exists() else 'not created'}",
+    made = "created" if (runs / "threads").exists() else "not created"
+    row("10. `--threads -2`", cmd(args), f"{r}; run folder {made}",
         r.one_line_error and not (runs / "threads").exists())
     args = ["sample", str(base), "-n", "10", "--out", "/nodir/x.npy"]
     r = vqflows_cli(args)
@@ -516,7 +519,8 @@ def divergence_rows(runs: Path) -> None:
 
     ok, out = attempt(fit_const)
     row("11. `vqflows.fit` on constant-valued data", "vqflows.fit(model, np.ones((600, 3)), epochs=2, chart_epochs=2)",
-        error_text(out) if not ok else "fitted", not ok and one_line_value_error(out) and "learning rate" not in str(out))
+        error_text(out) if not ok else "fitted",
+        not ok and one_line_value_error(out) and "learning rate" not in str(out))
 
     for lr in ("100", "1e8"):
         folder = runs / f"lr-{lr}"
@@ -524,7 +528,9 @@ def divergence_rows(runs: Path) -> None:
         r = vqflows_cli(args)
         if r.rc == 0:
             m = json.loads(r.out.strip().splitlines()[-1])
-            happened = f"exit 0: finished, test log-likelihood {m['test_log_likelihood']:.4g} nats/point"
+            warned = [ln for ln in r.err.splitlines() if ln.strip()]
+            happened = (f"exit 0: finished, test log-likelihood {m['test_log_likelihood']:.4g} nats/point; "
+                        f"stderr: {warned[-1] if warned else 'empty (no warning)'}")
             ok = bool(np.isfinite(m["test_log_likelihood"]))
         else:
             happened = f"{r}; run folder {'left' if folder.exists() else 'removed'}"
@@ -594,6 +600,18 @@ def user_file_rows(base: Path) -> None:
         r.rc == 0 and made == ["s.txt"] and shape == (50, 3) and "s.txt" in r.line)
 
 
+def revision() -> str:
+    """The checkout's commit (and whether tracked files differ from it), or where vqflows was imported from."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(Path(vqflows.__file__).parent)
+    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
+
+
 def main() -> int:
     t0 = time.perf_counter()
     try:
@@ -611,6 +629,7 @@ def main() -> int:
     print()
     print(f"{len(ROWS) - bad} of {len(ROWS)} cases show the right behaviour"
           + (f"; {bad} do not." if bad else "."))
+    print(f"vqflows from {revision()}.")
     print(f"Wall time of `python benchmarks/robustness.py`: {seconds:.0f} s "
           f"(Python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPU cores).")
     return 0 if not bad else 1
