@@ -17,7 +17,7 @@ import time
 import torch
 
 import vqflows
-from vqflows.training import EarlyStopping, train_flow
+from vqflows.training import train_flow
 
 
 def _sync(device: torch.device) -> None:

@@ -434,6 +434,7 @@ def row_grid(quick: bool, full_grid: bool) -> list[Row]:
         return [Row("full `vqflows benchmark --table 1 --table 2` (180 trainings, --jobs 2)", "42.5 min",
                     "< 20 min", f"{wall / 60:.1f} min", "measured")]
     from vqflows.benchmark.grid import PAPER_MODELS
+
     from vqflows.runs import RunConfig, train_run
 
     per, detail = {}, []

@@ -9,7 +9,7 @@ import torch
 
 import vqflows
 from vqflows import VQFlow, build, datasets, fit
-from vqflows.charts import VQAutoencoder, membership, chart_weights
+from vqflows.charts import VQAutoencoder, chart_weights, membership
 
 FULL_FLOWS = ["realnvp", "maf", "nsf"]
 

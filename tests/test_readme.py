@@ -13,7 +13,7 @@ def _python_blocks() -> list[str]:
 
 
 def test_readme_api_snippet_runs(tmp_path, monkeypatch):
-    (block,) = _python_blocks()
+    block = _python_blocks()[0]
     shrink = {"n=10_000": "n=400", "charts=32": "charts=4",
               "vqflows.fit(model, splits.train, splits.val)": "vqflows.fit(model, splits.train, splits.val, epochs=2, chart_epochs=2)",
               "model.sample(10_000)": "model.sample(100)"}
@@ -24,6 +24,16 @@ def test_readme_api_snippet_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)
     assert (tmp_path / "run" / "weights.pt").exists()
+
+    # the scikit-learn and composition examples run in the same scope (on a tiny budget)
+    sklearn_block, compose_block = _python_blocks()[1:3]
+    assert "GridSearchCV" in sklearn_block and "VQFlow(" in compose_block
+    sklearn_block = sklearn_block.replace("VQFlowDensity(epochs=20)", "VQFlowDensity(epochs=1, chart_epochs=1)")
+    sklearn_block = sklearn_block.replace('{"charts": [8, 16, 32]}, cv=3', '{"charts": [2, 4]}, cv=2')
+    exec(compile(sklearn_block, "README.md", "exec"), scope)
+    assert scope["search"].best_params_["charts"] in (2, 4)
+    exec(compile(compose_block, "README.md", "exec"), scope)
+    assert scope["model"].K == 16 and scope["model"].m == 2
 
 
 def test_ci_runs_the_readme_test_command():

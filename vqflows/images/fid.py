@@ -187,6 +187,7 @@ class ClassifierFID:
     accepted too) and scaled by ``1/(L−1)``.
 
     Example:
+        >>> from vqflows.images import load_images
         >>> splits = load_images("digits")
         >>> fid = ClassifierFID.load_or_fit(splits)      # trains once (~seconds), then cached
         >>> fid.test_accuracy > 0.9
