@@ -143,6 +143,28 @@ class VQFlow(nn.Module):
         with torch.no_grad():
             return self.chart_distances(self._input(x)).topk(m, dim=-1, largest=False).indices
 
+    def responsibilities(self, x, m: int = 4, temperature: float | None = None) -> Tensor:
+        r"""Soft chart membership from the chart distances, ``(N, D) -> (N, K)``, rows summing to 1.
+
+        ``r_ik ∝ exp(-d_k(x_i) / τ)`` over each point's ``m`` nearest charts (0 elsewhere), with ``d_k``
+        the squared distance to centre ``k`` (:meth:`chart_distances`) and ``τ`` (default) the median over
+        ``x`` of the squared distance to the nearest centre: a point halfway between two centres is shared
+        almost evenly, one at its centre stays mostly in its own chart. These are the weights that
+        :meth:`fit_weights` takes for responsibility-weighted frames; ``m=1`` gives the hard cells.
+        """
+        x = self._input(x)
+        m = min(positive_int(m, name="m"), self.K)
+        with torch.no_grad():
+            d = self.chart_distances(x)
+            near, idx = d.topk(m, dim=-1, largest=False)
+            if temperature is None:
+                temperature = float(near[:, 0].median()) if len(x) else 1.0
+            if not (temperature > 0 and math.isfinite(temperature)):
+                temperature = 1.0  # every point on a centre: any scale gives the hard cells
+            r = torch.zeros_like(d)
+            r.scatter_(1, idx, torch.softmax(-(near - near[:, :1]) / temperature, dim=-1))
+            return r
+
     @property
     def weights(self) -> Tensor:
         """Chart weights ``p_k``, ``(K,)``."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import inspect
 import io
 import json
 import math
@@ -33,7 +32,8 @@ import torch
 from . import datasets, presets
 from .checks import one_of, override_pairs, positive_int, spread
 from .model import VQFlow
-from .training import OBJECTIVES, History, fit
+from .selection import CANDIDATES, select_charts
+from .training import MEMBERSHIPS, OBJECTIVES, History, fit
 
 #: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
 #: belong to the image study).
@@ -62,7 +62,7 @@ class RunConfig:
     patience: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    charts: int = 32
+    charts: int | str = 32  # or "auto": the best of selection.CANDIDATES on validation
     partition: str = "vqae"
     latent: int = 3
     m: int | None = None  # None: 2 for vq-cef (overlapping charts), else 1 (hard boundaries)
@@ -76,20 +76,24 @@ class RunConfig:
     objective: str = "cells"
     top: int = 4
     learn_weights: bool = True
+    membership: str = "hard"
     device: str = "cpu"
     threads: int = 1  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
 
     def __post_init__(self) -> None:
         one_of(self.model, MODELS, name="model")
         one_of(self.objective, OBJECTIVES, name="objective")
+        one_of(self.membership, MEMBERSHIPS, name="membership")
+        if isinstance(self.charts, str) and self.charts != "auto":
+            raise ValueError(f"charts: expected a positive int or 'auto', got {self.charts!r}")
         if self.m is None:
             # an embedding flow's chart surface must reach past its cell to meet its neighbours'
             self.m = 2 if self.model == "vq-cef" else 1
         if not isinstance(self.dataset, str):
             raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
         # counts are checked here, before any data is loaded; lr and eps are checked where they are used
-        for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1), ("charts", 1),
-                           ("latent", 1), ("m", 1), ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
+        for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1),
+                           *((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1), ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
                            ("manifold_dim", 1), ("threads", 0), ("top", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
         if self.n is not None:
@@ -109,9 +113,13 @@ class RunConfig:
                for key, value in override_pairs(self, overrides).items()}
         return dataclasses.replace(self, **out)
 
-    def build_model(self, features: int) -> VQFlow:
-        """The untrained model of this run for data in ``R^features`` (its preset, so that it saves and loads)."""
-        return presets.create(self.model, features=features, charts=self.charts, partition=self.partition,
+    def build_model(self, features: int, charts: int | None = None) -> VQFlow:
+        """The untrained model of this run for data in ``R^features`` (its preset, so that it saves and loads);
+        ``charts`` overrides the config's count (needed when it is ``"auto"``)."""
+        charts = charts if charts is not None else self.charts
+        if charts == "auto":
+            charts = max(CANDIDATES)
+        return presets.create(self.model, features=features, charts=charts, partition=self.partition,
                               latent=self.latent, m=self.m if self.is_vq else 1, eps=self.eps,
                               transforms=self.transforms, hidden_features=[self.hidden, self.hidden],
                               manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)
@@ -126,6 +134,13 @@ _NULLABLE = ("n", "m")
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
+    if key == "charts" and value == "auto":
+        return value
+    if key == "charts":
+        try:
+            return _coerce("charts (a count)", value, int)
+        except ValueError:
+            raise ValueError(f"charts: expected int or 'auto', got {value!r}") from None
     if isinstance(value, str) and kind is not str:
         try:
             value = json.loads(value)
@@ -195,8 +210,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
-        fit(model, splits.train, splits.val, **_fit_options(config), progress=False, callback=callback,
-            checkpoint=out / CHECKPOINT if resume else None)
+        _fit(config, model, splits, progress=False, callback=callback, checkpoint=out / CHECKPOINT if resume else None)
         return {}
 
     with _claim(out):
@@ -220,8 +234,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
         extra = {"checkpoint": out / CHECKPOINT}
         history = None
         try:
-            history = fit(model, splits.train, splits.val, **_fit_options(config), progress=progress,
-                          callback=callback, **extra)
+            model, history, selection = _fit(config, model, splits, progress=progress, callback=callback, **extra)
             model.to("cpu")
             metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}
             if splits.sha256 is not None:
@@ -233,6 +246,8 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
                            flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),
                            parameters=parameters(model), stopped_early=history.stopped_early,
                            interrupted=history.interrupted)
+            if selection is not None:
+                metrics.update(charts_selected=model.K, chart_selection=selection)
             model.save(out / "model")
             _write_history(out, history)
             if history.interrupted:
@@ -250,10 +265,26 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     return metrics
 
 
+def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: Any
+         ) -> tuple[VQFlow, History, list[dict] | None]:
+    """Train ``model`` (or, with ``charts="auto"``, choose the chart count on validation: one model per
+    candidate, no checkpoint); returns the trained model, its history and the selection table."""
+    if config.charts != "auto" or not config.is_vq:
+        return model, fit(model, splits.train, splits.val, **_fit_options(config), **options), None
+    options.pop("checkpoint", None)
+
+    def make(k: int) -> VQFlow:
+        torch.manual_seed(config.seed)
+        return config.build_model(splits.train.shape[1], charts=k)
+
+    return select_charts(make, splits.train, splits.val, **_fit_options(config), **options)
+
+
 def _fit_options(config: RunConfig) -> dict[str, Any]:
     return dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
                 chart_epochs=config.chart_epochs, seed=config.seed, device=config.device, objective=config.objective,
-                top=config.top, learn_weights=config.learn_weights, threads=config.threads or None)
+                top=config.top, learn_weights=config.learn_weights, threads=config.threads or None,
+                membership=config.membership)
 
 
 def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:
