@@ -43,6 +43,7 @@ class Arm:
     lr: float = 1e-3
     charts: int = 32
     frames: str = "hard"  # "hard" or "soft": frames/weights from responsibility-weighted points
+    patience: int = 10
 
 
 ARMS = {
@@ -62,9 +63,12 @@ ARMS = {
     "mix4-b512-K16": Arm("mixture", 4, batch_size=512, lr=2e-3, charts=16),
     "mix4-b512-K64": Arm("mixture", 4, batch_size=512, lr=2e-3, charts=64),
     "mix4-b256": Arm("mixture", 4, batch_size=256, lr=1.5e-3),
+    "mix4-b512-p20": Arm("mixture", 4, batch_size=512, lr=2e-3, patience=20),
+    "mix2-b256": Arm("mixture", 2, batch_size=256, lr=1.5e-3),
+    "mix4-b512-lr3": Arm("mixture", 4, batch_size=512, lr=3e-3),
 }
 ESSENTIAL = ("cells-b128", "mix4-b128", "mix4-b512", "cells-b512")
-SECONDARY = ("mix1-b512", "mix2-b512", "mixK-b512", "mix4fixed-b512", "kmeans-cells-b128", "kmeans-mix4-b512")
+SECONDARY = ("mix1-b512", "mix2-b512", "mix4fixed-b512", "kmeans-cells-b128", "kmeans-mix4-b512", "mixK-b512")
 
 
 def _val_subset(val: torch.Tensor, points: int, seed: int) -> torch.Tensor:
@@ -124,6 +128,7 @@ def train_one(arm_name: str, dataset: str, seed: int) -> dict:
     torch.set_num_threads(1)
     import vqflows
     from vqflows.runs import evaluate
+    from vqflows.training import EarlyStopping
 
     arm = ARMS[arm_name]
     splits = vqflows.datasets.load(dataset, seed=seed)
@@ -140,7 +145,7 @@ def train_one(arm_name: str, dataset: str, seed: int) -> dict:
     t0 = time.perf_counter()
     history = vqflows.fit(model, splits.train, splits.val, objective=arm.objective, top=arm.top,
                           learn_weights=arm.learn_weights, batch_size=arm.batch_size, lr=arm.lr, seed=seed,
-                          callback=record, threads=1, **extra)
+                          early_stopping=EarlyStopping(arm.patience, 512), callback=record, threads=1, **extra)
     wall = time.perf_counter() - t0
     metrics = evaluate(model, splits)
     test = splits.test
@@ -287,14 +292,15 @@ def report(args) -> None:
         same, n, checks, total, worst = 0, 0, 0, 0, 0.0
         for r in rows:
             tr = r["trace"]
-            ref_best, ref_epochs = replay([row["exact"] for row in tr])
+            pat = r.get("patience", 10)
+            ref_best, ref_epochs = replay([row["exact"] for row in tr], pat)
             if (ref_best, ref_epochs) != (r["best_epoch"], r["epochs"]):
                 continue  # trace and training disagree (should not happen)
             if mg is None:
-                best, epochs = replay([row[f"top{t}"] for row in tr])
+                best, epochs = replay([row[f"top{t}"] for row in tr], pat)
                 runs = 0
             else:
-                best, epochs, runs = replay_hybrid(tr, t, mg)
+                best, epochs, runs = replay_hybrid(tr, t, mg, pat)
             n += 1
             ok = best == ref_best and epochs <= len(tr)
             same += ok
