@@ -62,7 +62,7 @@ def test_bad_data_files(write, fragments, tmp_path, capsys):
      ["config.json: expected only run settings", "unknown key(s) 'colour'"]),
     (lambda r: (r / "config.json").write_text(json.dumps({**json.loads((r / "config.json").read_text()),
                                                           "charts": "many"})),
-     ["config.json: charts: expected int"]),
+     ["config.json: charts: expected a positive int or 'auto'"]),
     (lambda r: (r / "config.json").write_text("{"), ["config.json: expected a JSON object"]),
     (lambda r: (r / "model" / "config.json").write_text("[1, 2"), ["config.json: expected a JSON model recipe"]),
     (lambda r: shutil.rmtree(r / "model"), ["expected a folder with config.json and weights.pt"]),

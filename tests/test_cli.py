@@ -72,7 +72,7 @@ def test_datasets_json(capsys):
     (["train", "--dataset", "nope"], "dataset: expected one of"),
     (["train", "--dataset", "/no/such/file.npy"], "/no/such/file.npy"),
     (["train", "--set", "colour=red"], "override: expected one of"),
-    (["train", "--set", "charts=many"], "charts: expected int"),
+    (["train", "--set", "charts=many"], "charts: expected a positive int or 'auto'"),
     (["evaluate", "/no/such/run"], "expected a run folder"),
 ])
 def test_cli_errors_are_clear(argv, message, capsys, tmp_path):

@@ -206,7 +206,7 @@ def test_training_reports_non_finite_loss():
     x = _points(200).float()
     model = build(3, "maf", 2, transforms=2, hidden_features=(8,))
     with pytest.raises(vqflows.TrainingError, match="epoch 1"):
-        fit(model, x, epochs=2, lr=1e6, chart_epochs=1)
+        fit(model, x, epochs=2, lr=1e6, chart_epochs=1, batch_size=128)
 
 
 @pytest.mark.parametrize("call, message", [

@@ -20,16 +20,17 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import datasets, presets
+    from . import datasets, presets, selection
     from .model import VQFlow, build
     from .runs import MODELS, RunConfig, evaluate_run, load_run, train_run
+    from .selection import select_charts
     from .training import EarlyStopping, History, TrainingError, fit, train_flow
 
 __version__ = "0.1.0"
 
 #: public names and the submodule serving each, imported on first use so that ``import vqflows`` (and
 #: the command line's ``--help``) does not pay for torch, zuko and scikit-learn up front
-_LAZY = {"datasets": ".datasets", "presets": ".presets", "VQFlow": ".model", "build": ".model",
+_LAZY = {"datasets": ".datasets", "presets": ".presets", "selection": ".selection", "select_charts": ".selection", "VQFlow": ".model", "build": ".model",
          "History": ".training", "TrainingError": ".training", "EarlyStopping": ".training", "fit": ".training",
          "train_flow": ".training", "RunConfig": ".runs", "MODELS": ".runs", "train_run": ".runs",
          "evaluate_run": ".runs", "load_run": ".runs"}
@@ -39,7 +40,7 @@ def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name], __name__)
-    value = module if name in ("datasets", "presets") else getattr(module, name)
+    value = module if name in ("datasets", "presets", "selection") else getattr(module, name)
     globals()[name] = value
     return value
 
@@ -49,4 +50,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["MODELS", "EarlyStopping", "History", "RunConfig", "TrainingError", "VQFlow", "build", "datasets",
-           "evaluate_run", "fit", "load_run", "presets", "train_flow", "train_run"]
+           "evaluate_run", "fit", "load_run", "presets", "select_charts", "selection", "train_flow", "train_run"]

@@ -49,7 +49,7 @@ def _report(metrics: dict, as_json: bool) -> None:
     if as_json:
         _print_json(metrics)
         return
-    for key in ("dataset", "model", "seed", "test_log_likelihood", "test_log_likelihood_charts", "val_log_likelihood",
+    for key in ("dataset", "model", "seed", "test_log_likelihood", "test_log_likelihood_top", "val_log_likelihood",
                 "oracle_log_likelihood", "gap_to_oracle", "reconstruction_error", "epochs", "train_seconds",
                 "parameters", "out"):
         if key in metrics and metrics[key] is not None:

@@ -28,7 +28,7 @@ from .checks import as_points, one_of, positive_int
 from .flows.base import ChartFlow
 from .frames import TRIM_LEVEL, ChartFrames
 
-LOG_PROB_MODES = ("mixture", "charts")
+LOG_PROB_MODES = ("mixture", "charts", "top")
 ENCODE_MODES = ("map", "expected", "sample")
 #: Rows of the flattened ``(N K)`` pass scored at once. Measured on a 2-core CPU (K = 32, N = 1e5):
 #: 8,192 rows ran 2.4× faster than 65,536, whose buffers fell out of the cache and the allocator's
@@ -143,6 +143,28 @@ class VQFlow(nn.Module):
         with torch.no_grad():
             return self.chart_distances(self._input(x)).topk(m, dim=-1, largest=False).indices
 
+    def responsibilities(self, x, m: int = 4, temperature: float | None = None) -> Tensor:
+        r"""Soft chart membership from the chart distances, ``(N, D) -> (N, K)``, rows summing to 1.
+
+        ``r_ik ∝ exp(-d_k(x_i) / τ)`` over each point's ``m`` nearest charts (0 elsewhere), with ``d_k``
+        the squared distance to centre ``k`` (:meth:`chart_distances`) and ``τ`` (default) the median over
+        ``x`` of the squared distance to the nearest centre: a point halfway between two centres is shared
+        almost evenly, one at its centre stays mostly in its own chart. These are the weights that
+        :meth:`fit_weights` takes for responsibility-weighted frames; ``m=1`` gives the hard cells.
+        """
+        x = self._input(x)
+        m = min(positive_int(m, name="m"), self.K)
+        with torch.no_grad():
+            d = self.chart_distances(x)
+            near, idx = d.topk(m, dim=-1, largest=False)
+            if temperature is None:
+                temperature = float(near[:, 0].median()) if len(x) else 1.0
+            if not (temperature > 0 and math.isfinite(temperature)):
+                temperature = 1.0  # every point on a centre: any scale gives the hard cells
+            r = torch.zeros_like(d)
+            r.scatter_(1, idx, torch.softmax(-(near - near[:, :1]) / temperature, dim=-1))
+            return r
+
     @property
     def weights(self) -> Tensor:
         """Chart weights ``p_k``, ``(K,)``."""
@@ -225,12 +247,16 @@ class VQFlow(nn.Module):
             out.append(self._chart_log_prob(xs.repeat_interleave(self.K, 0), k).view(n, self.K))
         return torch.cat(out) if out else x.new_zeros(0, self.K)
 
-    def log_prob(self, x, mode: str = "mixture", *, chunk: int = CHUNK, grad: bool | None = None) -> Tensor:
+    def log_prob(self, x, mode: str = "mixture", *, chunk: int = CHUNK, grad: bool | None = None,
+                 top: int = 4) -> Tensor:
         r"""Exact log-density in data coordinates, ``(N, D) -> (N,)``.
 
         ``"mixture"``: ``log Σ_{k=1}^{K} p_k p(x | k)`` — a normalised density, consistent with
         :meth:`sample`, the one to report. ``"charts"``: ``log Σ_{k : x ∈ U_k} p_k p(x | k)``
-        (equations 18/20), a lower bound that evaluates only the charts containing ``x``.
+        (equations 18/20), a lower bound that evaluates only the charts containing ``x``. ``"top"``:
+        ``log Σ_{k ∈ top(x)} p_k p(x | k)`` over the ``top`` nearest charts, the lower bound that the
+        mixture objective trains (``top/K`` of the cost; after mixture training with ``top = 4`` it was
+        within 0.001 nats of the mixture on the 3-D sets, see docs/objective.md).
 
         ``x`` may be a tensor of any floating dtype, a numpy array or a list; it is converted to the
         model's dtype and device. The autograd graph is kept only when it can be wanted — the model
@@ -242,8 +268,9 @@ class VQFlow(nn.Module):
         one_of(mode, LOG_PROB_MODES, name="mode")
         x = self._input(x)
         positive_int(chunk, name="chunk")
+        positive_int(top, name="top")
         with torch.set_grad_enabled(self._graph(x, grad)):
-            out = self._log_prob(x, mode, chunk)
+            out = self._log_prob(x, mode, chunk, top)
         bad = ~torch.isfinite(out)
         if bool(bad.any()):
             worst = float(x[bad].abs().max())
@@ -251,9 +278,14 @@ class VQFlow(nn.Module):
                              f"got {int(bad.sum())} row(s) that overflow (largest |value| {worst:.3g})")
         return out
 
-    def _log_prob(self, x: Tensor, mode: str = "mixture", chunk: int = CHUNK) -> Tensor:
+    def _log_prob(self, x: Tensor, mode: str = "mixture", chunk: int = CHUNK, top: int = 4) -> Tensor:
         if mode == "mixture":
             return torch.logsumexp(self._all_charts(x, chunk) + self.log_weights, dim=-1)
+        if mode == "top":
+            m = min(top, self.K)
+            parts = [torch.logsumexp(self.log_joint(xs, self.chart_distances(xs).topk(m, dim=-1, largest=False).indices)[0],
+                                     dim=-1) for xs in x.split(max(1, chunk // m))] if len(x) else []
+            return torch.cat(parts) if parts else x.new_zeros(0)
         rows = max(1, chunk // max(self.m, 1))
         return torch.cat([torch.logsumexp(self._member_log_joint(xs), dim=-1) for xs in x.split(rows)]) \
             if len(x) else x.new_zeros(0)

@@ -34,7 +34,8 @@ class VQFlowDensity(BaseEstimator):
     Arguments:
         flow, charts, partition, latent, m, eps, transforms, manifold_dim, frames, flow_options:
             the model (``hidden`` units in each of the flow's two hidden layers).
-        epochs, batch_size, lr, weight_decay, patience, chart_epochs: training.
+        epochs, batch_size, lr, weight_decay, patience, chart_epochs, objective, top: training (the
+            defaults are :func:`vqflows.fit`'s and the command line's).
         validation_fraction: the share of ``X`` held out (seeded by ``seed``) for early stopping.
         seed: seeds the initial weights, the validation split and training.
         device: where to train; the fitted model is moved back to the CPU.
@@ -54,10 +55,10 @@ class VQFlowDensity(BaseEstimator):
 
     def __init__(self, *, flow: str = "maf", charts: int | None = 32, partition: str = "vqae", latent: int = 3,
                  m: int = 1, eps: float = 0.0, transforms: int = 5, hidden: int = 64, manifold_dim: int = 2,
-                 frames: bool = True, flow_options: dict | None = None, epochs: int = 100, batch_size: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 0.0, patience: int = 10, chart_epochs: int = 30,
-                 validation_fraction: float = 0.1, seed: int = 0, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 frames: bool = True, flow_options: dict | None = None, epochs: int = 100, batch_size: int = 512,
+                 lr: float = 2e-3, weight_decay: float = 0.0, patience: int = 10, chart_epochs: int = 30,
+                 objective: str = "mixture", top: int = 4, validation_fraction: float = 0.1, seed: int = 0,
+                 device: str = "cpu", threads: int | None = None) -> None:
         self.flow = flow
         self.charts = charts
         self.partition = partition
@@ -75,6 +76,8 @@ class VQFlowDensity(BaseEstimator):
         self.weight_decay = weight_decay
         self.patience = patience
         self.chart_epochs = chart_epochs
+        self.objective = objective
+        self.top = top
         self.validation_fraction = validation_fraction
         self.seed = seed
         self.device = device
@@ -99,7 +102,7 @@ class VQFlowDensity(BaseEstimator):
                           frames=self.frames, flow_options=self.flow_options)
             history = fit(model, train, val, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                           weight_decay=self.weight_decay, patience=self.patience, chart_epochs=self.chart_epochs,
-                          seed=self.seed, device=self.device)
+                          objective=self.objective, top=self.top, seed=self.seed, device=self.device)
         if history.interrupted:
             raise KeyboardInterrupt
         self.model_: VQFlow = model.to("cpu").eval()

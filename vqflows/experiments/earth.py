@@ -87,6 +87,8 @@ class EarthConfig:
         lrs: the learning rate of each stage (a step schedule driven by validation plateaus).
         batch_size, weight_decay: Adam's.
         chart_epochs: VQ-AE epochs (ignored by k-means).
+        objective, top: the flows' training objective (:func:`vqflows.fit`): the mixture over each point's
+            ``top`` nearest charts (the default), or ``"cells"``, the paper's hard-cell training.
         components: vMF mixture sizes tried, the best kept on validation.
     """
 
@@ -105,13 +107,16 @@ class EarthConfig:
     batch_size: int = 128
     weight_decay: float = 0.0
     chart_epochs: int = 30
+    objective: str = "mixture"
+    top: int = 4
     components: tuple[int, ...] = (25, 50, 100, 200)
 
     def __post_init__(self) -> None:
         for name in ("points_per_chart", "min_charts", "max_charts", "m", "transforms", "hidden", "depth", "epochs",
-                     "patience", "batch_size", "chart_epochs"):
+                     "patience", "batch_size", "chart_epochs", "top"):
             positive_int(getattr(self, name), name=name)
         one_of(self.partition, ("kmeans", "vqae"), name="partition")
+        one_of(self.objective, ("cells", "mixture"), name="objective")
         if self.min_charts < 2 or self.max_charts < self.min_charts:
             raise ValueError(f"min_charts, max_charts: expected 2 <= min_charts <= max_charts, "
                              f"got {self.min_charts} and {self.max_charts}")
@@ -200,7 +205,8 @@ def train_in_stages(model: VQFlow, splits: EarthSplits, config: EarthConfig, see
     for stage, lr in enumerate(config.lrs):
         history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
                       lr=lr, weight_decay=config.weight_decay, patience=config.patience,
-                      chart_epochs=config.chart_epochs, seed=seed + 1000 * stage, fit_charts=stage == 0)
+                      chart_epochs=config.chart_epochs, seed=seed + 1000 * stage, fit_charts=stage == 0,
+                      objective=config.objective, top=config.top)
         epochs.append(history.epochs)
         best.append(history.best_epoch)
         if history.interrupted:

@@ -1,0 +1,116 @@
+"""Early-stopping checks built on the top-T bound, soft membership, and the chart count chosen on validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vqflows import EarlyStopping, VQFlow, build, datasets, fit
+from vqflows.runs import RunConfig, train_run
+from vqflows.selection import select_charts, validation_score
+
+
+def _data(n=600, seed=0):
+    s = datasets.load("helix", n=n, seed=seed)
+    return s.train, s.val
+
+
+def _small(charts=6, **kw):
+    torch.manual_seed(0)
+    return build(3, "maf", charts, transforms=2, hidden_features=(16, 16), vq_hidden=(16,), **kw)
+
+
+def test_bound_check_with_a_wide_margin_is_the_exact_check():
+    train, val = _data()
+    exact = fit(_small(), train, val, epochs=4, chart_epochs=2, objective="mixture", top=2)
+    wide = fit(_small(), train, val, epochs=4, chart_epochs=2, objective="mixture", top=2,
+               early_stopping=EarlyStopping(10, 512, top=1, margin=1e6))
+    assert wide.val_log_likelihood == exact.val_log_likelihood and wide.best_epoch == exact.best_epoch
+    assert all(wide.val_exact) and all(exact.val_exact)
+
+
+def test_bound_alone_is_a_lower_bound_of_the_exact_score_and_cheaper_rule_skips_hopeless_epochs():
+    train, val = _data()
+    scores = []
+
+    def exact_score(epoch, model, history):
+        v = val[torch.randperm(val.shape[0], generator=torch.Generator().manual_seed(0))[:100]]
+        scores.append(float(model.log_prob(v).mean()))
+
+    h = fit(_small(), train, val, epochs=4, chart_epochs=2, objective="mixture", top=2, val_points=100,
+            early_stopping=EarlyStopping(10, 100, top=1, margin=None), callback=exact_score)
+    assert not any(h.val_exact)
+    assert all(b <= e + 1e-5 for b, e in zip(h.val_log_likelihood, scores))
+    assert any(b < e - 1e-4 for b, e in zip(h.val_log_likelihood, scores))  # one chart does not hold all the mass
+
+    zero = fit(_small(), train, val, epochs=4, chart_epochs=2, objective="mixture", top=2, val_points=100,
+               early_stopping=EarlyStopping(10, 100, top=1, margin=0.0))
+    assert zero.val_exact[zero.best_epoch - 1] and zero.val_exact[0]
+    for ok, ll in zip(zero.val_exact, zero.val_log_likelihood):
+        assert ok or ll <= zero.best_val_score + 1e-12  # a skipped epoch had a bound below the best
+
+
+def test_early_stopping_arguments_are_checked():
+    with pytest.raises(ValueError, match="margin: expected a finite number >= 0"):
+        EarlyStopping(margin=-1.0)
+    with pytest.raises(ValueError, match="top: expected"):
+        EarlyStopping(top=0)
+
+
+def test_responsibilities_are_soft_over_the_nearest_charts_and_hard_with_one():
+    train, _ = _data()
+    model = _small()
+    model.fit_charts(train, epochs=2)
+    r = model.responsibilities(train, 3)
+    assert r.shape == (len(train), model.K)
+    torch.testing.assert_close(r.sum(-1), torch.ones(len(train)))
+    assert int((r > 0).sum(-1).max()) <= 3
+    assert torch.equal(r.argmax(-1), model.assign(train))  # the nearest chart has the largest share
+    hard = model.responsibilities(train, 1)
+    assert torch.equal(hard, torch.nn.functional.one_hot(model.assign(train), model.K).float())
+    assert float(r.max(-1).values.mean()) < 0.99  # genuinely shared
+
+
+def test_soft_membership_fits_weights_and_frames_to_responsibilities():
+    train, val = _data()
+    hard, soft = _small(), _small()
+    fit(hard, train, val, epochs=1, chart_epochs=2, objective="cells")
+    fit(soft, train, val, epochs=1, chart_epochs=2, objective="cells", membership="soft", top=3)
+    r = soft.responsibilities(train, 3)
+    torch.testing.assert_close(soft.weights, r.double().mean(0).float(), atol=1e-5, rtol=0)
+    assert not torch.allclose(hard.frames.shift, soft.frames.shift)  # frames see the neighbours' points
+    with pytest.raises(ValueError, match="membership: expected one of 'hard', 'soft'"):
+        fit(_small(), train, val, epochs=1, membership="fuzzy")
+
+
+def test_select_charts_keeps_the_best_validation_likelihood():
+    train, val = _data()
+
+    def make(k):
+        torch.manual_seed(0)
+        return build(3, "maf", k, transforms=1, hidden_features=(8,), vq_hidden=(8,))
+
+    model, history, table = select_charts(make, train, val, candidates=(1, 3, 6), epochs=2, chart_epochs=2)
+    assert [row["charts"] for row in table] == [1, 3, 6]
+    best = max(table, key=lambda row: row["val_log_likelihood"])
+    assert model.K == best["charts"] and history.epochs == 2
+    assert validation_score(model, val) == pytest.approx(best["val_log_likelihood"])
+    with pytest.raises(ValueError, match="candidates: expected a non-empty"):
+        select_charts(make, train, val, candidates=())
+
+
+def test_run_with_charts_auto_records_the_choice_and_reloads(tmp_path):
+    config = RunConfig(dataset="helix", model="vq-maf", n=600, epochs=2, chart_epochs=1, transforms=1, hidden=8,
+                       charts="auto", objective="mixture", top=2)
+    metrics = train_run(config, tmp_path / "run")
+    rows = metrics["chart_selection"]
+    assert [row["charts"] for row in rows] == [8, 16, 32, 64]
+    assert metrics["charts_selected"] == max(rows, key=lambda row: row["val_log_likelihood"])["charts"]
+    model = VQFlow.load(tmp_path / "run")
+    assert model.K == metrics["charts_selected"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["charts"] == "auto"
+    assert RunConfig().with_overrides(["charts=auto"]).charts == "auto"
+    with pytest.raises(ValueError, match="charts: expected a positive int or 'auto', got 'many'"):
+        RunConfig().with_overrides(["charts=many"])
