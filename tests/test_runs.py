@@ -102,7 +102,7 @@ def test_two_writers_at_once_one_wins(tmp_path):
 
 def test_ctrl_c_keeps_the_best_weights_and_a_rerun_overwrites_nothing(tmp_path, capsys):
     out = tmp_path / "r"
-    with pytest.raises(RunInterrupted, match=r"kept the best weights \(epoch 1 of 1 finished\)"):
+    with pytest.raises(RunInterrupted, match=r"kept the best weights \(epoch 1; 1 epoch finished\)"):
         train_run(RunConfig(**TINY), out, callback=_stop_at(1))
     assert (out / "interrupted.json").exists() and (out / "model" / "weights.pt").exists()
     assert not (out / "metrics.json").exists() and not (out / ".lock").exists()

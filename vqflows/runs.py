@@ -284,7 +284,8 @@ def _kept(out: Path, history: History | None) -> str:
     """What an interrupted run left in ``out``, and how to go on, in one line."""
     if (out / "model" / "weights.pt").exists() and history is not None:
         if history.best_epoch:
-            what = f"the best weights (epoch {history.best_epoch} of {history.epochs} finished) in {out / 'model'}"
+            done = f"{history.epochs} epoch{'s' if history.epochs != 1 else ''} finished"
+            what = f"the best weights (epoch {history.best_epoch}; {done}) in {out / 'model'}"
         else:
             what = f"the charts with an untrained flow (no flow epoch finished) in {out / 'model'}"
     else:
