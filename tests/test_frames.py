@@ -45,7 +45,9 @@ def test_grouped_application_equals_per_row_gather():
 
 
 def test_fitting_in_chunks_equals_one_fit(monkeypatch):
+    """Weighted membership (responsibilities) is fitted a few charts at a time, as one fit would."""
     x, member = _data()
+    member = member.double() * 0.5 + 0.25 * torch.rand(member.shape, generator=torch.Generator().manual_seed(1))
     whole = ChartFrames(5, 6).double()
     whole.fit(x, member, trim=None)
     import vqflows.frames as frames_module
@@ -122,3 +124,20 @@ def test_fit_keeps_dtype_and_follows_the_data_device():
     assert frames.matrix.dtype == torch.float32
     y, logdet = frames(x.float(), torch.zeros(400, dtype=torch.long))
     assert y.dtype == logdet.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind, dim", [("whitening", None), ("similarity", 2)])
+def test_member_pair_fit_equals_the_dense_fit(monkeypatch, kind, dim):
+    """Many points take the sparse path (sums over member pairs); it gives the dense path's frames."""
+    import vqflows.frames as frames_module
+
+    x, member = _data(600, 3, 5)
+    member[:, 2] = False
+    member[torch.arange(0, 600, 7), 2] = True  # a chart with overlap
+    dense = ChartFrames(5, 3).double()
+    dense.fit(x, member, kind=kind, dim=dim)
+    monkeypatch.setattr(frames_module, "_CHUNK_VALUES", 10)
+    sparse = ChartFrames(5, 3).double()
+    sparse.fit(x, member, kind=kind, dim=dim)
+    for name in ("shift", "matrix", "inverse_matrix", "logdet"):
+        torch.testing.assert_close(getattr(sparse, name), getattr(dense, name), rtol=1e-10, atol=1e-10)

@@ -135,6 +135,12 @@ class ChartFrames(nn.Module):
             for name, value in zip(("shift", "matrix", "inverse_matrix", "logdet"), parts):
                 getattr(self, name).copy_(value.expand_as(getattr(self, name)))
             return
+        if member.dtype == torch.bool and n * self.charts * features > _CHUNK_VALUES:
+            # many points: sums over the (point, chart) member pairs, O(N D²) memory, not O(N K D)
+            parts = self._fit_pairs(x, member, similarity, prior_count, floor, trim)
+            for name, value in zip(("shift", "matrix", "inverse_matrix", "logdet"), parts):
+                getattr(self, name).copy_(value)
+            return
         # a chart's frame depends only on x and its own column: fit as many columns at once as keep
         # the (N, chunk, D) working arrays near 2^25 values
         chunk = max(1, _CHUNK_VALUES // max(1, n * features))
@@ -166,6 +172,30 @@ class ChartFrames(nn.Module):
         dt = self.shift.dtype
         return tuple(t.to(dt) for t in frame)  # type: ignore[return-value]
 
+    def _fit_pairs(self, x: Tensor, member: Tensor, similarity_dim: int | None, prior_count: float,
+                   floor: float, trim: float | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`_fit_columns` for hard membership, from the member pairs alone (the same moments)."""
+        x = x.double()
+        i, k = member.nonzero(as_tuple=True)
+        frame = _pair_moments(x, i, k, self.charts, similarity_dim, prior_count, floor)
+        cutoff = trim_threshold(x.shape[1], trim)
+        if cutoff is not None:
+            shift, matrix = frame[0], frame[1]
+            y = torch.einsum("pij,pj->pi", matrix[k], x[i] - shift[k])
+            if similarity_dim is None:
+                far = y.square().sum(-1) > cutoff
+            else:  # similarity frames are not whitened: measure in the whitened chart covariance
+                far = torch.zeros(len(i), dtype=torch.bool, device=x.device)
+                for c in range(self.charts):
+                    rows = (k == c).nonzero().flatten()
+                    if len(rows) > x.shape[1]:
+                        yc = y[rows]
+                        cov = torch.cov(yc.T) + 1e-9 * torch.eye(yc.shape[1], dtype=yc.dtype, device=yc.device)
+                        far[rows] = (yc @ torch.linalg.inv(cov) * yc).sum(-1) > cutoff
+            keep = ~far
+            frame = _pair_moments(x, i[keep], k[keep], self.charts, similarity_dim, prior_count, floor)
+        return tuple(t.to(self.shift.dtype) for t in frame)  # type: ignore[return-value]
+
     def _fit_rotations(self, x: Tensor, member: Tensor, axis: Tensor | None) -> None:
         from .geometry import rotation_to
 
@@ -190,14 +220,32 @@ def _moments(x: Tensor, member: Tensor, similarity_dim: int | None, prior_count:
              floor: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(shift (K, D), matrix (K, D, D), inverse (K, D, D), logdet (K,))`` of the weighted chart moments, float64."""
     n, dim = x.shape
-    glob_mean = x.mean(0)
-    glob_cov = torch.cov(x.T).reshape(dim, dim)
     w = member.double()
     counts = w.sum(0)  # (K,)
-    share = (counts / n).clamp_min(1.0 / n)
-    mean = (w.T @ x + prior_count * glob_mean) / (counts + prior_count)[:, None]
+    mean = (w.T @ x + prior_count * x.mean(0)) / (counts + prior_count)[:, None]
     xc = x[:, None, :] - mean[None]  # (N, K, D)
     scatter = torch.einsum("nk,nki,nkj->kij", w, xc, xc)
+    return _frames_from(x, counts, mean, scatter, similarity_dim, prior_count, floor)
+
+
+def _pair_moments(x: Tensor, i: Tensor, k: Tensor, charts: int, similarity_dim: int | None, prior_count: float,
+                  floor: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_moments` of hard membership given as member pairs ``(i, k)``: sums over the pairs only."""
+    dim = x.shape[1]
+    counts = torch.bincount(k, minlength=charts).to(x.dtype)
+    sums = torch.zeros(charts, dim, dtype=x.dtype, device=x.device).index_add_(0, k, x[i])
+    mean = (sums + prior_count * x.mean(0)) / (counts + prior_count)[:, None]
+    xc = x[i] - mean[k]
+    scatter = torch.zeros(charts, dim, dim, dtype=x.dtype, device=x.device).index_add_(
+        0, k, xc[:, :, None] * xc[:, None, :])
+    return _frames_from(x, counts, mean, scatter, similarity_dim, prior_count, floor)
+
+
+def _frames_from(x: Tensor, counts: Tensor, mean: Tensor, scatter: Tensor, similarity_dim: int | None,
+                 prior_count: float, floor: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n, dim = x.shape
+    glob_cov = torch.cov(x.T).reshape(dim, dim)
+    share = (counts / n).clamp_min(1.0 / n)
     # the prior covariance shrinks with the chart: a chart holding a share s of the data
     # spans roughly s of its length along the manifold
     prior = glob_cov[None] * share[:, None, None].square()
