@@ -195,3 +195,13 @@ def test_torchrun_trains_one_run_with_two_gloo_processes(tmp_path):
     again = evaluate_run(out)
     assert again["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"], abs=1e-6)
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_compiled_loss_trains_like_the_eager_one():
+    """``compile=True`` (opt-in) runs the same loss through torch.compile: same losses to float tolerance."""
+    train, val = _data(400)
+    eager, compiled = _small(2), _small(2)
+    h1 = fit(eager, train, val, epochs=2, chart_epochs=1, early_stopping=None)
+    h2 = fit(compiled, train, val, epochs=2, chart_epochs=1, early_stopping=None, compile=True)
+    assert h2.train_loss == pytest.approx(h1.train_loss, rel=1e-4, abs=1e-4)

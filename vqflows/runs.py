@@ -78,6 +78,7 @@ class RunConfig:
     top: int = 4
     learn_weights: bool = True
     membership: str = "hard"
+    compile: bool = False  # torch.compile the loss: pays on long runs and GPUs, costs tens of seconds cold
     device: str = "cpu"
     threads: int = 1  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
 
@@ -260,7 +261,7 @@ def _fit_options(config: RunConfig) -> dict[str, Any]:
     return dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
                 chart_epochs=config.chart_epochs, seed=config.seed, device=config.device, objective=config.objective,
                 top=config.top, learn_weights=config.learn_weights, threads=config.threads or None,
-                membership=config.membership)
+                membership=config.membership, compile=config.compile)
 
 
 def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:

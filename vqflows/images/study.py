@@ -300,7 +300,8 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
 
     history = train_flow(model, data, None, epochs=config.epochs, batch_size=config.batch_size,
                          optimizer=adam(config.lr), scheduler=cosine if config.schedule == "cosine" else None,
-                         clip_grad=config.clip or None, early_stopping=None, callbacks=[Curve()], seed=seed)
+                         clip_grad=config.clip or None, early_stopping=None, callbacks=[Curve()], seed=seed,
+                         objective="cells")  # each image in its chart (the paper's eq. 17)
     if history.interrupted:
         raise KeyboardInterrupt
     train_seconds = sum(history.epoch_seconds)
