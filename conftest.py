@@ -1,8 +1,27 @@
-"""Names every docstring example may use (pytest runs them with ``--doctest-modules``)."""
+"""Shared test options and the names every docstring example may use (pytest runs them with ``--doctest-modules``)."""
 
 import numpy
 import pytest
 import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="device of the model contract tests (default: cpu)")
+    parser.addoption("--dtype", default="float64", choices=("float32", "float64"),
+                     help="dtype of the model contract tests (default: float64, where exactness is checked)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    name = request.config.getoption("--device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"--device {name}: no CUDA device here")
+    return torch.device(name)
+
+
+@pytest.fixture(scope="session")
+def dtype(request) -> torch.dtype:
+    return getattr(torch, request.config.getoption("--dtype"))
 
 
 @pytest.fixture(autouse=True)
