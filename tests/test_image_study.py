@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from vqflows.experiments.images import main, run_image_study
 from vqflows.images import (
     ClassifierFID,
     ImageFlowConfig,
@@ -21,7 +22,7 @@ from vqflows.images import (
     study,
 )
 from vqflows.images.report import summarise
-from vqflows.images.study import TEST_NOISE_SEED, evaluate_image_model, main, run_path
+from vqflows.images.study import TEST_NOISE_SEED, evaluate_image_model, run_path
 
 MODELS = ["realnvp", "vq-realnvp"]
 #: a study small enough for a test: 2 epochs of tiny flows and a tiny VQ autoencoder
@@ -193,7 +194,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="schedule"):
         StudyConfig(schedule="linear")
     with pytest.raises(ValueError, match="models"):
-        study.run_image_study("digits", models=["glow"])
+        run_image_study("digits", models=["glow"])
     base, vq = config.flow_config("maf"), config.flow_config("vq-maf")
     assert base.charts is None and vq.charts == config.charts
     assert {k: v for k, v in base.to_dict().items() if k != "charts"} == \

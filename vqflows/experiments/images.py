@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from ..checks import one_of, positive_int
-from ..images import study
+from ..images import report, study
 from ..images.data import DATASETS, load_images
 from ..images.fid import ClassifierFID, default_classifier_path
 from ..images.models import IMAGE_MODELS
-from ..io import claim, write_json
+from ..io import claim, read_json, write_json
 from ..training import resolve_device
 from .runner import Runner, Task, add_runner_arguments
 
@@ -68,7 +68,7 @@ def run_one(run: ImageRun, folder: Path) -> dict[str, Any]:
 
 
 def _finished(path: Path, config: study.StudyConfig) -> bool:
-    record = study.load_record(path)
+    record = read_json(path)
     if record is None or not record.get("finished"):
         return False
     if record.get("config") != config.to_dict():
@@ -99,8 +99,6 @@ def run_image_study(dataset: str = "digits", data_dir: str | None = None, models
     Writes ``study.json``, ``runs/*.json``, ``summary.{md,csv,json}``, ``fid_curves.{png,pdf}`` and
     ``samples/*.png`` (see :mod:`vqflows.images.report`). Returns the summary (as ``summary.json``).
     """
-    from ..images import report
-
     one_of(dataset, DATASETS, name="dataset")
     if isinstance(models, str):
         models = [models]

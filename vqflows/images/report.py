@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..io import write_json, write_text
+from ..io import read_json, write_json, write_text
 from .data import ImageSplits
 from .fid import ClassifierFID
+from .study import inception_fid, inception_reference, run_path
 
 __all__ = ["image_grid", "plot_fid_curves", "save_image_grid", "summarise", "write_report"]
 
@@ -186,12 +187,10 @@ def write_report(out: str | os.PathLike, splits: ImageSplits, fid: ClassifierFID
                  failures: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``summary.{md,csv,json}``, ``fid_curves.{png,pdf}`` and ``samples/<model>.png`` for the
     finished runs of ``models`` × ``trials`` in ``out``; returns the summary."""
-    from .study import load_record, run_path
-
     out = Path(out)
     records: dict[str, list[dict]] = {}
     for m in models:
-        runs = [load_record(run_path(out, m, t)) for t in range(trials)]
+        runs = [read_json(run_path(out, m, t)) for t in range(trials)]
         records[m] = [r for r in runs if r is not None and r.get("finished") and r.get("config") == config.to_dict()]
     rows = summarise(records)
     n = min(len(splits.test), config.fid_samples)
@@ -199,8 +198,6 @@ def write_report(out: str | os.PathLike, splits: ImageSplits, fid: ClassifierFID
     reference_fid = fid.score(held_out[:n], fid.stats(splits.test))
     reference_inception = None
     if config.inception:
-        from .study import inception_fid, inception_reference
-
         inception = inception_fid(splits)
         reference_inception = inception.score(held_out[:n], inception_reference(inception, splits))
     summary = {"dataset": splits.name, "source": getattr(splits, "source", splits.name), "config": config.to_dict(),

@@ -39,14 +39,15 @@ from typing import Any
 import torch
 
 from ..checks import one_of, positive_int
-from ..io import apply_overrides, read_json, save_numpy, write_json
+from ..io import apply_overrides, save_numpy, write_json
 from ..training import History, adam, cosine, train_flow
 from .data import DATASETS, ImageSplits
 from .dequantize import LogitDequantization, bits_per_dim
 from .fid import ClassifierFID, default_classifier_path
+from .inception import InceptionFID
 from .models import ENCODERS, IMAGE_MODELS, ImageFlowConfig, build_image_flow
 
-__all__ = ["StudyConfig", "evaluate_image_model", "main", "run_image_study", "run_path", "train_image_run"]
+__all__ = ["StudyConfig", "evaluate_image_model", "run_path", "train_image_run"]
 
 #: Learning-rate schedules.
 SCHEDULES = ("cosine", "constant")
@@ -324,8 +325,6 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
 
 @functools.lru_cache(maxsize=2)
 def _inception(shape: tuple[int, int], levels: int, device: str):
-    from .inception import InceptionFID
-
     return InceptionFID(shape=shape, levels=levels, device=device)
 
 
@@ -338,26 +337,3 @@ def inception_reference(inception, splits: ImageSplits):
     """Inception statistics of the test images, cached in ``$VQFLOWS_CACHE/fid`` (computed once, then shared)."""
     return inception.reference_stats(splits.test, cache_dir=default_classifier_path("x").parent,
                                      dataset=splits.tag, split="test")
-
-
-def load_record(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The run record at ``path``, or ``None`` if it is missing or unreadable."""
-    return read_json(path)
-
-
-def run_image_study(*args, **kwargs) -> dict[str, Any]:
-    """:func:`vqflows.experiments.images.run_image_study` (the study's runner and report)."""
-    from ..experiments.images import run_image_study
-
-    return run_image_study(*args, **kwargs)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """:func:`vqflows.experiments.images.main`, the command line ``vqflows benchmark --images``."""
-    from ..experiments.images import main
-
-    return main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
