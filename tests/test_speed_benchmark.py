@@ -1,4 +1,4 @@
-"""The hand-written MAF that benchmarks/speed.py times as the floor is a valid autoregressive density."""
+"""The hand-written MAF that benchmarks/timing.py times as the floor is a valid autoregressive density."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-_spec = importlib.util.spec_from_file_location("speed_benchmark", Path(__file__).parent.parent / "benchmarks" / "speed.py")
-speed = sys.modules["speed_benchmark"] = importlib.util.module_from_spec(_spec)
+_spec = importlib.util.spec_from_file_location("timing_benchmark", Path(__file__).parent.parent / "benchmarks" / "timing.py")
+speed = sys.modules["timing_benchmark"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(speed)
 
 
 def _flow(context: int):
     torch.manual_seed(0)
-    f = speed.hand_maf(3, context).double()
+    f = speed.HandMAF(3, context).double()
     with torch.no_grad():
         for p in f.parameters():
             p.normal_(0, 0.3)

@@ -32,7 +32,7 @@ LOG_PROB_MODES = ("mixture", "charts", "top")
 ENCODE_MODES = ("map", "expected", "sample")
 #: Rows of the flattened ``(N K)`` pass scored at once. Measured on a 2-core CPU (K = 32, N = 1e5):
 #: 8,192 rows ran 2.4× faster than 65,536, whose buffers fell out of the cache and the allocator's
-#: reuse (1.9 M page faults); see ``benchmarks/speed.py``.
+#: reuse (1.9 M page faults); ``test_log_prob_throughput`` in ``benchmarks/timing.py`` times the sizes.
 CHUNK = 8192
 
 
