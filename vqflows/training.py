@@ -34,9 +34,12 @@ broadcast. A run with W ranks and global batch B takes the same steps as one pro
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import os
+import pickle
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,14 +253,31 @@ def resolve_device(device) -> torch.device:
     return device
 
 
+#: The most torch threads accepted per CPU of the machine (:func:`check_threads`): more only
+#: oversubscribe, and far more crash torch's thread pool.
+THREADS_PER_CPU = 4
+
+
+def check_threads(threads: int | None, *, name: str = "threads") -> int | None:
+    """Check a torch thread count: ``None`` or 0 (leave torch's setting) up to :data:`THREADS_PER_CPU` × the CPUs here."""
+    if threads is None:
+        return None
+    positive_int(threads, name=name, minimum=0)
+    cap = THREADS_PER_CPU * (os.cpu_count() or 1)
+    if threads > cap:
+        raise ValueError(f"{name}: expected an integer from 0 to {cap} ({THREADS_PER_CPU} per CPU of the "
+                         f"{os.cpu_count() or 1} here), got {threads}")
+    return int(threads)
+
+
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads (``None``: leave torch's setting), restoring it after."""
-    if not threads:
+    """Run with ``threads`` intra-op threads (``None`` or 0: leave torch's setting), restoring it after."""
+    if not check_threads(threads):
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(positive_int(threads, name="threads"))
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -267,6 +287,82 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def _check_spread(x: Tensor, name: str) -> None:
     if x.shape[0] > 1 and bool((x.std(0) == 0).all()):
         raise ValueError(f"{name}: expected data with non-zero spread, got constant values")
+
+
+def digest(*parts: Any) -> str:
+    """SHA-256 (hex) of tensors (dtype, shape and bytes), mappings of them (e.g. a ``state_dict``) and plain values."""
+    h = hashlib.sha256()
+
+    def feed(part: Any) -> None:
+        if isinstance(part, Tensor):
+            t = part.detach().cpu().contiguous().reshape(-1)
+            h.update(f"tensor {t.dtype} {tuple(part.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(part, Mapping):
+            h.update(f"map {len(part)};".encode())
+            for k, v in part.items():
+                h.update(f"{k!r}:".encode())
+                feed(v)
+        else:
+            h.update(f"{part!r};".encode())
+
+    for part in parts:
+        feed(part)
+    return h.hexdigest()
+
+
+#: What a checkpoint holds: tensors and plain data only, so that it loads with ``weights_only=True``.
+CHECKPOINT_KEYS = ("epoch", "done", "model", "best", "since_best", "optimizer", "scheduler", "logits", "generator",
+                   "torch_rng", "history", "fingerprint")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The training state in the checkpoint ``path`` (on the CPU), read with ``weights_only=True``.
+
+    A file holding anything but tensors and plain data is refused unread (unpickling it could run
+    code), as are empty, truncated or foreign files: each with a one-line ``ValueError``.
+    """
+    path = Path(path)
+    again = f"remove {str(path)!r} to start over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise ValueError(f"checkpoint: expected a checkpoint written by training, got an unreadable file "
+                             f"{str(path)!r} (UnpicklingError); {again}") from None
+        raise ValueError(f"checkpoint: expected tensors and plain data written by training, got {str(path)!r} "
+                         f"holding other objects (refused unread: loading it could run code); {again}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        raise ValueError(f"checkpoint: expected a checkpoint written by training, got an empty, truncated or "
+                         f"unreadable file {str(path)!r} ({type(e).__name__}); {again}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"checkpoint: expected a checkpoint written by training, got {str(path)!r} without "
+                         f"{', '.join(missing)}; {again}")
+    return state
+
+
+def _check_fingerprint(path: Path, saved: Any, now: dict) -> None:
+    """Refuse a checkpoint written by a fit with other settings, data or initial model than this one."""
+    head = f"checkpoint: expected the checkpoint of this fit, got {str(path)!r}"
+    tail = "; remove it to start over"
+    if not isinstance(saved, dict):
+        raise ValueError(f"{head} without a readable fingerprint{tail}")
+    for key in dict.fromkeys([*now, *saved]):
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            name = next(k for k in dict.fromkeys([*b, *a]) if a.get(k) != b.get(k))
+            raise ValueError(f"{head} written with {name}={a.get(name)!r} where this fit has "
+                             f"{name}={b.get(name)!r}{tail}")
+        what = {"model": "another initial model", "train": "other training points",
+                "val": "other validation points"}.get(key, f"another {key}")
+        raise ValueError(f"{head} written for {what} (sha256 {str(a)[:12]}..., here {str(b)[:12]}...){tail}")
+
+
+def _name(f: Any) -> str | None:
+    return None if f is None else getattr(f, "__qualname__", type(f).__qualname__)
 
 
 def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 512, lr: float = 2e-3,
@@ -316,6 +412,17 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
     train, val = train.to(device, dtype), val.to(device, dtype)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     resume = checkpoint is not None and checkpoint.exists()
+    fingerprint = None
+    if checkpoint is not None:  # what a checkpoint must match to be resumed: the settings, data and initial model
+        stopping = early_stopping if not isinstance(early_stopping, EarlyStopping) else asdict(early_stopping)
+        fingerprint = {
+            "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                         "patience": patience, "chart_epochs": chart_epochs, "seed": seed, "val_points": val_points,
+                         "objective": objective, "top": top, "learn_weights": learn_weights,
+                         "fit_charts": fit_charts, "clip_grad": clip_grad, "early_stopping": stopping,
+                         "membership": membership, "dtype": str(dtype), "optimizer": _name(optimizer),
+                         "scheduler": _name(scheduler)},
+            "train": digest(train), "val": digest(val), "model": digest(model.state_dict())}
     rank, world = _world()
     with torch_threads(threads), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -339,7 +446,8 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
                           if early_stopping is True else
                           (early_stopping or None), objective=objective, top=top, learn_weights=learn_weights,
                           callbacks=[*([callback] if callback else []), *callbacks], seed=seed, progress=progress,
-                          checkpoint=checkpoint, resume=resume, history=history, compile=compile)
+                          checkpoint=checkpoint, resume=resume, history=history, compile=compile,
+                          fingerprint=fingerprint)
 
 
 def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs: int = 100, batch_size: int = 512,
@@ -348,7 +456,7 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
                objective: str = "mixture", top: int = 4, learn_weights: bool = True,
                callbacks: Iterable[Callback] = (), seed: int = 0, progress: bool = False,
                checkpoint: Path | None = None, resume: bool | None = None, history: History | None = None,
-               compile: bool = False) -> History:
+               compile: bool = False, fingerprint: Mapping[str, Any] | None = None) -> History:
     """Train the flow of a model whose charts, weights and frames are fitted (stage 3).
 
     Arguments:
@@ -363,8 +471,11 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
         objective: ``"cells"`` or ``"mixture"`` (see the module); ``top``: charts per point of the
             mixture objective; ``learn_weights``: learn ``p_k`` with the mixture objective.
         callbacks: called after every epoch as ``callback(epoch, model, history)``.
-        checkpoint: a file for the loop's state after every epoch; ``resume`` (default: whether the file
-            exists) continues from it.
+        checkpoint: a file for the loop's state after every epoch (tensors and plain data, read with
+            ``weights_only=True``); ``resume`` (default: whether the file exists) continues from it. A
+            checkpoint written with other settings, data or initial model is refused (``ValueError``):
+            ``fingerprint`` (default: the model's state when training starts) is what it must match
+            beside this loop's own settings and training points.
         compile: run the loss through ``torch.compile`` (opt-in: it pays only on long runs or a warm cache).
     """
     one_of(objective, OBJECTIVES, name="objective")
@@ -392,10 +503,15 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
     fixed = None if callable(train) else as_points(train, model.features, name="train").to(device, dtype)
     if val is not None:
         val = as_points(val, model.features, name="val").to(device, dtype)
-    assigned = charts_of(fixed) if fixed is not None else None
-    val_top = None  # the validation points' nearest charts, fixed while the flow trains
-    if early_stopping is not None and early_stopping.top is not None and early_stopping.top < model.K:
-        val_top = model.top_charts(val, early_stopping.top)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None:
+        stopping = None if early_stopping is None else asdict(early_stopping)
+        fingerprint = {"loop": {"epochs": epochs, "batch_size": batch_size, "objective": objective, "top": top,
+                                "learn_weights": learn_weights, "clip_grad": clip_grad, "seed": seed,
+                                "early_stopping": stopping, "optimizer": _name(optimizer),
+                                "scheduler": _name(scheduler)},
+                       "points": digest(fixed) if fixed is not None else _name(train),
+                       **(fingerprint if fingerprint is not None else {"model": digest(model.state_dict())})}
 
     logits = None
     if objective == "mixture" and learn_weights and model.K > 1:
@@ -421,7 +537,8 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
     best = copy.deepcopy(model.state_dict())
     since_best, start = 0, 1
     if checkpoint is not None and (checkpoint.exists() if resume is None else resume):
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = read_checkpoint(checkpoint)
+        _check_fingerprint(checkpoint, state["fingerprint"], fingerprint)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched_state = state.get("scheduler")
@@ -433,8 +550,11 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
         start = epochs + 1 if state["done"] else state["epoch"] + 1
         history = History.from_dict(state["history"])
         history.resumed_at = state["epoch"]
-        if fixed is not None:
-            assigned = charts_of(fixed)
+    # everything derived from the model is computed once its state is final (after a checkpoint is loaded)
+    assigned = charts_of(fixed) if fixed is not None else None
+    val_top = None  # the validation points' nearest charts, fixed while the flow trains
+    if early_stopping is not None and early_stopping.top is not None and early_stopping.top < model.K:
+        val_top = model.top_charts(val, early_stopping.top)
     for cb in callbacks:
         begin = getattr(cb, "on_train_begin", None)
         if begin is not None and start == 1:
@@ -528,7 +648,8 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
                     "epoch": epoch, "done": stop or epoch == epochs, "model": model.state_dict(), "best": best, "since_best": since_best,
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
                     "logits": logits.detach() if logits is not None else None, "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "history": history.to_dict()}, checkpoint)
+                    "torch_rng": torch.get_rng_state(), "history": history.to_dict(),
+                    "fingerprint": fingerprint}, checkpoint)
             if stop:
                 break
     except KeyboardInterrupt:
@@ -546,4 +667,4 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
 
 
 __all__ = ["fit", "train_flow", "resolve_device", "History", "EarlyStopping", "TrainingError", "adam", "cosine",
-           "torch_threads", "OBJECTIVES", "MEMBERSHIPS", "CHECK_TOP", "CHECK_MARGIN"]
+           "torch_threads", "check_threads", "digest", "read_checkpoint", "OBJECTIVES", "MEMBERSHIPS", "CHECK_TOP", "CHECK_MARGIN"]
