@@ -356,7 +356,7 @@ def _check_fingerprint(path: Path, saved: Any, now: dict) -> None:
             name = next(k for k in dict.fromkeys([*b, *a]) if a.get(k) != b.get(k))
             raise ValueError(f"{head} written with {name}={a.get(name)!r} where this fit has "
                              f"{name}={b.get(name)!r}{tail}")
-        what = {"model": "another initial model", "train": "other training points",
+        what = {"model": "another initial model", "train": "other training points", "points": "other training points",
                 "val": "other validation points"}.get(key, f"another {key}")
         raise ValueError(f"{head} written for {what} (sha256 {str(a)[:12]}..., here {str(b)[:12]}...){tail}")
 
@@ -506,12 +506,13 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None:
         stopping = None if early_stopping is None else asdict(early_stopping)
-        fingerprint = {"loop": {"epochs": epochs, "batch_size": batch_size, "objective": objective, "top": top,
-                                "learn_weights": learn_weights, "clip_grad": clip_grad, "seed": seed,
-                                "early_stopping": stopping, "optimizer": _name(optimizer),
-                                "scheduler": _name(scheduler)},
-                       "points": digest(fixed) if fixed is not None else _name(train),
-                       **(fingerprint if fingerprint is not None else {"model": digest(model.state_dict())})}
+        fingerprint = {**(fingerprint if fingerprint is not None else {"model": digest(model.state_dict())}),
+                       "settings": {**(fingerprint or {}).get("settings", {}),
+                                    "epochs": epochs, "batch_size": batch_size, "objective": objective, "top": top,
+                                    "learn_weights": learn_weights, "clip_grad": clip_grad, "seed": seed,
+                                    "early_stopping": stopping, "optimizer": _name(optimizer),
+                                    "scheduler": _name(scheduler)},
+                       "points": digest(fixed) if fixed is not None else _name(train)}
 
     logits = None
     if objective == "mixture" and learn_weights and model.K > 1:

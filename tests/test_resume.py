@@ -1,0 +1,231 @@
+"""Resuming at the defaults a user gets (32 charts, the mixture objective, the top-8 early-stopping check):
+after Ctrl-C, SIGINT or SIGKILL the resumed run equals the uninterrupted one bit for bit; checkpoints hold
+tensors and plain data only and belong to one fit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vqflows.io
+from vqflows import datasets, fit
+from vqflows.cli import main
+from vqflows.runs import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+#: 32 charts and the default objective and early stopping; only the flow and the chart stage are small
+SETTINGS = ["n=2000", "chart_epochs=2", "hidden=16", "transforms=1"]
+EPOCHS = 4
+CLI = ["--epochs", str(EPOCHS), "--quiet", "--set", *SETTINGS]
+#: the history that must come out equal (timings and the resume point aside)
+SAME = ("epoch", "train_loss", "val_log_likelihood", "val_score", "val_exact", "best_epoch", "best_val_score",
+        "best_val_bound", "stopped_early", "interrupted", "chart_loss")
+
+
+class Planted:
+    """Unpickling this creates the file ``path``: code run by loading."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def _model():
+    torch.manual_seed(0)
+    return RunConfig(hidden=16, transforms=1).build_model(3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    s = datasets.load("helix", n=2000, seed=0)
+    return s.train, s.val
+
+
+def _fit(model, data, checkpoint, **kw):
+    train, val = data
+    return fit(model, train, val, epochs=EPOCHS, chart_epochs=2, checkpoint=checkpoint, **kw)
+
+
+def _same_models(a, b) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """The uninterrupted fit, with its checkpoint."""
+    ck = tmp_path_factory.mktemp("straight") / "ck.pt"
+    model = _model()
+    history = _fit(model, data, ck)
+    assert model.K == 32 and history.epochs == EPOCHS and not history.interrupted
+    assert history.val_exact == [False] * EPOCHS  # the top-8 bound was the check (8 < 32 charts)
+    return model, history, ck
+
+
+def test_fit_resumes_bit_for_bit_at_32_charts(straight, data, tmp_path):
+    model, history, _ = straight
+    ck = tmp_path / "ck.pt"
+
+    def stop(epoch, m, h):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    cut = _fit(_model(), data, ck, callback=stop)
+    assert cut.interrupted and torch.load(ck, weights_only=True)["epoch"] == 2
+    resumed = _model()  # a new process rebuilds the model, then resumes from the file
+    again = _fit(resumed, data, ck)
+    assert again.resumed_at == 2 and not again.interrupted
+    for key in SAME:
+        assert getattr(again, key) == getattr(history, key), key
+    _same_models(model, resumed)
+    x = data[1][:200]
+    assert torch.equal(model.log_prob(x), resumed.log_prob(x))
+
+
+def test_a_planted_pickle_is_refused_unread(data, tmp_path):
+    ck, marker = tmp_path / "ck.pt", tmp_path / "ran"
+    torch.save({"epoch": Planted(marker)}, ck)
+    with pytest.raises(ValueError, match=r"^checkpoint: expected tensors and plain data .*refused unread") as e:
+        _fit(_model(), data, ck)
+    assert "\n" not in str(e.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "foreign"])
+def test_a_damaged_checkpoint_is_a_one_line_error(straight, data, tmp_path, damage):
+    ck = tmp_path / "ck.pt"
+    good = straight[2].read_bytes()
+    if damage == "foreign":
+        torch.save({"weights": torch.zeros(3)}, ck)
+    else:
+        ck.write_bytes(b"" if damage == "empty" else good[: len(good) // 2])
+    before = ck.read_bytes()
+    with pytest.raises(ValueError, match=r"^checkpoint: expected a checkpoint written by training, got") as e:
+        _fit(_model(), data, ck)
+    assert "\n" not in str(e.value) and ck.read_bytes() == before
+
+
+def test_another_fits_checkpoint_is_refused(straight, data, tmp_path):
+    model, history, _ = straight
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(straight[2].read_bytes())
+    train, val = data
+    other = datasets.load("helix", n=2000, seed=1)
+    with pytest.raises(ValueError, match="written for other training points"):
+        fit(_model(), other.train, val, epochs=EPOCHS, chart_epochs=2, checkpoint=ck)
+    with pytest.raises(ValueError, match="written with epochs=4 where this fit has epochs=6"):
+        fit(_model(), train, val, epochs=6, chart_epochs=2, checkpoint=ck)
+    with pytest.raises(ValueError, match="written with lr=0.002 where this fit has lr=0.001"):
+        _fit(_model(), data, ck, lr=1e-3)
+    torch.manual_seed(1)
+    with pytest.raises(ValueError, match="written for another initial model"):
+        _fit(RunConfig(hidden=16, transforms=1).build_model(3), data, ck)
+    assert ck.read_bytes() == straight[2].read_bytes()
+    # the same fit takes it: a finished checkpoint gives the finished model without training again
+    same = _model()
+    assert _fit(same, data, ck).epoch == history.epoch
+    _same_models(model, same)
+
+
+# ---------------------------------------------------------------------------------------- the command line
+
+#: the command line, stopped by a signal right after the checkpoint of epoch $STOP_EPOCH is written
+HOOKED = """
+import os, signal, sys
+import vqflows.io as io
+save = io.atomic_torch_save
+def hooked(obj, path):
+    out = save(obj, path)
+    if str(path).endswith("checkpoint.pt") and obj["epoch"] == int(os.environ["STOP_EPOCH"]):
+        os.kill(os.getpid(), getattr(signal, os.environ["STOP_SIGNAL"]))
+    return out
+io.atomic_torch_save = hooked
+from vqflows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "whole"
+    assert main(["train", "--out", str(out), *CLI]) == 0
+    assert json.loads((out / "history.json").read_text())["val_exact"] == [False] * EPOCHS
+    return out
+
+
+def _same_runs(a: Path, b: Path) -> None:
+    ha, hb = (json.loads((p / "history.json").read_text()) for p in (a, b))
+    for key in SAME:
+        assert ha[key] == hb[key], key
+    wa, wb = (torch.load(p / "model" / "weights.pt", weights_only=True) for p in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    for key in ("test_log_likelihood", "val_log_likelihood", "epochs", "best_epoch"):
+        assert ma[key] == mb[key], key
+    assert not (b / "checkpoint.pt").exists() and not (b / ".lock").exists()
+
+
+def test_cli_resume_after_sigint_equals_the_whole_run(whole, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cut"
+    save = vqflows.io.atomic_torch_save
+
+    def hooked(obj, path):
+        saved = save(obj, path)
+        if Path(path).name == "checkpoint.pt" and obj["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after epoch 2 is saved
+        return saved
+
+    monkeypatch.setattr(vqflows.io, "atomic_torch_save", hooked)
+    assert main(["train", "--out", str(out), *CLI]) == 130
+    assert "resume continues from the last finished epoch" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert main(["train", "--out", str(out), "--resume", *CLI]) == 0
+    assert json.loads((out / "history.json").read_text())["resumed_at"] == 2
+    _same_runs(whole, out)
+
+
+def test_cli_resume_after_sigkill_equals_the_whole_run(whole, tmp_path):
+    out = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STOP_EPOCH": "2", "STOP_SIGNAL": "SIGKILL"}
+    p = subprocess.run([sys.executable, "-c", HOOKED, "train", "--out", str(out), *CLI], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert (out / ".lock").exists() and not (out / "metrics.json").exists()  # killed: nothing could clean up
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert main(["train", "--out", str(out), "--resume", *CLI]) == 0  # the dead writer's lock is taken over
+    _same_runs(whole, out)
+
+
+def test_cli_refuses_a_planted_or_damaged_checkpoint(tmp_path, capsys):
+    out, marker = tmp_path / "cut", tmp_path / "ran"
+
+    def stop(epoch, model, history):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    from vqflows.runs import RunInterrupted, train_run
+
+    config = RunConfig(n=2000, epochs=EPOCHS, chart_epochs=2, hidden=16, transforms=1)
+    with pytest.raises(RunInterrupted):
+        train_run(config, out, callback=stop)
+    good = (out / "checkpoint.pt").read_bytes()
+    for content in ("planted", b"", good[:100], good[: len(good) // 2]):
+        if content == "planted":
+            torch.save({"epoch": Planted(marker)}, out / "checkpoint.pt")
+        else:
+            (out / "checkpoint.pt").write_bytes(content)
+        before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        assert main(["train", "--out", str(out), "--resume", *CLI]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "vqflows train: error: checkpoint: expected" in err, err
+        assert not marker.exists() and not (out / ".lock").exists()
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
