@@ -57,3 +57,25 @@ def test_sklearn_check_estimator():
     failed = {r["check_name"]: str(r["exception"]).splitlines()[:1] for r in results if r["status"] == "failed"}
     assert not failed
     assert len(results) > 30
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_reach_training(X, monkeypatch, threads):
+    import torch
+
+    import vqflows.training
+
+    seen, train_flow = [], vqflows.training.train_flow
+
+    def watched(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return train_flow(*args, **kwargs)
+
+    monkeypatch.setattr(vqflows.training, "train_flow", watched)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        VQFlowDensity(charts=2, threads=threads, **SMALL).fit(X)
+        assert seen == [threads] and torch.get_num_threads() == 1  # and put back after
+    finally:
+        torch.set_num_threads(before)

@@ -28,6 +28,7 @@ import os
 import platform
 import socket
 import tempfile
+import threading
 import time
 import types
 import typing
@@ -41,6 +42,7 @@ import numpy as np
 __all__ = [
     "apply_overrides",
     "claim",
+    "file_mode",
     "hardware",
     "parse_overrides",
     "read_json",
@@ -54,12 +56,47 @@ __all__ = [
 # ----------------------------------------------------------------------------------------- atomic writes
 
 
+_UMASK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode a new file gets from :func:`open`: ``0o666`` less the process's umask (e.g. ``0o644``)."""
+    try:  # read without changing it (Linux)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temp_file(folder: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """:func:`tempfile.mkstemp` in ``folder``, with the mode of :func:`file_mode` rather than ``0o600``,
+    so that the file renamed into place reads as any file the user makes there."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, file_mode())
+        else:
+            os.chmod(tmp, file_mode())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path."""
+    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path.
+
+    The file gets the mode a plain :func:`open` would give it (``0o666`` less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a unique temporary name: several processes may write the same file (a cache entry) at once
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -102,7 +102,8 @@ class VQFlowDensity(BaseEstimator):
                           frames=self.frames, flow_options=self.flow_options)
             history = fit(model, train, val, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                           weight_decay=self.weight_decay, patience=self.patience, chart_epochs=self.chart_epochs,
-                          objective=self.objective, top=self.top, seed=self.seed, device=self.device)
+                          objective=self.objective, top=self.top, seed=self.seed, device=self.device,
+                          threads=self.threads)
         if history.interrupted:
             raise KeyboardInterrupt
         self.model_: VQFlow = model.to("cpu").eval()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..checks import as_points, positive_int
+from ..io import temp_file
 from ..training import resolve_device
 from .fid import feature_stats, frechet_distance
 
@@ -249,7 +249,7 @@ class InceptionFID:
             return cached
         mu, sigma = self.stats(x)
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.stem + ".", suffix=".tmp")
+        fd, tmp = temp_file(folder, prefix=path.stem + ".")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, mu=mu, sigma=sigma, count=len(x), extractor=self.extractor, content=content)
