@@ -49,6 +49,9 @@ def _report(metrics: dict, as_json: bool) -> None:
     if as_json:
         _print_json(metrics)
         return
+    if metrics.get("status", "finished") != "finished":
+        epochs = f" after {metrics['epochs']} epochs" if isinstance(metrics.get("epochs"), int) else ""
+        print(f"{'status':28s} {metrics['status']}: the best weights so far{epochs}, not a finished run's")
     for key in ("dataset", "model", "seed", "test_log_likelihood", "test_log_likelihood_top", "val_log_likelihood",
                 "oracle_log_likelihood", "gap_to_oracle", "reconstruction_error", "epochs", "train_seconds",
                 "parameters", "out"):

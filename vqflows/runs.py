@@ -1,13 +1,18 @@
 """Run folders: one trained model with its resolved config, weights, metrics and training curve.
 
-A run folder holds ``config.json`` (the resolved :class:`RunConfig`), ``model/`` (see
+A run folder holds ``run.json`` (the mark of a vqflows run: its state and the SHA-256 of its config,
+data and weights), ``config.json`` (the resolved :class:`RunConfig`), ``model/`` (see
 :meth:`VQFlow.save`), ``metrics.json`` and ``history.json``/``history.csv``; a run on a file also
 holds ``data.json`` (the file's absolute path and SHA-256). Files are written atomically; a
 folder without ``metrics.json`` is unfinished, and ``interrupted.json`` marks one stopped by Ctrl-C.
 
 While a run writes, its folder holds ``.lock`` (created exclusively, holding the writer's pid and
 host), so a second writer is refused instead of silently mixing two runs. Nothing a finished or
-interrupted run made is replaced unless asked (``overwrite``, or ``resume`` for an interrupted run).
+interrupted run made is replaced unless asked (``overwrite``, or ``resume`` for an interrupted run),
+and ``overwrite`` builds the new run in a hidden folder inside the old one
+(``.vqflows-new-<pid>``) and moves it into place only once it has finished: a new run that fails,
+diverges, is interrupted or killed leaves the old run as it was. A folder holding run files that
+no vqflows run wrote (no ``run.json``) is never written into.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io as _io
 import json
 import os
@@ -29,20 +35,25 @@ import torch
 
 from . import datasets, presets
 from .checks import one_of, positive_int, spread
-from .io import apply_overrides, claim, write_json, write_text
+from .io import apply_overrides, claim, read_json, write_bytes, write_json, write_text
 from .model import VQFlow
 from .selection import CANDIDATES, select_charts
-from .training import MEMBERSHIPS, OBJECTIVES, History, fit
+from .training import MEMBERSHIPS, OBJECTIVES, History, check_threads, digest, fit
 
 #: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
 #: belong to the image study).
 MODELS = tuple(name for name in presets.names() if not name.startswith("image-"))
 
 #: Files a run writes into its folder (besides ``model/``); ``overwrite`` removes exactly these.
-RUN_FILES = ("config.json", "data.json", "metrics.json", "interrupted.json", "history.json", "history.csv",
-             "checkpoint.pt")
+RUN_FILES = ("run.json", "config.json", "data.json", "metrics.json", "interrupted.json", "history.json",
+             "history.csv", "checkpoint.pt")
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.pt"
+#: ``run.json``: what marks a folder as a vqflows run, and records the run's fingerprint.
+MARKER, FORMAT = "run.json", "vqflows-run"
+#: Hidden folders inside a run folder: where ``overwrite`` builds the new run, and where it moves the
+#: old one aside while swapping them.
+STAGING, ASIDE = ".vqflows-new-", ".vqflows-old-"
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -166,11 +177,14 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     """Train the run ``config`` into the folder ``out`` and return its metrics.
 
     The data, model and settings are checked before the folder is touched. The folder is then
-    claimed with ``.lock`` (a second writer gets ``ValueError``). A finished run is replaced only
-    with ``overwrite``; an unfinished one (e.g. stopped by Ctrl-C) only with ``overwrite`` or
-    ``resume``. With ``resume`` the saved settings must match ``config`` (device and threads aside)
-    and the data file must be unchanged; training goes on from ``checkpoint.pt`` (written after every
-    epoch) where :func:`fit` supports checkpoints, and starts over otherwise.
+    claimed with ``.lock`` (a second writer gets ``ValueError``; every error releases it). A
+    finished run is replaced only with ``overwrite``; an unfinished one (e.g. stopped by Ctrl-C)
+    only with ``overwrite`` or ``resume``. ``overwrite`` trains the new run in a hidden folder inside
+    ``out`` and swaps it in only once it has finished, so that the old run survives a new one that
+    fails or is stopped; a folder with run files but no ``run.json`` (not a vqflows run) is refused.
+    With ``resume`` the saved settings must match ``config`` (device and threads aside) and the data
+    file must be unchanged; training goes on from ``checkpoint.pt`` (written after every epoch) where
+    :func:`fit` supports checkpoints, and starts over otherwise.
 
     On Ctrl-C the best weights so far (if a flow epoch finished) are saved with
     ``interrupted.json``, then :class:`RunInterrupted` says what the folder kept. A run that fails
@@ -179,6 +193,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     out = Path(out)
     if overwrite and resume:
         raise ValueError("resume: expected either resume or overwrite, got both")
+    check_threads(config.threads)  # absurd counts crash torch's thread pool: refused before anything is made
     if config.threads:
         torch.set_num_threads(config.threads)
     config, rank = _join_process_group(config)
@@ -192,6 +207,11 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
 
     with _claim(out):
         state = _state(out)
+        if state == "foreign":
+            held = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                                    if p.name in RUN_FILES or p.name == "model"))
+            raise ValueError(f"out: expected a new folder or a vqflows run folder, got {str(out)!r} holding {held} "
+                             f"but no {MARKER} (not written by a vqflows run; choose another folder)")
         if state == "finished" and not overwrite:
             raise ValueError(f"out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
                              f"(use overwrite to replace it)")
@@ -200,46 +220,127 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
                              f"(use resume to continue it or overwrite to start over)")
         if state == "unfinished" and resume:
             _check_resumable(out, config, splits)
+        _remove_hidden(out, STAGING)  # left by a run killed while building beside this one
         if overwrite:
-            _clear(out)
-        fresh = state == "new" or overwrite
+            _remove_hidden(out, ASIDE)  # left by a swap that was killed half-way: being replaced now
+        if not (overwrite and state != "new"):
+            return _train_into(out, config, model, splits, fresh=state == "new", progress=progress,
+                               callback=callback)
+        stage = out / f"{STAGING}{os.getpid()}"
+        try:
+            stage.mkdir()
+            metrics = _train_into(stage, config, model, splits, fresh=True, progress=progress, callback=callback)
+            _swap(out, stage)
+        except RunInterrupted:
+            raise RunInterrupted(f"interrupted: nothing replaced, the run in {out} is as it was "
+                                 f"(overwrite starts the new run over)") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return metrics
+
+
+def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Splits, *, fresh: bool,
+                progress: bool, callback: Callable | None) -> dict[str, Any]:
+    """Train into the claimed folder ``out`` (a new run when ``fresh``, else a resumed one, whose first
+    files are put back as they were if it fails)."""
+    history = None
+    kept = {} if fresh else {name: (out / name).read_bytes() for name in (MARKER, "config.json", "data.json")
+                             if (out / name).is_file()}
+    try:
+        _write_json(out / MARKER, {"format": FORMAT, "state": "running"})  # first: the folder is a run from here on
         _write_json(out / "config.json", config.to_dict())
         if splits.path is not None:
             _write_json(out / "data.json", {"path": splits.path, "sha256": splits.sha256,
                                             "rows": sum(len(t) for t in (splits.train, splits.val, splits.test)),
                                             "features": splits.features})
-        extra = {"checkpoint": out / CHECKPOINT}
-        history = None
-        try:
-            model, history, selection = _fit(config, model, splits, progress=progress, callback=callback, **extra)
-            model.to("cpu")
-            metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}
-            if splits.sha256 is not None:
-                metrics["dataset_sha256"] = splits.sha256
-            if not history.interrupted:
-                metrics.update(evaluate(model, splits, config.top))
-            metrics.update(epochs=history.epochs, best_epoch=history.best_epoch,
-                           train_seconds=history.train_seconds, chart_seconds=history.chart_seconds,
-                           flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),
-                           parameters=parameters(model), stopped_early=history.stopped_early,
-                           interrupted=history.interrupted)
-            if selection is not None:
-                metrics.update(charts_selected=model.K, chart_selection=selection)
-            model.save(out / "model")
-            _write_history(out, history)
-            if history.interrupted:
-                _write_json(out / "interrupted.json", metrics)
-                raise KeyboardInterrupt
-            _write_json(out / "metrics.json", metrics)
-            for name in ("interrupted.json", CHECKPOINT):  # a finished run has nothing left to resume
-                (out / name).unlink(missing_ok=True)
-        except KeyboardInterrupt:
-            raise RunInterrupted(_kept(out, history)) from None
-        except BaseException:
-            if fresh:
-                _clear(out)
-            raise
+        _write_marker(out, "running", splits)
+        model, history, selection = _fit(config, model, splits, progress=progress, callback=callback,
+                                         checkpoint=out / CHECKPOINT)
+        model.to("cpu")
+        metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}
+        if splits.sha256 is not None:
+            metrics["dataset_sha256"] = splits.sha256
+        if not history.interrupted:
+            metrics.update(evaluate(model, splits, config.top))
+        metrics.update(epochs=history.epochs, best_epoch=history.best_epoch,
+                       train_seconds=history.train_seconds, chart_seconds=history.chart_seconds,
+                       flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),
+                       parameters=parameters(model), stopped_early=history.stopped_early,
+                       interrupted=history.interrupted)
+        if selection is not None:
+            metrics.update(charts_selected=model.K, chart_selection=selection)
+        model.save(out / "model")
+        _write_history(out, history)
+        if history.interrupted:
+            _write_json(out / "interrupted.json", metrics)
+            _write_marker(out, "interrupted", splits)
+            raise KeyboardInterrupt
+        _write_marker(out, "finished", splits)
+        _write_json(out / "metrics.json", metrics)  # last: the folder is a finished run from here on
+        for name in ("interrupted.json", CHECKPOINT):  # a finished run has nothing left to resume
+            (out / name).unlink(missing_ok=True)
+    except KeyboardInterrupt:
+        raise RunInterrupted(_kept(out, history)) from None
+    except BaseException:
+        if fresh:
+            _clear(out)
+        for name, data in kept.items():
+            write_bytes(out / name, data)
+        raise
     return metrics
+
+
+def _write_marker(out: Path, state: str, splits: datasets.Splits) -> None:
+    """``run.json``: the run's state and the SHA-256 of its config, data and (once saved) model files."""
+    files = ["config.json", *(["data.json"] if (out / "data.json").exists() else [])]
+    if state != "running":
+        files += [f"model/{p.name}" for p in sorted((out / "model").iterdir()) if p.is_file()]
+    _write_json(out / MARKER, {"format": FORMAT, "state": state,
+                               "sha256": {"data": _splits_digest(splits),
+                                          **{name: _file_digest(out / name) for name in files}}})
+
+
+def _splits_digest(splits: datasets.Splits) -> str:
+    return digest(splits.train, splits.val, splits.test)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _remove_hidden(out: Path, prefix: str) -> None:
+    """Remove the hidden folders ``prefix*`` that a killed writer left in ``out`` (the caller holds the claim)."""
+    for p in out.glob(f"{prefix}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap(out: Path, stage: Path) -> None:
+    """Put the finished run in ``stage`` in place of the run in ``out``, entry by entry (each a rename).
+
+    ``metrics.json`` leaves first and comes back last, so that the folder never reads as a finished
+    run while the two are mixed; the old run's files wait in a hidden folder until the swap is done.
+    Files of ``out`` that are not run files (the user's) stay.
+    """
+    aside = out / f"{ASIDE}{os.getpid()}"
+    aside.mkdir()
+    order = ["metrics.json", *(n for n in RUN_FILES if n != "metrics.json"), "model"]
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for name in order:
+            if (out / name).exists():
+                os.replace(out / name, aside / name)
+                moved.append((out / name, aside / name))
+        for name in reversed(order):
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+                moved.append((stage / name, out / name))
+    except BaseException:  # put everything back where it was: the old run stays
+        for source, target in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.replace(target, source)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: Any
@@ -297,12 +398,25 @@ def _kept(out: Path, history: History | None) -> str:
 
 
 def _state(out: Path) -> str:
-    """``"finished"``, ``"unfinished"`` (a run began writing here) or ``"new"``."""
-    if (out / "metrics.json").exists():
-        return "finished"
-    if any((out / name).exists() for name in RUN_FILES) or (out / "model").exists():
-        return "unfinished"
-    return "new"
+    """``"finished"``, ``"unfinished"`` (a run began writing here), ``"new"``, or ``"foreign"``: run files
+    (``config.json``, ``model/``, ...) that no vqflows run wrote."""
+    if not (any((out / name).exists() for name in RUN_FILES) or (out / "model").exists()):
+        return "new"
+    if not _is_run(out):
+        return "foreign"
+    return "finished" if (out / "metrics.json").exists() else "unfinished"
+
+
+def _is_run(out: Path) -> bool:
+    """Whether ``out`` holds a vqflows run: its ``run.json``, or (a run of a version before it) a
+    ``config.json`` with every setting of :class:`RunConfig`."""
+    marker = read_json(out / MARKER)
+    if isinstance(marker, dict):
+        return marker.get("format") == FORMAT
+    if (out / MARKER).exists():
+        return False
+    config = read_json(out / "config.json")
+    return isinstance(config, dict) and set(config) == {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def _clear(out: Path) -> None:
@@ -377,7 +491,45 @@ def load_run(path: str | os.PathLike) -> tuple[VQFlow, RunConfig]:
         detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0][:120]
         raise ValueError(f"{where}: expected the weights and settings written by training, got unreadable files "
                          f"({type(e).__name__}: {detail})") from None
+    _check_files(path)
     return model, config
+
+
+def _record(path: Path) -> dict:
+    """The run's ``run.json`` (``{}`` for a run written before it existed)."""
+    if not (path / MARKER).exists():
+        return {}
+    record = read_json(path / MARKER)
+    if not (isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("sha256", {}), dict)):
+        raise ValueError(f"{path / MARKER}: expected the record written by the run, got an unreadable file")
+    return record
+
+
+def _check_files(path: Path) -> None:
+    """Refuse a run whose config, data record or model files differ from those it wrote (``run.json``)."""
+    recorded = _record(path).get("sha256", {})
+    for name, sha in recorded.items():
+        if name == "data":
+            continue
+        now = _file_digest(path / name) if (path / name).is_file() else None
+        if now != sha:
+            change = "is missing" if now is None else f"has changed (sha256 {now[:12]}...)"
+            raise ValueError(f"run: expected the files the run in {str(path)!r} wrote, got {name} that {change} "
+                             f"since training (sha256 {str(sha)[:12]}...); train it again rather than edit it")
+    if "model/weights.pt" in recorded:
+        extra = sorted(p.name for p in (path / "model").iterdir() if p.is_file() and f"model/{p.name}" not in recorded)
+        if extra:
+            raise ValueError(f"run: expected the files the run in {str(path)!r} wrote, got model/{extra[0]} "
+                             f"added since training")
+
+
+def run_status(path: str | os.PathLike) -> str:
+    """``"finished"``, ``"interrupted"`` (stopped by Ctrl-C: the best weights so far) or ``"unfinished"``
+    (still running, killed or failed)."""
+    path = Path(path)
+    if (path / "metrics.json").exists():
+        return "finished"
+    return "interrupted" if (path / "interrupted.json").exists() else "unfinished"
 
 
 def _data_record(path: Path) -> dict | None:
@@ -405,23 +557,34 @@ def _check_data(path: Path, splits: datasets.Splits) -> None:
 def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
     """Re-evaluate a run folder on its own splits; returns its metrics with fresh numbers.
 
-    A run on a file is refused if the file's bytes changed since training (SHA-256).
+    A run whose files changed since training is refused: its ``config.json`` or ``model/`` (their
+    SHA-256 in ``run.json``), its data (the digest of the splits), or the data file's bytes.
+    ``status`` says whether the run finished; an interrupted run's numbers are those of its best
+    weights so far (``interrupted`` is true), not of a full run.
     """
     path = Path(path)
     model, config = load_run(path)
-    metrics_file = path / "metrics.json"
+    status = run_status(path)
+    metrics_file = path / ("metrics.json" if status == "finished" else "interrupted.json")
     try:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     except ValueError:
         metrics = {}  # the numbers are recomputed below
+    metrics = metrics if isinstance(metrics, dict) else {}
     record = _data_record(path)
     if record is not None:  # the absolute path: evaluation works from any directory
         config = dataclasses.replace(config, dataset=record["path"])
     splits = load_data(config)
     _check_data(path, splits)
+    sha = _record(path).get("sha256", {}).get("data")
+    if sha is not None and sha != _splits_digest(splits):
+        raise ValueError(f"run: expected the points the run in {str(path)!r} was trained and tested on "
+                         f"(sha256 {sha[:12]}...), got other points from {config.dataset!r} with seed {config.seed} "
+                         f"and n {config.n}")
     metrics.update({"dataset": config.dataset, "model": config.model, "seed": config.seed})
     metrics.update(evaluate(model, splits, config.top))
     metrics["parameters"] = parameters(model)
+    metrics.update(status=status, interrupted=status != "finished")
     return metrics
 
 
