@@ -513,9 +513,10 @@ def _check_files(path: Path) -> None:
             continue
         now = _file_digest(path / name) if (path / name).is_file() else None
         if now != sha:
-            change = "is missing" if now is None else f"has changed (sha256 {now[:12]}...)"
-            raise ValueError(f"run: expected the files the run in {str(path)!r} wrote, got {name} that {change} "
-                             f"since training (sha256 {str(sha)[:12]}...); train it again rather than edit it")
+            change = "missing" if now is None else f"changed since training (sha256 {now[:12]}..."
+            raise ValueError(f"run: expected the files the run in {str(path)!r} wrote, got {name} {change}"
+                             f"{', recorded ' if now else ' (recorded '}{str(sha)[:12]}...); "
+                             f"train the run again rather than edit its files")
     if "model/weights.pt" in recorded:
         extra = sorted(p.name for p in (path / "model").iterdir() if p.is_file() and f"model/{p.name}" not in recorded)
         if extra:
