@@ -517,11 +517,6 @@ def _check_files(path: Path) -> None:
             raise ValueError(f"run: expected the files the run in {str(path)!r} wrote, got {name} {change}"
                              f"{', recorded ' if now else ' (recorded '}{str(sha)[:12]}...); "
                              f"train the run again rather than edit its files")
-    if "model/weights.pt" in recorded:
-        extra = sorted(p.name for p in (path / "model").iterdir() if p.is_file() and f"model/{p.name}" not in recorded)
-        if extra:
-            raise ValueError(f"run: expected the files the run in {str(path)!r} wrote, got model/{extra[0]} "
-                             f"added since training")
 
 
 def run_status(path: str | os.PathLike) -> str:
