@@ -79,3 +79,12 @@ def test_threads_reach_training(X, monkeypatch, threads):
         assert seen == [threads] and torch.get_num_threads() == 1  # and put back after
     finally:
         torch.set_num_threads(before)
+
+
+def test_absurd_threads_are_refused(X):
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError, match="threads: expected an integer from 0 to"):
+        VQFlowDensity(charts=2, threads=100000, **SMALL).fit(X)
+    assert torch.get_num_threads() == before

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from .checks import spread
 from .model import VQFlow, build
-from .training import History, fit
+from .training import History, fit, torch_threads
 
 
 class VQFlowDensity(BaseEstimator):
@@ -39,7 +38,8 @@ class VQFlowDensity(BaseEstimator):
         validation_fraction: the share of ``X`` held out (seeded by ``seed``) for early stopping.
         seed: seeds the initial weights, the validation split and training.
         device: where to train; the fitted model is moved back to the CPU.
-        threads: torch threads while fitting and scoring (``None``: leave torch's setting).
+        threads: torch threads while fitting and scoring (``None`` or 0: leave torch's setting; at most
+            :data:`~vqflows.training.THREADS_PER_CPU` per CPU).
 
     Fitted attributes: ``model_`` (the :class:`VQFlow`), ``history_`` (its :class:`History`),
     ``n_features_in_``.
@@ -132,17 +132,9 @@ class VQFlowDensity(BaseEstimator):
         with self._threads(), torch.no_grad():
             return self.model_.sample(n_samples, seed=seed).double().numpy()
 
-    @contextmanager
     def _threads(self):
-        if self.threads is None:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        """:func:`vqflows.training.torch_threads`: checked (0 and ``None`` leave torch's setting), restored after."""
+        return torch_threads(self.threads)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
