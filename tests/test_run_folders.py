@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,6 @@ from vqflows.cli import main
 from vqflows.model import VQFlow
 from vqflows.runs import RunConfig, RunInterrupted, train_run
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "chart_epochs": 1, "hidden": 8, "transforms": 1}
 TINY_CLI = ["--epochs", "2", "--quiet", "--set", "n=200", "charts=2", "chart_epochs=1", "hidden=8", "transforms=1"]
 
@@ -80,14 +77,13 @@ def test_overwrite_on_a_full_disk_keeps_the_old_run(finished, monkeypatch):
     assert _files(finished) == before
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_overwrite_killed_keeps_the_old_run(finished, capsys):
     before = _files(finished)
-    from test_resume import HOOKED
+    from test_resume import run_killed
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "STOP_EPOCH": "1", "STOP_SIGNAL": "SIGKILL"}
-    p = subprocess.run([sys.executable, "-c", HOOKED, "train", "--out", str(finished), "--overwrite", "--seed", "1",
-                        *TINY_CLI], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == -signal.SIGKILL, p.stderr
+    argv = ["train", "--out", str(finished), "--overwrite", "--seed", "1", *TINY_CLI]
+    assert run_killed(argv, epoch=1) == -signal.SIGKILL
     left = {k: v for k, v in _files(finished).items() if k in before}
     assert left == before  # the old run untouched; the killed one lies in a hidden folder beside it
     assert main(["evaluate", str(finished), "--json"]) == 0
