@@ -384,8 +384,12 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
 
     ``threads``: torch intra-op threads during the fit (default 1: these small flows are bound by
     per-operation overhead, and one thread per job never oversubscribes a busy machine; ``None``
-    keeps torch's setting). ``checkpoint``: a file written atomically after every epoch; if it exists
-    when ``fit`` starts, training resumes from it and ends as an uninterrupted run would have.
+    keeps torch's setting; 0 too; at most :data:`THREADS_PER_CPU` per CPU). ``checkpoint``: a file
+    written atomically after every epoch (tensors and plain data, read back with ``weights_only=True``);
+    if it exists when ``fit`` starts, training resumes from it and ends as an uninterrupted run would
+    have. It records a fingerprint of the fit (its settings, ``epochs`` included, the training and
+    validation points and the initial model): a checkpoint of another fit is refused with a
+    ``ValueError`` naming what differs, as is a damaged one or one holding other objects.
     ``device``: where to train (default: where the model is); the model stays there.
     The objective and early-stopping defaults (mixture over the 4 nearest charts with learned weights,
     the top-8 check) were chosen on the six 3-D sets (docs/objective.md), where batches of 512 at
