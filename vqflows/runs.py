@@ -409,14 +409,16 @@ def _state(out: Path) -> str:
 
 def _is_run(out: Path) -> bool:
     """Whether ``out`` holds a vqflows run: its ``run.json``, or (a run of a version before it) a
-    ``config.json`` with every setting of :class:`RunConfig`."""
+    ``config.json`` of run settings only, among them the run's name (dataset, model, seed) and budget."""
     marker = read_json(out / MARKER)
     if isinstance(marker, dict):
         return marker.get("format") == FORMAT
     if (out / MARKER).exists():
         return False
     config = read_json(out / "config.json")
-    return isinstance(config, dict) and set(config) == {f.name for f in dataclasses.fields(RunConfig)}
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    return (isinstance(config, dict) and set(config) <= fields
+            and {"dataset", "model", "seed", "epochs", "charts", "lr", "batch_size"} <= set(config))
 
 
 def _clear(out: Path) -> None:
