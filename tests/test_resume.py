@@ -15,7 +15,7 @@ import torch
 import vqflows.io
 from vqflows import datasets, fit
 from vqflows.cli import main
-from vqflows.runs import RunConfig
+from vqflows.runs import RunConfig, RunInterrupted, train_run
 
 #: 32 charts and the default objective and early stopping; only the flow and the chart stage are small
 SETTINGS = ["n=2000", "chart_epochs=2", "hidden=16", "transforms=1"]
@@ -213,20 +213,23 @@ def test_cli_refuses_a_planted_or_damaged_checkpoint(tmp_path, capsys):
         if epoch == 2:
             raise KeyboardInterrupt
 
-    from vqflows.runs import RunInterrupted, train_run
-
     config = RunConfig(n=2000, epochs=EPOCHS, chart_epochs=2, hidden=16, transforms=1)
     with pytest.raises(RunInterrupted):
         train_run(config, out, callback=stop)
     good = (out / "checkpoint.pt").read_bytes()
-    for content in ("planted", b"", good[:100], good[: len(good) // 2]):
+    other = torch.load(out / "checkpoint.pt", weights_only=True)
+    other["fingerprint"]["settings"]["epochs"] = 5  # left by a fit of 5 epochs
+    for content in ("planted", b"", good[:100], good[: len(good) // 2], "other"):
         if content == "planted":
             torch.save({"epoch": Planted(marker)}, out / "checkpoint.pt")
+        elif content == "other":
+            torch.save(other, out / "checkpoint.pt")
         else:
             (out / "checkpoint.pt").write_bytes(content)
         before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
         assert main(["train", "--out", str(out), "--resume", *CLI]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "vqflows train: error: checkpoint: expected" in err, err
+        assert content != "other" or "written with epochs=5 where this fit has epochs=4" in err, err
         assert not marker.exists() and not (out / ".lock").exists()
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
