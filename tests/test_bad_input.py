@@ -112,4 +112,4 @@ def test_a_finished_run_is_not_overwritten(run, capsys):
 
 def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--overwrite", *TINY_CLI]) == 2
-    _one_line_error(capsys, "resume: expected either resume or overwrite")
+    _one_line_error(capsys, "--resume: expected either --resume or --overwrite, got both")

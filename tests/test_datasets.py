@@ -277,12 +277,12 @@ def test_unknown_name():
         datasets.get("foo")
     assert str(e.value) == "dataset: expected one of " + ", ".join(map(repr, NAMES)) + ", got 'foo'"
     assert str(e.value).startswith("dataset: expected one of 'spherical', 'helix'")
-    with pytest.raises(ValueError, match="dataset: expected one of 'spherical'.* or a path to a .npy or .csv file, got 'foo'"):
+    with pytest.raises(ValueError, match="dataset: expected one of 'spherical'.* or a path to a .npy, .csv or .txt file, got 'foo'"):
         datasets.load("foo")
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(ValueError, match="nope.npy: expected an existing .npy or .csv file"):
+    with pytest.raises(ValueError, match="nope.npy: expected an existing .npy, .csv or .txt file"):
         datasets.load(str(tmp_path / "nope.npy"))
     np.save(tmp_path / "flat.npy", np.zeros(30))
     with pytest.raises(ValueError, match=r"flat.npy: expected shape \(N, D\), got \(30,\)"):
@@ -306,9 +306,22 @@ def test_bad_files(tmp_path):
     (tmp_path / "ragged.csv").write_text("1,2\n" * 20 + "3\n")
     with pytest.raises(ValueError, match="ragged.csv: expected comma-separated numbers"):
         datasets.load(tmp_path / "ragged.csv")
-    (tmp_path / "points.txt").write_text("1,2\n" * 20)
-    with pytest.raises(ValueError, match=r"points.txt: expected a file ending in .npy or .csv, got '.txt'"):
-        datasets.load(tmp_path / "points.txt")
+    (tmp_path / "points.dat").write_text("1,2\n" * 20)
+    with pytest.raises(ValueError, match=r"points.dat: expected a file ending in .npy, .csv or .txt, got '.dat'"):
+        datasets.load(tmp_path / "points.dat")
+    (tmp_path / "ragged.txt").write_text("1 2\n" * 20 + "3\n")
+    with pytest.raises(ValueError, match="ragged.txt: expected space-separated numbers"):
+        datasets.load(tmp_path / "ragged.txt")
+
+
+def test_text_files(tmp_path):
+    """``.txt`` holds numbers separated by spaces (as ``np.savetxt`` writes) or commas, with an optional header."""
+    x = np.arange(40.0).reshape(20, 2)
+    np.savetxt(tmp_path / "spaces.txt", x)
+    np.savetxt(tmp_path / "commas.txt", x, delimiter=",", header="a,b", comments="")
+    (tmp_path / "tabs.txt").write_text("# made by hand\nx y\n" + "".join(f"{a}\t{b}\n" for a, b in x))
+    for name in ("spaces.txt", "commas.txt", "tabs.txt"):
+        assert torch.equal(datasets.read_points(tmp_path / name), torch.from_numpy(x).float()), name
 
 
 def test_bad_sizes():

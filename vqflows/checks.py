@@ -7,10 +7,13 @@ Errors are ``ValueError`` with the expected and the received, e.g.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where points are checked, so that one_of and positive_int stay light
+    import torch
+    from torch import Tensor
 
 
 def as_points(x, features: int | None = None, *, name: str = "x", min_points: int = 1,
@@ -24,7 +27,9 @@ def as_points(x, features: int | None = None, *, name: str = "x", min_points: in
         min_points: the least ``N`` accepted.
         dtype: cast to this floating dtype (default: keep floating tensors, else float32).
     """
-    if isinstance(x, np.ndarray) or not isinstance(x, Tensor):
+    import torch
+
+    if isinstance(x, np.ndarray) or not isinstance(x, torch.Tensor):
         try:
             x = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError, RuntimeError) as e:
@@ -49,6 +54,8 @@ def as_points(x, features: int | None = None, *, name: str = "x", min_points: in
 
 
 def _is_integer(dtype: torch.dtype) -> bool:
+    import torch
+
     try:
         torch.iinfo(dtype)
     except TypeError:
@@ -64,6 +71,8 @@ def spread(x: Tensor, *, name: str = "x", every_column: bool = False) -> Tensor:
     coordinate is refused too, for models with a full-dimensional density on ``R^D`` (an embedding
     flow, whose density lives on a d-dimensional surface, can fit such data).
     """
+    import torch
+
     if x.shape[0] == 0:
         return x
     same = (x == x[:1]).all(dim=0)

@@ -1,42 +1,118 @@
-"""The ``vqflows`` command line: ``datasets``, ``train``, ``evaluate``, ``sample``, ``benchmark``."""
+"""The ``vqflows`` command line: ``datasets``, ``train``, ``evaluate``, ``sample``, ``benchmark``.
+
+Everything a person can get wrong is checked before torch is imported: the arguments, the run
+settings (``--set``, through :class:`vqflows.config.RunConfig`), the dataset's name or file, the
+output folder or file and the run folder to read. So a mistake is answered at once — one line and
+exit code 2 — instead of after the several seconds that importing torch, zuko and scikit-learn
+takes. Those imports are deferred into the commands, after their checks: :mod:`vqflows.runs`
+(training, evaluation, run folders) is imported only once a command is about to do its work, and
+``datasets`` reads the summaries stored with the package (:mod:`vqflows.catalog`) and imports no
+torch at all.
+
+Exit codes: 0 done, 2 bad arguments or input (one line on stderr), 130 interrupted (Ctrl-C); ``benchmark``
+also returns 1 when some of its runs failed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
+
+# light imports only (the standard library, NumPy and the package's torch-free modules): see the docstring
+from . import catalog
+from .config import MODELS, RunConfig, SettingError, run_state
+
+#: How ``sample --out`` writes each suffix: NumPy's binary format, or text (comma- or space-separated);
+#: ``--dataset`` reads each of them back.
+SAMPLE_FORMATS = {".npy": None, ".csv": ",", ".txt": " "}
+#: File suffixes ``--dataset`` reads (:func:`vqflows.datasets.read_points`).
+DATA_SUFFIXES = (".npy", ".csv", ".txt")
+
+
+class UsageError(ValueError):
+    """A command-line mistake found before any work began (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (what was wrong, and where the help is) instead of the usage text."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} -h`)")
 
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=None, default=lambda o: None))
 
 
-def _cmd_datasets(args) -> int:
-    from . import datasets
-
-    rows = datasets.info()
+def _cmd_datasets(args, argv: list[str]) -> int:
+    rows = catalog.summaries()
     if args.json:
         _print_json(rows)
         return 0
     print(f"{'name':22s} {'D':>2s} {'train':>6s} {'val':>6s} {'test':>6s} {'oracle E[log p]':>16s}")
     for r in rows:
-        print(f"{r['name']:22s} {r['features']:>2d} {r['train']:>6d} {r['val']:>6d} {r['test']:>6d} {r['oracle']:>16.3f}")
+        oracle = f"{r['oracle']:>16.3f}" if r["oracle"] is not None else f"{'-':>16s}"
+        print(f"{r['name']:22s} {r['features']:>2d} {r['train']:>6d} {r['val']:>6d} {r['test']:>6d} {oracle}")
     return 0
 
 
-def _cmd_train(args) -> int:
-    from .runs import RunConfig, RunInterrupted, train_run
+def _check_dataset(dataset: str) -> None:
+    """A built-in name, or an existing data file with a suffix that ``--dataset`` reads."""
+    if dataset in catalog.names():
+        return
+    path = Path(dataset)
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        known = ", ".join(catalog.names())
+        raise UsageError(f"--dataset: expected one of {known} (see `vqflows datasets`) or a .npy, .csv or .txt "
+                         f"file, got {dataset!r}")
+    if not path.is_file():
+        raise UsageError(f"--dataset: expected an existing {path.suffix} file, got {dataset!r} (no such file)")
 
+
+def _check_out(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """What ``--out`` holds must fit ``--overwrite``/``--resume`` (the run checks again when it claims the folder)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: expected a run folder, got the file {str(out)!r}")
+    state = run_state(out)
+    if state == "finished" and not overwrite:
+        raise UsageError(f"--out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
+                         f"(add --overwrite to replace it, or choose another --out)")
+    if state == "unfinished" and not (overwrite or resume):
+        raise UsageError(f"--out: expected a new run folder, got the unfinished run {str(out)!r} "
+                         f"(add --resume to continue it or --overwrite to start over)")
+
+
+def _resume_command(argv: list[str]) -> str:
+    """The command that continues an interrupted ``vqflows train`` (its arguments, ``--resume`` for ``--overwrite``)."""
+    kept = [a for a in argv if a not in ("--resume", "--overwrite")]
+    return shlex.join(["vqflows", *kept, "--resume"])
+
+
+def _cmd_train(args, argv: list[str]) -> int:
+    if args.resume and args.overwrite:
+        raise UsageError("--resume: expected either --resume or --overwrite, got both")
     config = RunConfig(dataset=args.dataset, model=args.model, seed=args.seed, epochs=args.epochs,
                        device=args.device, threads=args.threads)
     config = config.with_overrides([item for group in args.set or [] for item in group])
+    _check_dataset(config.dataset)
     out = Path(args.out or f"runs/{Path(config.dataset).stem}-{config.model}-{config.seed}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone owns the folder
+        _check_out(out, overwrite=args.overwrite, resume=args.resume)
+
+    from .runs import RunInterrupted, train_run  # deferred: imports torch
+
     try:
         metrics = train_run(config, out, progress=not args.json and not args.quiet, overwrite=args.overwrite,
                             resume=args.resume)
     except RunInterrupted as e:
-        print(f"vqflows train: {e}", file=sys.stderr)
+        kept = str(e).rsplit("; ", 1)[0]  # what the folder kept (the rest is said here in the command's terms)
+        how = ("to continue from the last finished epoch" if (out / "checkpoint.pt").exists()
+               else "to start it over")
+        print(f"vqflows train: {kept}; {how}: {_resume_command(argv)}", file=sys.stderr)
         return 130
     if not metrics:  # a rank other than 0 of a torchrun job: rank 0 reports
         return 0
@@ -60,35 +136,39 @@ def _report(metrics: dict, as_json: bool) -> None:
             print(f"{key:28s} {v:.4f}" if isinstance(v, float) else f"{key:28s} {v}")
 
 
-def _cmd_evaluate(args) -> int:
-    from .runs import evaluate_run
+def _check_run(run: str) -> None:
+    if not (Path(run) / "config.json").is_file():
+        raise UsageError(f"run: expected a run folder with config.json (made by `vqflows train --out`), got {run!r}")
+
+
+def _cmd_evaluate(args, argv: list[str]) -> int:
+    _check_run(args.run)
+    from .runs import evaluate_run  # deferred: imports torch
 
     metrics = evaluate_run(args.run)
     _report(metrics, args.json)
     return 0
 
 
-#: How ``sample --out`` writes each suffix: NumPy's binary format, or text (comma- or space-separated).
-SAMPLE_FORMATS = {".npy": None, ".csv": ",", ".txt": " "}
-
-
-def _cmd_sample(args) -> int:
-    from .checks import positive_int
-    from .io import save_numpy, write_text
-    from .runs import load_run
-
-    n = positive_int(args.n, name="n")
+def _cmd_sample(args, argv: list[str]) -> int:
+    if args.n < 1:
+        raise UsageError(f"-n: expected an integer >= 1, got {args.n}")
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in SAMPLE_FORMATS:
-        raise ValueError(f"out: expected a file ending in .npy, .csv or .txt, got {str(out)!r}")
+        raise UsageError(f"--out: expected a file ending in .npy, .csv or .txt, got {str(out)!r}")
     if not out.parent.is_dir():
-        raise ValueError(f"out: expected a file in an existing folder, got {str(out)!r} "
+        raise UsageError(f"--out: expected a file in an existing folder, got {str(out)!r} "
                          f"(no folder {str(out.parent)!r})")
     if out.exists() and not args.overwrite:
-        raise ValueError(f"out: expected a new file, got the existing {str(out)!r} (use --overwrite to replace it)")
+        raise UsageError(f"--out: expected a new file, got the existing {str(out)!r} (add --overwrite to replace it)")
+    _check_run(args.run)
+
+    from .io import save_numpy, write_text
+    from .runs import load_run  # deferred: imports torch
+
     model, _ = load_run(args.run)
-    x = model.sample(n, seed=args.seed).detach().cpu().numpy()
+    x = model.sample(args.n, seed=args.seed).detach().cpu().numpy()
     if SAMPLE_FORMATS[suffix] is None:
         save_numpy(out, x)
     else:
@@ -99,53 +179,48 @@ def _cmd_sample(args) -> int:
         text = _io.StringIO()
         np.savetxt(text, x, delimiter=SAMPLE_FORMATS[suffix])
         write_text(out, text.getvalue())
-    print(f"wrote {n} samples of shape {x.shape} to {out.resolve()}")
+    print(f"wrote {args.n} samples of shape {x.shape} to {out.resolve()}")
     return 0
 
 
-def _cmd_benchmark(args, rest: list[str]) -> int:
-    from .experiments.cli import main as bench_main
-
-    return bench_main(rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import names
-
-    MODELS = [name for name in names() if not name.startswith("image-")]  # the same list as runs.MODELS
-
-    p = argparse.ArgumentParser(prog="vqflows", description="VQ-Flows: exact densities on data manifolds.")
+    """The parser of every command but ``benchmark`` (whose studies parse their own options)."""
+    p = _Parser(prog="vqflows", description="VQ-Flows: exact densities on data manifolds.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("datasets", help="list the built-in datasets with their oracle E[log p]")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="print one JSON list of the rows")
 
     t = sub.add_parser("train", help="train one model into a run folder")
-    t.add_argument("--dataset", default="helix", help="a built-in name or a .npy/.csv file of points (N, D)")
-    t.add_argument("--model", default="vq-maf", choices=MODELS)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<model>-<seed>)")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--dataset", default="helix",
+                   help="a built-in name (`vqflows datasets`) or a .npy/.csv/.txt file of points (N, D) (default: helix)")
+    t.add_argument("--model", default="vq-maf", choices=MODELS, help="the model (default: vq-maf)")
+    t.add_argument("--seed", type=int, default=0, help="seeds the data, the weights and training (default: 0)")
+    t.add_argument("--epochs", type=int, default=100,
+                   help="the most flow epochs; early stopping may end sooner (default: 100)")
+    t.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-<seed>)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i> (default: cpu)")
     t.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: small flows gain nothing from more; 0: torch's default)")
     t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
-                   help="config overrides, e.g. charts=16 lr=0.002 (may be repeated)")
+                   help="run settings, e.g. charts=16 lr=0.002 or charts=auto (may be repeated)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out (finished or not)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the unfinished (e.g. interrupted) run in --out with the same settings")
+                       help="continue the unfinished (e.g. interrupted) run in --out with the same settings")
     t.add_argument("--json", action="store_true", help="print one JSON object with the metrics")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("evaluate", help="re-evaluate a run folder")
-    e.add_argument("run")
-    e.add_argument("--json", action="store_true")
+    e = sub.add_parser("evaluate", help="re-evaluate a run folder on its test split")
+    e.add_argument("run", help="a run folder written by `vqflows train`")
+    e.add_argument("--json", action="store_true", help="print one JSON object with the metrics")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
-    s.add_argument("run")
-    s.add_argument("-n", type=int, default=10_000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="samples.npy", help="file ending in .npy, .csv or .txt (text)")
+    s.add_argument("run", help="a run folder written by `vqflows train`")
+    s.add_argument("-n", type=int, default=10_000, help="number of samples (default: 10000)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the draw (default: 0)")
+    s.add_argument("--out", default="samples.npy",
+                   help="file ending in .npy, .csv or .txt (space-separated), each readable by `vqflows train --dataset` "
+                        "(default: samples.npy)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     sub.add_parser("benchmark", help="reproduce the paper's tables and figures (see `vqflows benchmark -h`)",
@@ -154,17 +229,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (0 done, 2 bad arguments or input, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "benchmark":
-        return _cmd_benchmark(None, argv[1:])
-    args = build_parser().parse_args(argv)
-    handler = {"datasets": _cmd_datasets, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
-    from .training import TrainingError
+        from .experiments.cli import main as bench_main  # the studies parse their own options
 
+        return bench_main(argv[1:])
+    handler = {"datasets": _cmd_datasets, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+    command = argv[0] if argv and argv[0] in handler else None
     try:
-        return handler[args.command](args)
-    except (ValueError, TrainingError) as e:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        return handler[command](args, argv)
+    except Exception as e:
+        if not (isinstance(e, ValueError) or _training_error(e)):
+            raise
         # one line: the messages name what was expected and what came
-        message = " ".join(str(e).split())
-        print(f"vqflows {args.command}: error: {message}", file=sys.stderr)
+        message = e.cli() if isinstance(e, SettingError) else str(e)
+        print(f"vqflows{' ' + command if command else ''}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
+
+
+def _training_error(e: Exception) -> bool:
+    """Whether ``e`` is a :class:`vqflows.training.TrainingError` (without importing torch to ask)."""
+    training = sys.modules.get(f"{__package__}.training")
+    return training is not None and isinstance(e, training.TrainingError)

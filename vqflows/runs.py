@@ -27,30 +27,26 @@ import os
 import pickle
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import datasets, presets
-from .checks import one_of, positive_int, spread
-from .io import apply_overrides, claim, read_json, write_bytes, write_json, write_text
+from . import datasets
+from .checks import spread
+
+# the settings and the folder states live in .config, importable without torch (the command line checks
+# them first); re-exported here
+from .config import FORMAT, MARKER, RUN_FILES, RunConfig, run_state
+from .config import MODELS as MODELS
+from .config import SettingError as SettingError
+from .io import claim, read_json, write_bytes, write_json, write_text
 from .model import VQFlow
-from .selection import CANDIDATES, select_charts
-from .training import MEMBERSHIPS, OBJECTIVES, History, check_threads, digest, fit
+from .selection import select_charts
+from .training import History, check_threads, digest, fit
 
-#: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
-#: belong to the image study).
-MODELS = tuple(name for name in presets.names() if not name.startswith("image-"))
-
-#: Files a run writes into its folder (besides ``model/``); ``overwrite`` removes exactly these.
-RUN_FILES = ("run.json", "config.json", "data.json", "metrics.json", "interrupted.json", "history.json",
-             "history.csv", "checkpoint.pt")
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.pt"
-#: ``run.json``: what marks a folder as a vqflows run, and records the run's fingerprint.
-MARKER, FORMAT = "run.json", "vqflows-run"
 #: Hidden folders inside a run folder: where ``overwrite`` builds the new run, and where it moves the
 #: old one aside while swapping them.
 STAGING, ASIDE = ".vqflows-new-", ".vqflows-old-"
@@ -58,86 +54,6 @@ STAGING, ASIDE = ".vqflows-new-", ".vqflows-old-"
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a run; ``str(error)`` says what its folder kept and how to go on."""
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a run. Defaults are the library's documented choices."""
-
-    dataset: str = "helix"
-    model: str = "vq-maf"
-    seed: int = 0
-    n: int | None = None  # None: 10,000 points of a built-in set, every row of a file
-    epochs: int = 100
-    patience: int = 10
-    # batches of 512 at 2e-3: the same test gaps as 128 at 1e-3 within the seeds' spread, at 0.47x
-    # (hard cells) to 0.72x (mixture) the cost per epoch (docs/objective.md)
-    batch_size: int = 512
-    lr: float = 2e-3
-    charts: int | str = 32  # or "auto": the best of selection.CANDIDATES on validation
-    partition: str = "vqae"
-    latent: int = 3
-    m: int | None = None  # None: 2 for vq-cef (overlapping charts), else 1 (hard boundaries)
-    eps: float = 0.0
-    chart_epochs: int = 30
-    transforms: int = 5
-    hidden: int = 64
-    manifold_dim: int = 2
-    frames: bool = True
-    flow_options: dict = field(default_factory=dict)
-    objective: str = "mixture"  # "cells" with charts=32 batch_size=128 lr=0.001: the paper's Table 1 as published
-    top: int = 4
-    learn_weights: bool = True
-    membership: str = "hard"
-    compile: bool = False  # torch.compile the loss: pays on long runs and GPUs, costs tens of seconds cold
-    device: str = "cpu"
-    threads: int = 1  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
-
-    def __post_init__(self) -> None:
-        one_of(self.model, MODELS, name="model")
-        one_of(self.objective, OBJECTIVES, name="objective")
-        one_of(self.membership, MEMBERSHIPS, name="membership")
-        if isinstance(self.charts, str) and self.charts != "auto":
-            raise ValueError(f"charts: expected a positive int or 'auto', got {self.charts!r}")
-        if self.m is None:
-            # an embedding flow's chart surface must reach past its cell to meet its neighbours'
-            self.m = 2 if self.model == "vq-cef" else 1
-        if not isinstance(self.dataset, str):
-            raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
-        # counts are checked here, before any data is loaded; lr and eps are checked where they are used
-        for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1),
-                           *((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1), ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
-                           ("manifold_dim", 1), ("threads", 0), ("top", 1)):
-            positive_int(getattr(self, key), name=key, minimum=least)
-        if self.n is not None:
-            positive_int(self.n, name="n")
-
-    @property
-    def flow(self) -> str:
-        return self.model.removeprefix("vq-")
-
-    @property
-    def is_vq(self) -> bool:
-        return self.model.startswith("vq-")
-
-    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> RunConfig:
-        """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`); unknown keys and values
-        of the wrong type raise ``ValueError``."""
-        return apply_overrides(self, overrides)
-
-    def build_model(self, features: int, charts: int | None = None) -> VQFlow:
-        """The untrained model of this run for data in ``R^features`` (its preset, so that it saves and loads);
-        ``charts`` overrides the config's count (needed when it is ``"auto"``)."""
-        charts = charts if charts is not None else self.charts
-        if charts == "auto":
-            charts = max(CANDIDATES)
-        return presets.create(self.model, features=features, charts=charts, partition=self.partition,
-                              latent=self.latent, m=self.m if self.is_vq else 1, eps=self.eps,
-                              transforms=self.transforms, hidden_features=[self.hidden, self.hidden],
-                              manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def load_data(config: RunConfig) -> datasets.Splits:
@@ -199,6 +115,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     config, rank = _join_process_group(config)
     splits = load_data(config)
     spread(splits.train, name=config.dataset, every_column=config.flow != "cef")
+    config.check_size(len(splits.train))
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
@@ -397,28 +314,7 @@ def _kept(out: Path, history: History | None) -> str:
     return f"interrupted: kept {what}; {how}"
 
 
-def _state(out: Path) -> str:
-    """``"finished"``, ``"unfinished"`` (a run began writing here), ``"new"``, or ``"foreign"``: run files
-    (``config.json``, ``model/``, ...) that no vqflows run wrote."""
-    if not (any((out / name).exists() for name in RUN_FILES) or (out / "model").exists()):
-        return "new"
-    if not _is_run(out):
-        return "foreign"
-    return "finished" if (out / "metrics.json").exists() else "unfinished"
-
-
-def _is_run(out: Path) -> bool:
-    """Whether ``out`` holds a vqflows run: its ``run.json``, or (a run of a version before it) a
-    ``config.json`` of run settings only, among them the run's name (dataset, model, seed) and budget."""
-    marker = read_json(out / MARKER)
-    if isinstance(marker, dict):
-        return marker.get("format") == FORMAT
-    if (out / MARKER).exists():
-        return False
-    config = read_json(out / "config.json")
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    return (isinstance(config, dict) and set(config) <= fields
-            and {"dataset", "model", "seed", "epochs", "charts", "lr", "batch_size"} <= set(config))
+_state = run_state
 
 
 def _clear(out: Path) -> None:

@@ -26,11 +26,9 @@ from typing import Any
 import torch
 
 from .checks import positive_int
+from .config import CANDIDATES
 from .model import VQFlow
 from .training import History, fit
-
-#: Chart counts tried by ``charts="auto"``: from a few charts per curve to enough for a surface.
-CANDIDATES = (8, 16, 32, 64)
 
 
 @torch.no_grad()

@@ -50,17 +50,16 @@ from torch import Tensor, nn
 
 from .charts import membership
 from .checks import as_points, one_of, positive_int
+from .config import MEMBERSHIPS, OBJECTIVES
 from .frames import trim_threshold
 from .model import VQFlow
 
-OBJECTIVES = ("cells", "mixture")
 #: The default early-stopping check of :func:`fit`: the mixture over each validation point's 8 nearest
 #: charts, a lower bound of the exact score at 1/4 of its cost with K = 32. In 210 trainings of the
 #: defaults sweep (six 3-D sets, K = 16-64, both objectives; ``benchmarks/defaults.py``) it chose the
 #: exact check's best epoch every time, and it stayed within 0.006 nats of the exact score at every
 #: epoch (docs/objective.md). With ``top >= K`` the check is exact.
 CHECK_TOP, CHECK_MARGIN = 8, None
-MEMBERSHIPS = ("hard", "soft")
 
 
 class TrainingError(RuntimeError):

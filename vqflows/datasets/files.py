@@ -1,7 +1,8 @@
-"""Loading points: a built-in dataset by name, or the user's own ``.npy`` / ``.csv`` file.
+"""Loading points: a built-in dataset by name, or the user's own ``.npy`` / ``.csv`` / ``.txt`` file.
 
-A file holds an ``(N, D)`` array; ``.csv`` files are comma-separated, may start with one
-header line and may contain ``#`` comments. File points have no known density, so their
+A file holds an ``(N, D)`` array; ``.csv`` files are comma-separated, ``.txt`` files comma- or
+space-separated (as ``vqflows sample --out x.txt`` writes them); both may start with one header
+line and may contain ``#`` comments. File points have no known density, so their
 :class:`Splits` carry ``dataset=None``.
 """
 
@@ -20,7 +21,7 @@ from ..checks import as_points, positive_int
 from .base import MIN_POINTS, N_POINTS, REGISTRY, SPLITS, Splits, load_builtin, split, split_sizes
 
 #: File suffixes :func:`read_points` understands.
-SUFFIXES = (".npy", ".csv")
+SUFFIXES = (".npy", ".csv", ".txt")
 
 
 def load(name: str | os.PathLike, n: int | None = None, seed: int | None = 0, *,
@@ -28,8 +29,8 @@ def load(name: str | os.PathLike, n: int | None = None, seed: int | None = 0, *,
     """Train, validation and test points of a built-in dataset or of a file.
 
     Arguments:
-        name: a registered name (see :func:`names`) or a path to a ``.npy`` or ``.csv`` file
-            holding an ``(N, D)`` array.
+        name: a registered name (see :func:`names`) or a path to a ``.npy``, ``.csv`` or ``.txt``
+            file holding an ``(N, D)`` array.
         n: points to draw from a built-in set (default 10,000); for a file, a seeded random
             subset of ``n`` rows (default: all rows).
         seed: seeds the draw (built-in) or the row permutation (file); equal seeds give
@@ -53,7 +54,7 @@ def load(name: str | os.PathLike, n: int | None = None, seed: int | None = 0, *,
     path = Path(name)
     if not path.exists() and path.suffix.lower() not in SUFFIXES:
         known = ", ".join(map(repr, REGISTRY))
-        raise ValueError(f"dataset: expected one of {known} or a path to a .npy or .csv file, got {str(name)!r}")
+        raise ValueError(f"dataset: expected one of {known} or a path to a .npy, .csv or .txt file, got {str(name)!r}")
     points, digest = _read(path, min_points)
     split_sizes(len(points), splits)  # report too few points for the splits before subsetting
     if n is not None:
@@ -66,7 +67,7 @@ def load(name: str | os.PathLike, n: int | None = None, seed: int | None = 0, *,
 
 
 def read_points(path: str | os.PathLike, *, min_points: int = MIN_POINTS) -> torch.Tensor:
-    """Read a finite ``(N, D)`` float32 tensor from a ``.npy`` or ``.csv`` file.
+    """Read a finite ``(N, D)`` float32 tensor from a ``.npy``, ``.csv`` or ``.txt`` file.
 
     Raises ``ValueError`` naming the path for a missing file, another suffix, unparsable text,
     an array that is not 2-D, NaN or inf, or fewer than ``min_points`` rows.
@@ -84,10 +85,10 @@ def _read(path: Path, min_points: int) -> tuple[torch.Tensor, str]:
     min_points = positive_int(min_points, name="min_points")
     where = str(path)
     if not path.is_file():
-        raise ValueError(f"{where}: expected an existing .npy or .csv file, got no such file")
+        raise ValueError(f"{where}: expected an existing .npy, .csv or .txt file, got no such file")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{where}: expected a file ending in .npy or .csv, got {path.suffix or 'no suffix'!r}")
+        raise ValueError(f"{where}: expected a file ending in .npy, .csv or .txt, got {path.suffix or 'no suffix'!r}")
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -103,8 +104,8 @@ def _read(path: Path, min_points: int) -> tuple[torch.Tensor, str]:
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            raise ValueError(f"{where}: expected comma-separated numbers as text, got binary data") from None
-        array = _read_csv(path, text)
+            raise ValueError(f"{where}: expected numbers as text, got binary data") from None
+        array = _read_csv(path, text, "," if suffix == ".csv" or "," in text else None)
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
         raise ValueError(f"{where}: expected a real-valued array, got dtype {getattr(array, 'dtype', type(array))}")
     # Cast first so values beyond float32's range surface as inf in the finiteness check.
@@ -113,18 +114,20 @@ def _read(path: Path, min_points: int) -> tuple[torch.Tensor, str]:
     return as_points(torch.from_numpy(array), name=where, min_points=min_points), hashlib.sha256(data).hexdigest()
 
 
-def _read_csv(path: Path, text: str) -> np.ndarray:
+def _read_csv(path: Path, text: str, delimiter: str | None = ",") -> np.ndarray:
+    """Rows of numbers separated by ``delimiter`` (``None``: spaces)."""
     lines = text.splitlines()
     # The first line with content (outside comments) is a header if it does not parse as numbers.
     for i, line in enumerate(lines):
         content = line.split("#", 1)[0].strip()
         if content:
             try:
-                [float(v) for v in content.split(",")]
+                [float(v) for v in content.split(delimiter)]
             except ValueError:
                 lines = lines[:i] + lines[i + 1:]
             break
     try:
-        return np.loadtxt(lines, delimiter=",", comments="#", ndmin=2, dtype=np.float64)
+        return np.loadtxt(lines, delimiter=delimiter, comments="#", ndmin=2, dtype=np.float64)
     except ValueError as e:
-        raise ValueError(f"{path}: expected comma-separated numbers with one optional header line, got {e}") from None
+        separated = "comma-separated" if delimiter else "space-separated"
+        raise ValueError(f"{path}: expected {separated} numbers with one optional header line, got {e}") from None

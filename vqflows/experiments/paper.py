@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace, argv: list[str], runner: Runner) -> int:
 def _check_dataset(name: str) -> None:
     if name not in _datasets.names() and not Path(name).is_file():
         known = ", ".join(map(repr, _datasets.names()))
-        raise ValueError(f"datasets: expected one of {known} or a .npy/.csv file, got {name!r}")
+        raise ValueError(f"datasets: expected one of {known} or a .npy/.csv/.txt file, got {name!r}")
 
 
 def _check_int(text: str) -> None:

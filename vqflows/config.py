@@ -1,0 +1,222 @@
+"""The settings of a run (:class:`RunConfig`) and the state of a run folder, importable without torch.
+
+This module imports only the standard library, NumPy and the light parts of the package
+(:mod:`vqflows.presets`, :mod:`vqflows.io`, :mod:`vqflows.checks`), so that the command line checks
+its arguments, the ``--set`` overrides and the output folder before it pays for torch: a mistake
+is answered in a fraction of a second. Training, evaluation and the run folders themselves live in
+:mod:`vqflows.runs`, which re-exports everything here.
+
+Example:
+    >>> config = RunConfig(dataset="helix", model="vq-maf").with_overrides(["charts=16", "lr=0.001"])
+    >>> config.charts, config.lr, config.is_vq
+    (16, 0.001, True)
+    >>> RunConfig(charts="many")
+    Traceback (most recent call last):
+    ...
+    ValueError: charts: expected a positive int or 'auto', got 'many'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import presets
+from .checks import one_of, positive_int
+from .io import apply_overrides, read_json
+
+#: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
+#: belong to the image study).
+MODELS = tuple(name for name in presets.names() if not name.startswith("image-"))
+
+#: Training objectives (:func:`vqflows.fit`): ``"cells"`` (the paper's eq. 17) or ``"mixture"``.
+OBJECTIVES = ("cells", "mixture")
+#: How chart weights and frames see the points: each point in its cell, or shared by its nearest charts.
+MEMBERSHIPS = ("hard", "soft")
+#: Chart counts tried by ``charts="auto"`` (:func:`vqflows.selection.select_charts`).
+CANDIDATES = (8, 16, 32, 64)
+
+#: Files a run writes into its folder (besides ``model/``); ``overwrite`` removes exactly these.
+RUN_FILES = ("run.json", "config.json", "data.json", "metrics.json", "interrupted.json", "history.json",
+             "history.csv", "checkpoint.pt")
+#: ``run.json``: what marks a folder as a vqflows run, and records the run's fingerprint.
+MARKER, FORMAT = "run.json", "vqflows-run"
+
+
+class SettingError(ValueError):
+    """A run setting does not fit the data; names the setting and a value that fits.
+
+    ``str(error)`` speaks of settings as ``key=value`` (as :meth:`RunConfig.with_overrides` takes
+    them); :meth:`cli` says the same with the command line's ``--set key=value``.
+    """
+
+    def __init__(self, message: str, key: str, fits: Any) -> None:
+        self.template, self.key, self.fits = message, key, fits
+        super().__init__(message.format(change=f"{key}={fits}"))
+
+    def cli(self) -> str:
+        """The message with the change spelled as a command-line option."""
+        return self.template.format(change=f"--set {self.key}={self.fits}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run (one dataset, one model, one seed). Defaults are the library's choices.
+
+    Arguments:
+        dataset: a built-in name (``vqflows datasets``) or a path to a ``.npy``/``.csv``/``.txt`` file.
+        model: one of :data:`MODELS`: ``realnvp``, ``maf``, ``nsf``, ``cef``, ``sphere`` and their ``vq-`` versions.
+        seed: seeds the data draw, the split, the initial weights and training.
+        n: points drawn from a built-in set (``None``: 10,000), or rows taken from a file (``None``: all).
+        epochs: the most flow epochs; ``patience``: epochs without a better validation score before stopping.
+        batch_size, lr: Adam's batch size and learning rate.
+        charts: the number of charts ``K``, or ``"auto"`` to choose it on validation among :data:`CANDIDATES`.
+        partition: how the charts are found: ``"vqae"`` (VQ autoencoder) or another of
+            :data:`vqflows.presets.PARTITIONS`.
+        latent: the VQ autoencoder's code dimension.
+        m, eps: chart membership: the ``m`` nearest codes, enlarged by ``eps`` (``None``: 2 for ``vq-cef``, else 1).
+        chart_epochs: epochs of the chart stage.
+        transforms, hidden: the flow's number of transforms and hidden width (two layers).
+        manifold_dim: the learned manifold's dimension for ``cef`` models.
+        frames: give each chart its own fitted frame.
+        flow_options: further keyword arguments of the flow.
+        objective: ``"mixture"`` (the default) or ``"cells"`` (the paper's eq. 17); see :func:`vqflows.fit`.
+        top: charts per point of the mixture objective.
+        learn_weights: learn the chart weights with the flow.
+        membership: ``"hard"`` or ``"soft"`` (see :func:`vqflows.fit`).
+        compile: run the loss through ``torch.compile``.
+        device: where to train (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        threads: torch threads while training (``0``: torch's default).
+    """
+
+    dataset: str = "helix"
+    model: str = "vq-maf"
+    seed: int = 0
+    n: int | None = None  # None: 10,000 points of a built-in set, every row of a file
+    epochs: int = 100
+    patience: int = 10
+    # batches of 512 at 2e-3: the same test gaps as 128 at 1e-3 within the seeds' spread, at a fraction
+    # of the cost per epoch (docs/objective.md)
+    batch_size: int = 512
+    lr: float = 2e-3
+    charts: int | str = 32  # or "auto": the best of CANDIDATES on validation
+    partition: str = "vqae"
+    latent: int = 3
+    m: int | None = None  # None: 2 for vq-cef (overlapping charts), else 1 (hard boundaries)
+    eps: float = 0.0
+    chart_epochs: int = 30
+    transforms: int = 5
+    hidden: int = 64
+    manifold_dim: int = 2
+    frames: bool = True
+    flow_options: dict = field(default_factory=dict)
+    objective: str = "mixture"  # "cells" with charts=32 batch_size=128 lr=0.001: the paper's Table 1 as published
+    top: int = 4
+    learn_weights: bool = True
+    membership: str = "hard"
+    compile: bool = False  # torch.compile the loss: pays on long runs and GPUs, costs tens of seconds cold
+    device: str = "cpu"
+    threads: int = 1  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
+
+    def __post_init__(self) -> None:
+        one_of(self.model, MODELS, name="model")
+        one_of(self.objective, OBJECTIVES, name="objective")
+        one_of(self.membership, MEMBERSHIPS, name="membership")
+        one_of(self.partition, presets.PARTITIONS, name="partition")
+        if isinstance(self.charts, str) and self.charts != "auto":
+            raise ValueError(f"charts: expected a positive int or 'auto', got {self.charts!r}")
+        if self.m is None:
+            # an embedding flow's chart surface must reach past its cell to meet its neighbours'
+            self.m = 2 if self.model == "vq-cef" else 1
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
+        # counts are checked here, before any data is loaded
+        for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1),
+                           *((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1),
+                           ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
+                           ("manifold_dim", 1), ("threads", 0), ("top", 1)):
+            positive_int(getattr(self, key), name=key, minimum=least)
+        if self.n is not None:
+            positive_int(self.n, name="n")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
+                self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr: expected a finite number > 0, got {self.lr!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not (
+                self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps: expected a finite number >= 0, got {self.eps!r}")
+
+    @property
+    def flow(self) -> str:
+        """The base flow's name (``model`` without ``vq-``)."""
+        return self.model.removeprefix("vq-")
+
+    @property
+    def is_vq(self) -> bool:
+        """Whether the model has charts (a ``vq-`` model)."""
+        return self.model.startswith("vq-")
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> RunConfig:
+        """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`); unknown keys and values
+        of the wrong type raise ``ValueError``."""
+        return apply_overrides(self, overrides)
+
+    def check_size(self, train_points: int) -> None:
+        """Refuse more charts than training points, naming the setting and a count that fits.
+
+        Raises:
+            SettingError: ``charts`` (a fixed ``K``) exceeds ``train_points`` on a ``vq-`` model.
+        """
+        if not self.is_vq or self.charts == "auto" or self.charts <= train_points:
+            return
+        fits = max([k for k in (1, 2, 4, *CANDIDATES) if k <= max(train_points, 1)])
+        raise SettingError(f"dataset: expected at least {self.charts} training points, one per chart (charts="
+                           f"{self.charts} sets it), got {train_points}; fewer charts fit, e.g. {{change}}",
+                           "charts", fits)
+
+    def build_model(self, features: int, charts: int | None = None):
+        """The untrained model of this run for data in ``R^features`` (its preset, so that it saves and loads);
+        ``charts`` overrides the config's count (needed when it is ``"auto"``)."""
+        charts = charts if charts is not None else self.charts
+        if charts == "auto":
+            charts = max(CANDIDATES)
+        return presets.create(self.model, features=features, charts=charts, partition=self.partition,
+                              latent=self.latent, m=self.m if self.is_vq else 1, eps=self.eps,
+                              transforms=self.transforms, hidden_features=[self.hidden, self.hidden],
+                              manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (what a run folder's ``config.json`` holds)."""
+        return dataclasses.asdict(self)
+
+
+def run_state(out: str | os.PathLike) -> str:
+    """``"finished"``, ``"unfinished"`` (a run began writing here), ``"new"``, or ``"foreign"``: run files
+    (``config.json``, ``model/``, ...) that no vqflows run wrote."""
+    out = Path(out)
+    if not (any((out / name).exists() for name in RUN_FILES) or (out / "model").exists()):
+        return "new"
+    if not _is_run(out):
+        return "foreign"
+    return "finished" if (out / "metrics.json").exists() else "unfinished"
+
+
+def _is_run(out: Path) -> bool:
+    """Whether ``out`` holds a vqflows run: its ``run.json``, or (a run of a version before it) a
+    ``config.json`` of run settings only, among them the run's name (dataset, model, seed) and budget."""
+    marker = read_json(out / MARKER)
+    if isinstance(marker, dict):
+        return marker.get("format") == FORMAT
+    if (out / MARKER).exists():
+        return False
+    config = read_json(out / "config.json")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    return (isinstance(config, dict) and set(config) <= fields
+            and {"dataset", "model", "seed", "epochs", "charts", "lr", "batch_size"} <= set(config))
+
+
+__all__ = ["CANDIDATES", "FORMAT", "MARKER", "MEMBERSHIPS", "MODELS", "OBJECTIVES", "RUN_FILES", "RunConfig", "SettingError",
+           "run_state"]
