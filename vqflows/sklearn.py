@@ -40,6 +40,8 @@ class VQFlowDensity(BaseEstimator):
         device: where to train; the fitted model is moved back to the CPU.
         threads: torch threads while fitting and scoring (``None`` or 0: leave torch's setting; at most
             :data:`~vqflows.training.THREADS_PER_CPU` per CPU).
+        verbose: progress bars while fitting: ``True``, ``False``, or ``None`` (the default) for bars only
+            when a person is watching (stderr is a terminal, or a notebook; :func:`vqflows.training.interactive`).
 
     Fitted attributes: ``model_`` (the :class:`VQFlow`), ``history_`` (its :class:`History`),
     ``n_features_in_``.
@@ -58,7 +60,7 @@ class VQFlowDensity(BaseEstimator):
                  frames: bool = True, flow_options: dict | None = None, epochs: int = 100, batch_size: int = 512,
                  lr: float = 2e-3, weight_decay: float = 0.0, patience: int = 10, chart_epochs: int = 30,
                  objective: str = "mixture", top: int = 4, validation_fraction: float = 0.1, seed: int = 0,
-                 device: str = "cpu", threads: int | None = None) -> None:
+                 device: str = "cpu", threads: int | None = None, verbose: bool | None = None) -> None:
         self.flow = flow
         self.charts = charts
         self.partition = partition
@@ -82,6 +84,7 @@ class VQFlowDensity(BaseEstimator):
         self.seed = seed
         self.device = device
         self.threads = threads
+        self.verbose = verbose
 
     def fit(self, X, y=None) -> VQFlowDensity:
         """Build and train the model on ``X`` ``(N, D)``; ``y`` is ignored. Returns ``self``."""
@@ -103,7 +106,7 @@ class VQFlowDensity(BaseEstimator):
             history = fit(model, train, val, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                           weight_decay=self.weight_decay, patience=self.patience, chart_epochs=self.chart_epochs,
                           objective=self.objective, top=self.top, seed=self.seed, device=self.device,
-                          threads=self.threads)
+                          threads=self.threads, progress=self.verbose)
         if history.interrupted:
             raise KeyboardInterrupt
         self.model_: VQFlow = model.to("cpu").eval()

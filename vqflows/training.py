@@ -203,6 +203,22 @@ def _check(model: VQFlow, val: Tensor, top: Tensor | None, rule: EarlyStopping,
     return ll, ll - penalty, bound, True
 
 
+def interactive() -> bool:
+    """Whether a person is likely watching this process: its stderr is a terminal, or it is a Jupyter kernel.
+
+    This decides what ``progress=None`` (the default of :func:`fit` and :func:`train_flow`) does.
+    """
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":  # a notebook's kernel
+        return True
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -281,6 +297,11 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _fitting_charts(points: int) -> int:
+    """A chart count of the usual kind (a power of two) that ``points`` training points can hold."""
+    return 1 << (max(points, 1).bit_length() - 1)
 
 
 def _check_spread(x: Tensor, name: str) -> None:
@@ -366,7 +387,7 @@ def _name(f: Any) -> str | None:
 
 def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 512, lr: float = 2e-3,
         weight_decay: float = 0.0, patience: int = 10, chart_epochs: int = 30, seed: int = 0,
-        device: str | torch.device | None = None, progress: bool = False, val_points: int | None = 512,
+        device: str | torch.device | None = None, progress: bool | None = None, val_points: int | None = 512,
         objective: str = "mixture", top: int = 4, learn_weights: bool = True, fit_charts: bool = True,
         optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
         clip_grad: float | None = None, early_stopping: EarlyStopping | None | bool = True,
@@ -401,7 +422,11 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
     one_of(membership, MEMBERSHIPS, name="membership")
     positive_int(epochs, name="epochs")
     positive_int(batch_size, name="batch_size")
-    train = as_points(train, model.features, name="train", min_points=max(model.K, 2))
+    progress = interactive() if progress is None else bool(progress)
+    train = as_points(train, model.features, name="train", min_points=2)
+    if train.shape[0] < model.K:
+        raise ValueError(f"train: expected at least {model.K} points, one per chart (the model has {model.K} charts; "
+                         f"build it with fewer, e.g. charts={_fitting_charts(train.shape[0])}), got {train.shape[0]}")
     _check_spread(train, "train")
     if val is None:
         perm = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -457,7 +482,7 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
                optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
                clip_grad: float | None = None, early_stopping: EarlyStopping | None = None,
                objective: str = "mixture", top: int = 4, learn_weights: bool = True,
-               callbacks: Iterable[Callback] = (), seed: int = 0, progress: bool = False,
+               callbacks: Iterable[Callback] = (), seed: int = 0, progress: bool | None = None,
                checkpoint: Path | None = None, resume: bool | None = None, history: History | None = None,
                compile: bool = False, fingerprint: Mapping[str, Any] | None = None) -> History:
     """Train the flow of a model whose charts, weights and frames are fitted (stage 3).
@@ -483,6 +508,7 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
     """
     one_of(objective, OBJECTIVES, name="objective")
     positive_int(top, name="top")
+    progress = interactive() if progress is None else bool(progress)
     if clip_grad is not None and not (clip_grad > 0 and math.isfinite(clip_grad)):
         raise ValueError(f"clip_grad: expected a finite number > 0, got {clip_grad!r}")
     if early_stopping is not None and val is None:

@@ -206,7 +206,7 @@ def train_in_stages(model: VQFlow, splits: EarthSplits, config: EarthConfig, see
         history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
                       lr=lr, weight_decay=config.weight_decay, patience=config.patience,
                       chart_epochs=config.chart_epochs, seed=seed + 1000 * stage, fit_charts=stage == 0,
-                      objective=config.objective, top=config.top)
+                      objective=config.objective, top=config.top, progress=False)
         epochs.append(history.epochs)
         best.append(history.best_epoch)
         if history.interrupted:
