@@ -30,9 +30,9 @@ from .frames import TRIM_LEVEL, ChartFrames
 
 LOG_PROB_MODES = ("mixture", "charts", "top")
 ENCODE_MODES = ("map", "expected", "sample")
-#: Rows of the flattened ``(N K)`` pass scored at once. Measured on a 2-core CPU (K = 32, N = 1e5):
-#: 8,192 rows ran 2.4× faster than 65,536, whose buffers fell out of the cache and the allocator's
-#: reuse (1.9 M page faults); ``test_log_prob_throughput`` in ``benchmarks/timing.py`` times the sizes.
+#: Rows of the flattened ``(N K)`` pass scored at once: large enough to keep the flow's kernels busy, small
+#: enough that the buffers stay in the cache (chosen by measurement: ``test_log_prob_throughput`` in ``benchmarks/timing.py``, on the
+#: documentation's page of measured choices).
 CHUNK = 8192
 
 
@@ -121,24 +121,24 @@ class VQFlow(nn.Module):
 
     # ------------------------------------------------------------------ charts
     def chart_distances(self, x: Tensor) -> Tensor:
-        """Squared distances to the K chart centres, ``(N, D) -> (N, K)``."""
+        """Squared distances of the points ``x`` to the K chart centres, ``(N, D) -> (N, K)``."""
         if self.partition is None:
             return torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
         return torch.cat([self.partition.distances(xs) for xs in x.split(65536)]) if len(x) else \
             torch.zeros(0, self.K, dtype=x.dtype, device=x.device)
 
     def membership(self, x) -> Tensor:
-        """Which charts contain each point, ``(N, D) -> (N, K)`` bool."""
+        """Which charts contain each point of ``x``, ``(N, D) -> (N, K)`` bool."""
         with torch.no_grad():
             return membership(self.chart_distances(self._input(x)), self.m, self.eps)
 
     def assign(self, x) -> Tensor:
-        """Nearest chart of each point, ``(N, D) -> (N,)`` long."""
+        """Nearest chart of each point of ``x``, ``(N, D) -> (N,)`` long."""
         with torch.no_grad():
             return nearest(self.chart_distances(self._input(x)))
 
     def top_charts(self, x, m: int) -> Tensor:
-        """The ``m`` nearest charts of each point, nearest first, ``(N, D) -> (N, m)`` long."""
+        """The ``m`` nearest charts of each point of ``x``, nearest first, ``(N, D) -> (N, m)`` long."""
         m = min(positive_int(m, name="m"), self.K)
         with torch.no_grad():
             return self.chart_distances(self._input(x)).topk(m, dim=-1, largest=False).indices
@@ -147,7 +147,7 @@ class VQFlow(nn.Module):
         r"""Soft chart membership from the chart distances, ``(N, D) -> (N, K)``, rows summing to 1.
 
         ``r_ik ∝ exp(-d_k(x_i) / τ)`` over each point's ``m`` nearest charts (0 elsewhere), with ``d_k``
-        the squared distance to centre ``k`` (:meth:`chart_distances`) and ``τ`` (default) the median over
+        the squared distance to centre ``k`` (:meth:`chart_distances`) and ``τ`` (``temperature``; by default) the median over
         ``x`` of the squared distance to the nearest centre: a point halfway between two centres is shared
         almost evenly, one at its centre stays mostly in its own chart. These are the weights that
         :meth:`fit_weights` takes for responsibility-weighted frames; ``m=1`` gives the hard cells.
@@ -171,7 +171,11 @@ class VQFlow(nn.Module):
         return self.log_weights.exp()
 
     def fit_charts(self, x, *, seed: int = 0, epochs: int = 30, progress=None) -> list[float]:
-        """Stage 1: learn the chart centres (VQ-AE or k-means) on ``x`` ``(N, D)``."""
+        """Stage 1: learn the chart centres (VQ-AE or k-means) on ``x`` ``(N, D)``; returns the loss per epoch.
+
+        ``seed`` seeds the stage, ``epochs`` is the VQ autoencoder's training length (k-means ignores it)
+        and ``progress``, if given, is called as ``progress(epoch, loss)`` after every epoch.
+        """
         x = self._input(x, min_points=max(self.K, 2))
         if self.partition is None:
             return []
@@ -181,7 +185,7 @@ class VQFlow(nn.Module):
 
     @torch.no_grad()
     def fit_weights(self, x, responsibilities: Tensor | None = None) -> None:
-        """Stage 2: chart weights ``p_k`` (equation 15), chart frames and normalised contexts.
+        """Stage 2: chart weights ``p_k`` (equation 15), chart frames and normalised contexts, fitted to ``x`` ``(N, D)``.
 
         ``responsibilities`` ``(N, K)`` (rows summing to 1) replace the hard membership for the weights
         and the frames: ``p_k = mean_i r_ik`` and responsibility-weighted frame moments.
@@ -201,13 +205,14 @@ class VQFlow(nn.Module):
         return self.contexts[k] if self.contexts.shape[1] else None
 
     def chart_map(self, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """``z = f_k(x)`` and ``log|det ∂z/∂x|``, the composition frame → flow: ``(M, D), (M,) -> (M, d), (M,)``."""
+        """``z = f_k(x)`` and ``log|det ∂z/∂x|`` for points ``x`` in charts ``k``, the composition frame → flow:
+        ``(M, D), (M,) -> (M, d), (M,)``."""
         y, ladj = self.frames(x, k)
         z, flow_ladj = self.flow(y, self._context(k))
         return z, ladj + flow_ladj
 
     def chart_inverse(self, z: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """``x = g_k(z)`` and ``log|det ∂x/∂z|``: ``(M, d), (M,) -> (M, D), (M,)``."""
+        """``x = g_k(z)`` and ``log|det ∂x/∂z|`` for latents ``z`` in charts ``k``: ``(M, d), (M,) -> (M, D), (M,)``."""
         y, ladj = self.flow.inverse(z, self._context(k))
         x, frame_ladj = self.frames.inverse(y, k)
         return x, ladj + frame_ladj
@@ -230,7 +235,10 @@ class VQFlow(nn.Module):
         return bool(grad) and torch.is_grad_enabled()
 
     def chart_log_prob(self, x, *, chunk: int = CHUNK, grad: bool | None = None) -> Tensor:
-        """``log p(x | k)`` under every chart, ``(N, D) -> (N, K)``: batched passes over ``chunk`` rows of ``(N K)``."""
+        """``log p(x | k)`` under every chart, ``(N, D) -> (N, K)``: batched passes over ``chunk`` rows of ``(N K)``.
+
+        ``grad``: keep the autograd graph (default: when the model trains or ``x`` requires a gradient).
+        """
         x = self._input(x)
         positive_int(chunk, name="chunk")
         with torch.set_grad_enabled(self._graph(x, grad)):
@@ -255,8 +263,8 @@ class VQFlow(nn.Module):
         :meth:`sample`, the one to report. ``"charts"``: ``log Σ_{k : x ∈ U_k} p_k p(x | k)``
         (equations 18/20), a lower bound that evaluates only the charts containing ``x``. ``"top"``:
         ``log Σ_{k ∈ top(x)} p_k p(x | k)`` over the ``top`` nearest charts, the lower bound that the
-        mixture objective trains (``top/K`` of the cost; after mixture training with ``top = 4`` it was
-        within 0.001 nats of the mixture on the 3-D sets, see docs/objective.md).
+        mixture objective trains (``top/K`` of the cost; after mixture training it comes close to the
+        mixture, as the results' "cheap scoring" table measures). ``top`` is the number of charts.
 
         ``x`` may be a tensor of any floating dtype, a numpy array or a list; it is converted to the
         model's dtype and device. The autograd graph is kept only when it can be wanted — the model
@@ -318,7 +326,8 @@ class VQFlow(nn.Module):
 
     def mixture_loss(self, x: Tensor, charts: Tensor, log_weights: Tensor | None = None) -> Tensor:
         r"""Mixture training loss ``-log Σ_{k ∈ charts(x)} p_k p(x | k)`` plus the responsibility-weighted
-        penalty, ``(N, D), (N, m) -> (N,)``; with all K charts it is the exact negative log-likelihood."""
+        penalty, ``(N, D), (N, m) -> (N,)``; with all K charts it is the exact negative log-likelihood.
+        ``log_weights`` ``(K,)`` replaces the model's chart weights (e.g. the ones being learned)."""
         joint, penalty = self.log_joint(x, charts, log_weights)
         nll = -torch.logsumexp(joint, dim=-1)
         if penalty.requires_grad or bool(penalty.any()):
@@ -326,7 +335,8 @@ class VQFlow(nn.Module):
         return nll
 
     def reconstruction(self, x) -> Tensor:
-        """Squared distance from each point to its nearest chart's model manifold, ``(N,)`` (0 for full flows)."""
+        """Squared distance from each point of ``x`` ``(N, D)`` to its nearest chart's model manifold, ``(N,)``
+        (0 for full flows)."""
         x = self._input(x)
         with torch.set_grad_enabled(self._graph(x, None)):
             k = nearest(self.chart_distances(x))
@@ -334,7 +344,7 @@ class VQFlow(nn.Module):
             return self.flow.reconstruction(y, self._context(k)) * self.frames.scale2(k)
 
     def penalty(self, x: Tensor) -> Tensor:
-        """The training loss's penalty beyond ``-log p`` on each point's nearest chart, ``(N,)``
+        """The training loss's penalty beyond ``-log p`` on each point of ``x``'s nearest chart, ``(N,)``
         (zero for full flows); early stopping subtracts it so that it watches what training minimises."""
         k = nearest(self.chart_distances(x))
         return self._chart_terms(x, k)[1]
@@ -365,7 +375,8 @@ class VQFlow(nn.Module):
         """Draw ``k ~ p_k``, ``z ~ N(0, I_d)``, ``x = g_k(z)``: ``(*sample_shape, D)`` (and the charts ``sample_shape``).
 
         ``sample_shape`` follows torch.distributions (an int ``n`` means ``(n,)``); no gradient is kept
-        (see :meth:`rsample`). Draws are batched, so any count fits in memory.
+        (see :meth:`rsample`). Draws are batched, so any count fits in memory. ``seed`` (or a torch
+        ``generator``) makes the draw reproducible; ``return_charts`` also returns each sample's chart.
         """
         with torch.no_grad():
             return self._draw(sample_shape, generator, seed, return_charts)
@@ -373,11 +384,12 @@ class VQFlow(nn.Module):
     def rsample(self, sample_shape: Sequence[int] | int | torch.Size = torch.Size(), *,
                 generator: torch.Generator | None = None, seed: int | None = None, return_charts: bool = False):
         """Reparameterised :meth:`sample`: ``x = g_k(z)`` keeps the graph, so gradients reach the flow's
-        parameters (the chart draw ``k`` is discrete and carries none)."""
+        parameters (the chart draw ``k`` is discrete and carries none). ``sample_shape``, ``generator``,
+        ``seed`` and ``return_charts`` are :meth:`sample`'s."""
         return self._draw(sample_shape, generator, seed, return_charts)
 
     def decode(self, z, k: Tensor) -> Tensor:
-        """``x = g_k(z)``: ``(N, d), (N,) -> (N, D)``."""
+        """``x = g_k(z)`` for latents ``z`` in charts ``k``: ``(N, d), (N,) -> (N, D)``."""
         z = as_points(z, self.manifold_dim, name="z", dtype=self._ref.dtype).to(self._ref.device)
         return self.chart_inverse(z, torch.as_tensor(k, device=z.device))[0]
 
@@ -385,9 +397,10 @@ class VQFlow(nn.Module):
                return_charts: bool = False, chunk: int = CHUNK):
         r"""Latent codes ``z = f_k(x)``, ``(N, D) -> (N, d)`` (and the charts used, ``(N,)``).
 
-        ``"map"``: the most probable chart ``argmax_{k: x ∈ U_k} p(k | x)``; ``"expected"``:
-        ``Σ_k p(k | x) f_k(x)``; ``"sample"``: ``k ~ p(k | x)``. ``p(k | x)`` is equation 12.
-        With hard charts all three agree. Batched over ``chunk`` points.
+        The ``mode`` chooses the chart: ``"map"``: the most probable chart ``argmax_{k: x ∈ U_k} p(k | x)``;
+        ``"expected"``: ``Σ_k p(k | x) f_k(x)``; ``"sample"``: ``k ~ p(k | x)`` (drawn with ``generator``).
+        ``p(k | x)`` is equation 12. With hard charts all three agree. Batched over ``chunk`` points;
+        ``return_charts`` also returns the charts.
         """
         one_of(mode, ENCODE_MODES, name="mode")
         x = self._input(x)
@@ -501,7 +514,8 @@ class VQFlowDistribution(torch.distributions.Distribution):
 
 
 def build(features: int, flow: str = "maf", charts: int | None = 32, **options: Any) -> VQFlow:
-    """A VQ-Flow on ``R^features`` from option names; see :func:`vqflows.presets.build`."""
+    """A VQ-Flow on ``R^features`` from option names: ``flow`` (the base flow), ``charts`` (``K``, or ``None``
+    for the plain flow) and the further ``options`` of :func:`vqflows.presets.build`, which documents them all."""
     from .presets import build as _build
 
     return _build(features, flow, charts, **options)

@@ -115,7 +115,8 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
 
     On Ctrl-C the best weights so far (if a flow epoch finished) are saved with
     ``interrupted.json``, then :class:`RunInterrupted` says what the folder kept. A run that fails
-    on a fresh folder removes what it wrote. ``callback(epoch, model, history)`` is passed to :func:`fit`.
+    on a fresh folder removes what it wrote. ``callback(epoch, model, history)`` is passed to :func:`fit`;
+    ``progress`` shows its progress bars.
     """
     out = Path(out)
     if overwrite and resume:
@@ -383,7 +384,7 @@ def _read_config(path: Path) -> RunConfig:
 
 
 def load_run(path: str | os.PathLike) -> tuple[VQFlow, RunConfig]:
-    """The model and config of a run folder; unreadable files raise ``ValueError`` naming them."""
+    """The model and config of the run folder ``path``; unreadable files raise ``ValueError`` naming them."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise ValueError(f"run: expected a run folder with config.json, got {str(path)!r}")
@@ -460,7 +461,7 @@ def _check_data(path: Path, splits: datasets.Splits) -> None:
 
 
 def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
-    """Re-evaluate a run folder on its test split; returns its metrics with fresh test numbers.
+    """Re-evaluate the run folder ``path`` on its test split; returns its metrics with fresh test numbers.
 
     The test log-likelihood, its top-``top`` bound, the oracle and the reconstruction error are
     recomputed; the validation log-likelihood is the one recorded at training (the same weights),

@@ -11,17 +11,17 @@ objectives:
   (``learn_weights``) — the model that is trained is the one that is scored. With ``top = K`` it is the
   exact negative log-likelihood; with fewer charts it is an upper bound of it.
 
-:func:`fit` trains on the mixture over each point's 4 nearest charts by default: on the six 3-D sets
-it ended 0.05–0.11 nats from the oracle where hard cells ended 0.07–0.17 (3 seeds), and with batches
-of 512 an epoch costs what a hard-cell epoch at batch 128 did (docs/objective.md). ``objective="cells"`` reproduces the paper's Table 1.
+:func:`fit` trains on the mixture over each point's 4 nearest charts by default, chosen over hard
+cells by a measured sweep (the documentation's page on the training objective);
+``objective="cells"`` reproduces the paper's Table 1.
 
 Early stopping watches the mixture log-likelihood of a fixed random subset of the validation points
 (``points``, so that its cost stays small beside an epoch), less the flow's penalty (the
 reconstruction term of embedding flows), and restores the best weights. The mixture, not the cheaper
 ``"charts"`` sum, is watched because a chart's cell can catch a few stray points of a distant piece of
 the manifold, whose chart-only scores would swamp the mean. By default each epoch scores the mixture
-over each point's 8 nearest charts, a lower bound of it that is 4× cheaper at K = 32 and chose the
-exact score's best epoch in every measured run (:data:`CHECK_TOP`); :class:`EarlyStopping` also
+over each point's 8 nearest charts, a lower bound of it at a quarter of the cost at K = 32
+(:data:`CHECK_TOP`); :class:`EarlyStopping` also
 offers the exact check every epoch, or a bound confirmed by the exact score near the best.
 
 Data-parallel training: when ``torch.distributed`` is initialised (e.g. under ``torchrun``), every
@@ -55,10 +55,9 @@ from .frames import trim_threshold
 from .model import VQFlow
 
 #: The default early-stopping check of :func:`fit`: the mixture over each validation point's 8 nearest
-#: charts, a lower bound of the exact score at 1/4 of its cost with K = 32. In 210 trainings of the
-#: defaults sweep (six 3-D sets, K = 16-64, both objectives; ``benchmarks/defaults.py``) it chose the
-#: exact check's best epoch every time, and it stayed within 0.006 nats of the exact score at every
-#: epoch (docs/objective.md). With ``top >= K`` the check is exact.
+#: charts, a lower bound of the exact score at 1/4 of its cost with K = 32, chosen by the defaults sweep
+#: (``benchmarks/defaults.py``; its measurements are on the training-objective page). With ``top >= K``
+#: the check is exact.
 CHECK_TOP, CHECK_MARGIN = 8, None
 
 
@@ -68,7 +67,26 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class History:
-    """What :func:`fit` did. Per-epoch lists share the index ``epoch - 1``."""
+    """What :func:`fit` did. Per-epoch lists share the index ``epoch - 1``.
+
+    Attributes:
+        epoch: the epochs run, from 1.
+        train_loss: each epoch's mean training loss.
+        val_log_likelihood: each epoch's validation log-likelihood (the exact mixture where
+            ``val_exact``, else the early-stopping bound).
+        epoch_seconds: each epoch's wall time.
+        chart_loss: the chart stage's loss per epoch.
+        best_epoch: the epoch whose weights were kept.
+        val_score: each epoch's early-stopping score (the log-likelihood less the flow's penalty).
+        best_val_score: the best epoch's score.
+        val_exact: per epoch, whether the exact check ran.
+        best_val_bound: the best epoch's lower bound.
+        stopped_early: whether early stopping ended training.
+        interrupted: whether Ctrl-C ended training.
+        chart_seconds: the chart and weight stages' time.
+        flow_seconds: the flow stage's time.
+        resumed_at: the epoch a resumed fit went on from (0: not resumed).
+    """
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
@@ -144,7 +162,7 @@ Data = Tensor | Callable[[int], Tensor]
 
 
 def adam(lr: float = 1e-3, weight_decay: float = 0.0) -> OptimizerFactory:
-    """Adam (fused where the build has it: 1.15–1.3× faster epochs on CPU)."""
+    """A factory of Adam with learning rate ``lr`` and ``weight_decay`` (the fused kernel where torch has it)."""
     def make(params: list) -> torch.optim.Optimizer:
         try:
             return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
@@ -154,7 +172,7 @@ def adam(lr: float = 1e-3, weight_decay: float = 0.0) -> OptimizerFactory:
 
 
 def cosine(optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
-    """Cosine annealing of the learning rate to 0 at the last step."""
+    """Cosine annealing of the ``optimizer``'s learning rate to 0 at the last of ``steps_per_epoch * epochs`` steps."""
     total = max(1, steps_per_epoch * epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
 
@@ -258,7 +276,7 @@ class _Objective(nn.Module):
 
 
 def resolve_device(device) -> torch.device:
-    """``device`` as a :class:`torch.device`; ``ValueError`` for a malformed name or a CUDA device that is not there."""
+    """The name or object ``device`` as a :class:`torch.device`; ``ValueError`` for a malformed name or a CUDA device that is not there."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -287,7 +305,7 @@ def check_threads(threads: int | None, *, name: str = "threads") -> int | None:
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads (``None`` or 0: leave torch's setting), restoring it after."""
+    """A context that runs with ``threads`` intra-op threads (``None`` or 0: leave torch's setting), restoring it after."""
     if not check_threads(threads):
         yield
         return
@@ -397,27 +415,62 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
     """Fit ``model`` to ``train`` ``(N, D)``; ``val`` ``(M, D)`` drives early stopping.
 
     Stages: the charts (skipped with ``fit_charts=False``, e.g. to train further from fitted charts),
-    then chart weights and frames, then :func:`train_flow` with the remaining arguments. Without
-    ``val``, a seeded 10% of ``train`` is held out. Stops after ``patience`` epochs without
-    improvement and restores the best weights; on Ctrl-C it also restores them and returns with
-    ``history.interrupted = True``. A non-finite loss raises :class:`TrainingError` naming the epoch.
+    then chart weights and frames, then :func:`train_flow` with the remaining arguments. Stops after
+    ``patience`` epochs without improvement and restores the best weights; on Ctrl-C it also restores
+    them and returns with ``history.interrupted = True``. A non-finite loss raises
+    :class:`TrainingError` naming the epoch. The defaults are those of the command line; how they
+    were chosen, with the measurements, is on the documentation's results pages.
 
-    ``threads``: torch intra-op threads during the fit (default 1: these small flows are bound by
-    per-operation overhead, and one thread per job never oversubscribes a busy machine; ``None``
-    keeps torch's setting; 0 too; at most :data:`THREADS_PER_CPU` per CPU). ``checkpoint``: a file
-    written atomically after every epoch (tensors and plain data, read back with ``weights_only=True``);
-    if it exists when ``fit`` starts, training resumes from it and ends as an uninterrupted run would
-    have. It records a fingerprint of the fit (its settings, ``epochs`` included, the training and
-    validation points and the initial model): a checkpoint of another fit is refused with a
-    ``ValueError`` naming what differs, as is a damaged one or one holding other objects.
-    ``device``: where to train (default: where the model is); the model stays there.
-    The objective and early-stopping defaults (mixture over the 4 nearest charts with learned weights,
-    the top-8 check) were chosen on the six 3-D sets (docs/objective.md), where batches of 512 at
-    ``lr=2e-3`` (the default of :class:`~vqflows.runs.RunConfig`) matched 128 at 1e-3 in half the time;
-    ``objective="cells"`` is the paper's recipe.
-    ``membership``: ``"hard"`` fits the chart weights and frames to each chart's cell (equation 15);
-    ``"soft"`` to the responsibility-weighted points of each point's ``top`` nearest charts
-    (:meth:`VQFlow.responsibilities`), so that neighbouring frames overlap.
+    Arguments:
+        model: the :class:`~vqflows.VQFlow` to train (its charts, weights, frames and flow).
+        train: training points ``(N, D)``: a tensor, a NumPy array or a list; at least one per chart.
+        val: validation points ``(M, D)`` for early stopping; ``None`` holds out a seeded 10% of ``train``.
+        epochs: the most flow epochs.
+        batch_size: points per optimiser step.
+        lr: Adam's learning rate (ignored when ``optimizer`` is given).
+        weight_decay: Adam's weight decay (ignored when ``optimizer`` is given).
+        patience: epochs without a better validation score before stopping.
+        chart_epochs: epochs of the chart stage (the VQ autoencoder; k-means ignores it).
+        seed: seeds every stage: the held-out split, the charts, the batches and the chart draws.
+        device: where to train (default: where the model is); the model stays there.
+        progress: progress bars on stderr: ``True``, ``False``, or ``None`` (the default) for bars only
+            when a person is watching — stderr is a terminal, or the code runs in a notebook
+            (:func:`interactive`).
+        val_points: the size of the fixed random validation subset that early stopping scores each
+            epoch (``None``: all of ``val``).
+        objective: ``"mixture"`` (the mixture over each point's ``top`` nearest charts, the default) or
+            ``"cells"`` (the paper's eq. 17, each point in its chart); see the module.
+        top: charts per point of the mixture objective.
+        learn_weights: learn the chart weights ``p_k`` with the flow (mixture objective).
+        fit_charts: run the chart stage; ``False`` keeps the fitted charts.
+        optimizer: a factory of the optimizer over the trainable parameters (default :func:`adam`
+            with ``lr`` and ``weight_decay``).
+        scheduler: a factory of a learning-rate scheduler stepped after every batch (e.g. :func:`cosine`).
+        clip_grad: clip the gradient norm to this value (``None``: no clipping).
+        early_stopping: ``True`` (the default check, see :data:`CHECK_TOP`), an :class:`EarlyStopping`,
+            or ``None``/``False`` to train all ``epochs``.
+        callback: called after every epoch as ``callback(epoch, model, history)``.
+        callbacks: more such callbacks; an object may also have ``on_train_begin(model, history)``.
+        checkpoint: a file written atomically after every epoch (tensors and plain data, read back
+            with ``weights_only=True``); if it exists when ``fit`` starts, training resumes from it and
+            ends as an uninterrupted run would have. It records a fingerprint of the fit (its settings,
+            ``epochs`` included, the training and validation points and the initial model): a
+            checkpoint of another fit is refused with a ``ValueError`` naming what differs, as is a
+            damaged one or one holding other objects.
+        threads: torch intra-op threads during the fit (default 1: these small flows are bound by
+            per-operation overhead, and one thread per job never oversubscribes a busy machine;
+            ``None`` or 0 keeps torch's setting; at most :data:`THREADS_PER_CPU` per CPU).
+        membership: ``"hard"`` fits the chart weights and frames to each chart's cell (equation 15);
+            ``"soft"`` to the responsibility-weighted points of each point's ``top`` nearest charts
+            (:meth:`VQFlow.responsibilities`), so that neighbouring frames overlap.
+        compile: run the loss through ``torch.compile`` (pays on long runs and GPUs).
+
+    Returns:
+        The :class:`History` of the fit.
+
+    Raises:
+        ValueError: bad input (points of the wrong shape, fewer points than charts, constant data, ...).
+        TrainingError: a non-finite training loss.
     """
     one_of(membership, MEMBERSHIPS, name="membership")
     positive_int(epochs, name="epochs")
@@ -492,6 +545,7 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
         train: points ``(N, D)`` on the model's device, or a function ``epoch -> (N, D)`` giving each
             epoch's points (e.g. fresh dequantisation noise); charts are reassigned for each draw.
         val: validation points for ``early_stopping``.
+        epochs: the most epochs; ``batch_size``: points per optimiser step.
         optimizer: factory of the optimizer over the trainable parameters (default :func:`adam`).
         scheduler: factory of a learning-rate scheduler stepped after every batch (e.g. :func:`cosine`).
         clip_grad: clip the gradient norm to this value.
@@ -499,11 +553,15 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, *, epochs:
         objective: ``"cells"`` or ``"mixture"`` (see the module); ``top``: charts per point of the
             mixture objective; ``learn_weights``: learn ``p_k`` with the mixture objective.
         callbacks: called after every epoch as ``callback(epoch, model, history)``.
+        seed: seeds the batches and the chart draws.
+        progress: a progress bar: ``True``, ``False``, or ``None`` for one when a person is watching
+            (:func:`interactive`).
         checkpoint: a file for the loop's state after every epoch (tensors and plain data, read with
             ``weights_only=True``); ``resume`` (default: whether the file exists) continues from it. A
             checkpoint written with other settings, data or initial model is refused (``ValueError``):
             ``fingerprint`` (default: the model's state when training starts) is what it must match
             beside this loop's own settings and training points.
+        history: the :class:`History` to append to (e.g. the one whose chart stage ran before).
         compile: run the loss through ``torch.compile`` (opt-in: it pays only on long runs or a warm cache).
     """
     one_of(objective, OBJECTIVES, name="objective")

@@ -147,7 +147,7 @@ def split_sizes(n: int, fractions: Sequence[float] = SPLITS) -> tuple[int, int, 
 
 def split(points: Tensor, fractions: Sequence[float] = SPLITS, *, seed: int | None = None,
           shuffle: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """Cut ``(N, D)`` points into train, validation and test parts.
+    """Cut ``(N, D)`` points into train, validation and test parts, in the proportions ``fractions``.
 
     With ``shuffle``, rows are permuted first by a generator seeded with ``seed``; without it,
     consecutive blocks are taken, which is already a random split for i.i.d. draws.
