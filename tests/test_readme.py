@@ -25,15 +25,36 @@ def test_readme_api_snippet_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), scope)
     assert (tmp_path / "run" / "weights.pt").exists()
 
-    # the scikit-learn and composition examples run in the same scope (on a tiny budget)
-    sklearn_block, compose_block = _python_blocks()[1:3]
-    assert "GridSearchCV" in sklearn_block and "VQFlow(" in compose_block
+    # the scikit-learn example runs in the same scope (on a tiny budget)
+    sklearn_block = _python_blocks()[1]
+    assert "GridSearchCV" in sklearn_block
     sklearn_block = sklearn_block.replace("VQFlowDensity(epochs=20)", "VQFlowDensity(epochs=1, chart_epochs=1)")
     sklearn_block = sklearn_block.replace('{"charts": [8, 16, 32]}, cv=3', '{"charts": [2, 4]}, cv=2')
     exec(compile(sklearn_block, "README.md", "exec"), scope)
     assert scope["search"].best_params_["charts"] in (2, 4)
-    exec(compile(compose_block, "README.md", "exec"), scope)
-    assert scope["model"].K == 16 and scope["model"].m == 2
+
+
+def test_readme_results_match_the_results_page():
+    """The table at a glance copies Table 1 of docs/results.md (the command beside both made it)."""
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "docs" / "results.md").read_text()
+    for model in ("RealNVP", "VQ-RealNVP", "MAF", "VQ-MAF"):
+        row = re.search(rf"^\| {re.escape(model)} \|(.*)\|$", readme, re.M).group(1)
+        numbers = re.findall(r"[−-]?\d+\.\d+ ± \d+\.\d+", row)
+        assert len(numbers) == 6, row
+        for number in numbers:
+            assert number.replace("−", "-") in results, (model, number)
+    header = re.search(r"^\| model \|(.*)\|$", readme, re.M).group(1)
+    import vqflows.catalog
+
+    for name in (c.strip() for c in header.split("|")):  # the command line's dataset names
+        assert name in vqflows.catalog.names(), name
+
+
+def test_readme_links_exist():
+    readme = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(((?:docs)/[^)#]*)\)", readme):
+        assert (ROOT / target).exists(), target
 
 
 def test_ci_runs_the_readme_test_command():
