@@ -34,7 +34,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import special
 from torch import Tensor
 
 from .checks import one_of
@@ -297,6 +296,8 @@ def vmf_log_normalizer(kappa, dim: int = 3) -> Tensor:
 
 
 def _log_normalizer_any_dim(kappa: np.ndarray, p: int) -> np.ndarray:
+    from scipy import special  # deferred: importing scipy.special costs a second, and only this needs it
+
     v = p / 2 - 1
     const = -0.5 * p * _LOG_2PI
     with np.errstate(divide="ignore", invalid="ignore"):
