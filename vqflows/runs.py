@@ -43,7 +43,7 @@ from .config import SettingError as SettingError
 from .io import claim, read_json, write_bytes, write_json, write_text
 from .model import VQFlow
 from .selection import select_charts
-from .training import History, check_threads, digest, fit
+from .training import History, check_threads, digest, fit, torch_threads
 
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.pt"
@@ -491,7 +491,8 @@ def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
                          f"(sha256 {sha[:12]}...), got other points from {config.dataset!r} with seed {config.seed} "
                          f"and n {config.n}")
     metrics.update({"dataset": config.dataset, "model": config.model, "seed": config.seed})
-    metrics.update(evaluate(model, splits, config.top, val=not isinstance(metrics.get("val_log_likelihood"), float)))
+    with torch_threads(config.threads or None):  # the run's threads, as in training (small flows gain nothing from more)
+        metrics.update(evaluate(model, splits, config.top, val=not isinstance(metrics.get("val_log_likelihood"), float)))
     metrics["parameters"] = parameters(model)
     metrics.update(status=status, interrupted=status != "finished")
     return metrics
