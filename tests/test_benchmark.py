@@ -103,7 +103,7 @@ def test_sample_score_counts_nonfinite_samples():
 # ------------------------------------------------------------------------------------ grid
 def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path):
     base = RunConfig(dataset="helix", model="maf", n=200, epochs=1, transforms=1, hidden=8)
-    bad = paper.PaperRun(apply_overrides(base, {"lr": -1.0}), tmp_path / "bad")
+    bad = paper.PaperRun(apply_overrides(base, {"lr": 1e8, "batch_size": 10}), tmp_path / "bad")  # diverges
     good = paper.PaperRun(base, tmp_path / "good")
     report = paper.run_grid([bad, good])
     assert report.count("trained") == 1 and len(report.failures) == 1
