@@ -75,7 +75,7 @@ def test_stored_summaries_match_a_recomputed_row():
 def test_out_folder_messages_name_the_options(tmp_path, capsys):
     out = tmp_path / "r"
     (out / "model").mkdir(parents=True)
-    (out / "config.json").write_text("{}")
+    (out / "run.json").write_text('{"format": "vqflows-run", "state": "running"}')
     assert main(["train", "--out", str(out), *TINY]) == 2
     err = capsys.readouterr().err
     assert "add --resume to continue it or --overwrite to start over" in err and err.count("\n") == 1, err
@@ -118,6 +118,26 @@ def test_an_interrupt_prints_the_command_that_resumes(tmp_path, capsys, monkeypa
     monkeypatch.setattr(runs, "fit", fit)
     assert main(shlex.split(command)[1:]) == 0  # the printed command, as given, finishes the run
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_an_interrupted_overwrite_prints_the_command_that_starts_it_over(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    fit = runs.fit
+
+    def interrupted(*args, **kwargs):
+        def stop(epoch, model, history):
+            raise KeyboardInterrupt
+        return fit(*args, **{**kwargs, "callback": stop})
+
+    monkeypatch.setattr(runs, "fit", interrupted)
+    argv = ["train", "--out", str(out), "--overwrite", "--seed", "1", *TINY]
+    capsys.readouterr()
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing replaced" in err and "resume" not in err, err
+    assert err.strip().endswith(f"to start the new run over: {shlex.join(['vqflows', *argv])}"), err
+    assert json.loads((out / "config.json").read_text())["seed"] == 0  # the old run is as it was
 
 
 def test_every_sample_format_reads_back_as_a_dataset(tmp_path, capsys):

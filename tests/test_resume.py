@@ -188,7 +188,8 @@ def test_cli_resume_after_sigint_equals_the_whole_run(whole, tmp_path, monkeypat
 
     monkeypatch.setattr(vqflows.io, "atomic_torch_save", hooked)
     assert main(["train", "--out", str(out), *CLI]) == 130
-    assert "resume continues from the last finished epoch" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "to continue from the last finished epoch: vqflows train" in err and err.strip().endswith("--resume"), err
     monkeypatch.undo()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert main(["train", "--out", str(out), "--resume", *CLI]) == 0

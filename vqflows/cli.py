@@ -24,7 +24,7 @@ from pathlib import Path
 
 # light imports only (the standard library, NumPy and the package's torch-free modules): see the docstring
 from . import catalog
-from .config import MODELS, RunConfig, SettingError, run_state
+from .config import MARKER, MODELS, RUN_FILES, RunConfig, SettingError, run_state
 
 #: How ``sample --out`` writes each suffix: NumPy's binary format, or text (comma- or space-separated);
 #: ``--dataset`` reads each of them back.
@@ -73,17 +73,24 @@ def _check_dataset(dataset: str) -> None:
         raise UsageError(f"--dataset: expected an existing {path.suffix} file, got {dataset!r} (no such file)")
 
 
-def _check_out(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """What ``--out`` holds must fit ``--overwrite``/``--resume`` (the run checks again when it claims the folder)."""
+def _check_out(out: Path, *, overwrite: bool, resume: bool) -> str:
+    """What ``--out`` holds must fit ``--overwrite``/``--resume`` (the run checks again when it claims the
+    folder); returns its state (:func:`vqflows.config.run_state`)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: expected a run folder, got the file {str(out)!r}")
     state = run_state(out)
+    if state == "foreign":
+        held = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                                if p.name in RUN_FILES or p.name == "model"))
+        raise UsageError(f"--out: expected a new folder or a vqflows run folder, got {str(out)!r} holding {held} "
+                         f"but no {MARKER} (not written by a vqflows run; choose another --out)")
     if state == "finished" and not overwrite:
         raise UsageError(f"--out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
                          f"(add --overwrite to replace it, or choose another --out)")
     if state == "unfinished" and not (overwrite or resume):
         raise UsageError(f"--out: expected a new run folder, got the unfinished run {str(out)!r} "
                          f"(add --resume to continue it or --overwrite to start over)")
+    return state
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -100,8 +107,9 @@ def _cmd_train(args, argv: list[str]) -> int:
     config = config.with_overrides([item for group in args.set or [] for item in group])
     _check_dataset(config.dataset)
     out = Path(args.out or f"runs/{Path(config.dataset).stem}-{config.model}-{config.seed}")
+    state = "new"
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone owns the folder
-        _check_out(out, overwrite=args.overwrite, resume=args.resume)
+        state = _check_out(out, overwrite=args.overwrite, resume=args.resume)
 
     from .runs import RunInterrupted, train_run  # deferred: imports torch
 
@@ -109,7 +117,11 @@ def _cmd_train(args, argv: list[str]) -> int:
         metrics = train_run(config, out, progress=not args.json and not args.quiet, overwrite=args.overwrite,
                             resume=args.resume)
     except RunInterrupted as e:
-        kept = str(e).rsplit("; ", 1)[0]  # what the folder kept (the rest is said here in the command's terms)
+        if args.overwrite and state != "new":  # the new run was built beside the old one, which stays
+            print(f"vqflows train: interrupted: nothing replaced, the run in {out} is as it was; "
+                  f"to start the new run over: {shlex.join(['vqflows', *argv])}", file=sys.stderr)
+            return 130
+        kept = str(e).rsplit("; ", 1)[0]  # what the folder kept (how to go on is said here, as a command)
         how = ("to continue from the last finished epoch" if (out / "checkpoint.pt").exists()
                else "to start it over")
         print(f"vqflows train: {kept}; {how}: {_resume_command(argv)}", file=sys.stderr)
