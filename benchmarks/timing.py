@@ -131,10 +131,14 @@ def test_chart_stage(benchmark, helix):
 
 
 @pytest.mark.parametrize("command", [["-c", "import vqflows"], ["-m", "vqflows", "--help"],
-                                     ["-m", "vqflows", "train", "--model", "no-such-model"]],
-                         ids=["import", "help", "usage-error"])
+                                     ["-m", "vqflows", "train", "--model", "no-such-model"],
+                                     ["-m", "vqflows", "train", "--set", "charts=many"],
+                                     ["-m", "vqflows", "datasets"]],
+                         ids=["import", "help", "usage-error", "settings-error", "datasets"])
 def test_startup(benchmark, command):
-    """Wall time of a fresh interpreter: ``import vqflows``, ``vqflows --help`` and a usage error."""
+    """Wall time of a fresh interpreter: ``import vqflows``, ``vqflows --help``, a usage error, a bad
+    ``--set`` setting (both answered before torch is imported; target < 1 s) and ``vqflows datasets``
+    (stored summaries; target < 2 s)."""
     run = lambda: subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, check=False)
     benchmark.pedantic(run, rounds=5, iterations=1)
     benchmark.extra_info["median_s"] = benchmark.stats.stats.median
