@@ -11,13 +11,13 @@ import pytest
 from vqflows.cli import main
 from vqflows.runs import RunConfig, train_run
 
-TINY_CLI = ["--epochs", "1", "--quiet", "--set", "n=200", "charts=2", "chart_epochs=1", "hidden=8", "transforms=1"]
+TINY_CLI = ["--epochs", "1", "--quiet", "--set", "n=200", "charts=2", "partition=vqae", "chart_epochs=1", "hidden=8", "transforms=1"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
-    train_run(RunConfig(dataset="helix", n=200, epochs=1, charts=2, chart_epochs=1, hidden=8, transforms=1), out)
+    train_run(RunConfig(dataset="helix", n=200, epochs=1, charts=2, partition="vqae", chart_epochs=1, hidden=8, transforms=1), out)
     return out
 
 

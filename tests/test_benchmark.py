@@ -24,7 +24,7 @@ DATASETS = ("helix", "lissajous")
 MODELS = ("maf", "vq-maf")
 TRIALS = 2
 ARGS = ["--table", "1", "--table", "2", "--datasets", ",".join(DATASETS), "--models", ",".join(MODELS),
-        "--trials", str(TRIALS), "--epochs", "2", "--set", "n=400", "chart_epochs=2", "charts=4", "--quiet"]
+        "--trials", str(TRIALS), "--epochs", "2", "--set", "n=400", "chart_epochs=2", "charts=4", "partition=vqae", "--quiet"]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -215,7 +215,7 @@ def test_rerun_skips_finished_runs_and_retrains_changed_ones(benchmark_out):
     assert (out / "tables" / "table1.json").read_text() == table
     # a changed config retrains just the runs it covers
     assert cli.main(["--table", "1", "--datasets", "helix", "--models", "maf", "--trials", "1", "--epochs", "1",
-                     "--set", "n=400", "chart_epochs=2", "charts=4", "--jobs", "1", "--no-figures", "--quiet",
+                     "--set", "n=400", "chart_epochs=2", "charts=4", "partition=vqae", "--jobs", "1", "--no-figures", "--quiet",
                      "--out", str(out)]) == 0
     changed = out / "runs" / "helix" / "maf" / "seed-0" / "metrics.json"
     assert changed.stat().st_mtime_ns != before[changed]
@@ -227,7 +227,7 @@ def test_rerun_skips_finished_runs_and_retrains_changed_ones(benchmark_out):
 def test_worker_processes_reproduce_the_inline_runs(benchmark_out, tmp_path):
     # spawned workers with one thread each must give the very numbers of the in-process runs
     args = ["--table", "1", "--datasets", "helix", "--models", "maf", "--trials", str(TRIALS), "--epochs", "2",
-            "--set", "n=400", "chart_epochs=2", "charts=4", "--quiet", "--no-figures"]
+            "--set", "n=400", "chart_epochs=2", "charts=4", "partition=vqae", "--quiet", "--no-figures"]
     assert cli.main(args + ["--jobs", "2", "--out", str(tmp_path)]) == 0
     for seed in range(1, TRIALS):  # seed 0 of the shared grid was retrained with other settings above
         ours = json.loads((tmp_path / "runs" / "helix" / "maf" / f"seed-{seed}" / "metrics.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 from vqflows import RunConfig, load_run
 from vqflows.cli import main
 
-TINY = ["--set", "n=400", "chart_epochs=2", "charts=4", "hidden=16", "transforms=2"]
+TINY = ["--set", "n=400", "chart_epochs=2", "charts=4", "partition=vqae", "hidden=16", "transforms=2"]
 
 
 def _train(tmp_path, capsys, *extra, model="vq-maf", dataset="helix"):

@@ -16,7 +16,7 @@ from vqflows.experiments.runner import Runner, Task
 distributed = pytest.importorskip("distributed")
 
 GRID = ["--table", "1", "--datasets", "helix,lissajous", "--models", "maf,vq-maf", "--trials", "1", "--epochs", "2",
-        "--set", "n=300", "chart_epochs=2", "charts=4", "transforms=2", "hidden=16", "--no-figures", "--quiet"]
+        "--set", "n=300", "chart_epochs=2", "charts=4", "partition=vqae", "transforms=2", "hidden=16", "--no-figures", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def test_corrupt_data_files_through_the_cli(suffix, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fuzz") / "run"
-    train_run(RunConfig(dataset="helix", n=200, epochs=1, charts=2, chart_epochs=1, hidden=8, transforms=1), out)
+    train_run(RunConfig(dataset="helix", n=200, epochs=1, charts=2, partition="vqae", chart_epochs=1, hidden=8, transforms=1), out)
     return out
 
 

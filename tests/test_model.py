@@ -258,7 +258,8 @@ def test_ctrl_c_keeps_the_best_weights(tmp_path, monkeypatch):
 
     real_fit = runs.fit
     monkeypatch.setattr(runs, "fit", lambda *a, **k: real_fit(*a, **{**k, "callback": stop}))
-    cfg = runs.RunConfig(model="vq-maf").with_overrides(["n=400", "charts=2", "chart_epochs=1", "hidden=8", "epochs=5"])
+    cfg = runs.RunConfig(model="vq-maf").with_overrides(["n=400", "charts=2", "partition=vqae", "chart_epochs=1",
+                                                           "hidden=8", "epochs=5"])
     with pytest.raises(KeyboardInterrupt):
         runs.train_run(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "interrupted.json").exists() and not (tmp_path / "run" / "metrics.json").exists()

@@ -103,7 +103,7 @@ def test_select_charts_keeps_the_best_validation_likelihood():
 
 def test_run_with_charts_auto_records_the_choice_and_reloads(tmp_path):
     config = RunConfig(dataset="helix", model="vq-maf", n=600, epochs=2, chart_epochs=1, transforms=1, hidden=8,
-                       charts="auto", objective="mixture", top=2)
+                       charts="auto", partition="vqae", objective="mixture", top=2)
     metrics = train_run(config, tmp_path / "run")
     rows = metrics["chart_selection"]
     assert [row["charts"] for row in rows] == [8, 16, 32, 64]

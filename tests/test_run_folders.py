@@ -18,8 +18,10 @@ from vqflows.cli import main
 from vqflows.model import VQFlow
 from vqflows.runs import RunConfig, RunInterrupted, train_run
 
-TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "chart_epochs": 1, "hidden": 8, "transforms": 1}
-TINY_CLI = ["--epochs", "2", "--quiet", "--set", "n=200", "charts=2", "chart_epochs=1", "hidden=8", "transforms=1"]
+TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "partition": "vqae", "chart_epochs": 1, "hidden": 8,
+        "transforms": 1}
+TINY_CLI = ["--epochs", "2", "--quiet", "--set", "n=200", "charts=2", "partition=vqae", "chart_epochs=1", "hidden=8",
+            "transforms=1"]
 
 
 def _files(folder: Path) -> dict[str, bytes]:

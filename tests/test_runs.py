@@ -19,8 +19,9 @@ from vqflows.cli import main
 from vqflows.model import VQFlow
 from vqflows.runs import RunConfig, RunInterrupted, load_data, load_run, train_run
 
-TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "chart_epochs": 1, "hidden": 8, "transforms": 1}
-TINY_CLI = ["--epochs", "1", "--quiet", "--set", "n=200", "charts=2", "chart_epochs=1", "hidden=8", "transforms=1"]
+TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "partition": "vqae", "chart_epochs": 1, "hidden": 8,
+        "transforms": 1}
+TINY_CLI = ["--epochs", "1", "--quiet", "--set", "n=200", "charts=2", "partition=vqae", "chart_epochs=1", "hidden=8", "transforms=1"]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -1,11 +1,13 @@
 """Charts: partitions of the data manifold into K overlapping regions U_1..U_K (paper §4.2.1–4.2.2).
 
-A partitioner gives, for each point, squared distances to the K chart centres, ``(N, D) -> (N, K)``,
-and the centres themselves as context vectors ``v_k`` ``(K, C)``. Two partitioners:
+A partitioner gives, for each point, distances to the K chart centres, ``(N, D) -> (N, K)`` (smallest
+nearest), and the centres themselves as context vectors ``v_k`` ``(K, C)``. Three partitioners:
 
 * :class:`VQAutoencoder` — encoder E, decoder D and codebook ``v_1..v_K`` in a ``C``-dimensional
   latent space; ``d_k(x) = ||E(x) - v_k||²``.
 * :class:`KMeansCharts` — k-means in (standardised) data space; ``d_k(x) = ||x - μ_k||²``, ``C = D``.
+* :class:`GaussianMixtureCharts` — a fitted Gaussian mixture; ``d_k(x) = -log(w_k N(x; μ_k, Σ_k))``, and
+  the model takes the mixture's weights and whitening frames, so that it starts as that mixture.
 
 Membership (:func:`membership`) keeps the m nearest centres, enlarged by ε; chart weights
 (:func:`chart_weights`) follow equation 15.
@@ -302,4 +304,70 @@ class KMeansCharts(nn.Module):
         return [inertia / x.shape[0]]
 
 
-PARTITIONS = {"vqae": VQAutoencoder, "kmeans": KMeansCharts}
+class GaussianMixtureCharts(nn.Module):
+    r"""Charts from a fitted full-covariance Gaussian mixture: chart ``k`` is component ``k``.
+
+    ``d_k(x) = -log(w_k N(x; μ_k, Σ_k))``, the negative log-joint, so a point's nearest charts are its
+    most responsible components; the centres (the chart contexts, ``C = D``) are the means. The model
+    takes the mixture's weights as chart weights and whitening frames ``y = L_k^{-1}(x - μ_k)`` from
+    ``Σ_k = L_k L_kᵀ`` (:meth:`VQFlow.fit_weights`), so with an identity flow the VQ-Flow *is* the
+    mixture: its ``log_prob`` is ``GaussianMixture.score_samples``. Fitted by scikit-learn
+    (:data:`vqflows.baselines.GMM_OPTIONS`, ``random_state=seed``) on at most ``sample_points`` points.
+
+    Buffers: ``codebook`` (the means, ``(K, D)``), ``chol`` ``(K, D, D)``, ``log_weights`` ``(K,)``.
+    """
+
+    #: the model takes its chart weights and frames from this partition (see :meth:`VQFlow.fit_weights`)
+    mixture = True
+
+    def __init__(self, features: int, codes: int = 32) -> None:
+        super().__init__()
+        self.features, self.codes, self.latent = features, codes, features
+        self.register_buffer("codebook", torch.zeros(codes, features))
+        self.register_buffer("chol", torch.eye(features).expand(codes, features, features).clone())
+        self.register_buffer("log_weights", torch.full((codes,), -float(torch.tensor(codes).log())))
+
+    @property
+    def centres(self) -> Tensor:
+        return self.codebook
+
+    @torch.no_grad()
+    def set_mixture(self, weights, means, covariances) -> None:
+        """Take the parameters of a fitted mixture, ``(K,), (K, D), (K, D, D)`` (e.g. a ``GaussianMixture``'s
+        ``weights_``, ``means_`` and ``covariances_``)."""
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        cov = torch.as_tensor(covariances, dtype=torch.float64)
+        if w.shape != (self.codes,) or cov.shape != (self.codes, self.features, self.features):
+            raise ValueError(f"mixture: expected {self.codes} components on {self.features} features, "
+                             f"got weights {tuple(w.shape)} and covariances {tuple(cov.shape)}")
+        self.codebook.copy_(torch.as_tensor(means, dtype=torch.float64).to(self.codebook))
+        self.chol.copy_(torch.linalg.cholesky(cov).to(self.chol))
+        self.log_weights.copy_((w / w.sum()).log().to(self.log_weights))
+
+    def distances(self, x: Tensor, *, chunk: int = CHUNK) -> Tensor:
+        """``-log(w_k N(x; μ_k, Σ_k))``: ``(N, D) -> (N, K)``."""
+        import math
+
+        eye = torch.eye(self.features, dtype=self.chol.dtype, device=self.chol.device).expand_as(self.chol)
+        inv = torch.linalg.solve_triangular(self.chol, eye, upper=False).to(x.dtype)  # L_k^{-1}
+        const = (self.log_weights - self.chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)).to(x.dtype) \
+            - 0.5 * self.features * math.log(2 * math.pi)
+        out = []
+        for xc in x.split(max(1, chunk // self.codes)):
+            z = torch.einsum("kij,nkj->nki", inv, xc[:, None, :] - self.codebook.to(x.dtype))
+            out.append(0.5 * z.square().sum(-1) - const)
+        return torch.cat(out) if out else x.new_zeros(0, self.codes)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, *, seed: int = 0, sample_points: int = SAMPLE_POINTS, **unused) -> list[float]:
+        """Fit the mixture to ``x`` ``(N, D)`` (or a seeded subsample of ``sample_points``); returns
+        ``[mean negative log-likelihood of the fitted points]``."""
+        from .baselines import fit_gmm
+
+        pick = _subsample(x.shape[0], sample_points, seed)
+        est = fit_gmm((x if pick is None else x[pick.to(x.device)]).cpu().double(), self.codes, seed=seed)
+        self.set_mixture(est.weights_, est.means_, est.covariances_)
+        return [-float(est.score(x.cpu().double().numpy() if pick is None else x[pick].cpu().double().numpy()))]
+
+
+PARTITIONS = {"vqae": VQAutoencoder, "kmeans": KMeansCharts, "gmm": GaussianMixtureCharts}

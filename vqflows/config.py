@@ -31,7 +31,7 @@ from .io import apply_overrides, read_json
 
 #: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
 #: belong to the image study).
-MODELS = tuple(name for name in presets.names() if not name.startswith("image-"))
+MODELS = tuple(name for name in presets.names() if not name.startswith("image-")) + presets.BASELINES
 
 #: Training objectives (:func:`vqflows.fit`): ``"cells"`` (the paper's eq. 17) or ``"mixture"``.
 OBJECTIVES = ("cells", "mixture")
@@ -69,14 +69,17 @@ class RunConfig:
 
     Arguments:
         dataset: a built-in name (``vqflows datasets``) or a path to a ``.npy``/``.csv``/``.txt`` file.
-        model: one of :data:`MODELS`: ``realnvp``, ``maf``, ``nsf``, ``cef``, ``sphere`` and their ``vq-`` versions.
+        model: one of :data:`MODELS`: ``realnvp``, ``maf``, ``nsf``, ``cef``, ``sphere`` and their ``vq-`` versions,
+            and the classical baselines ``gmm`` and ``kde`` (:mod:`vqflows.baselines`; fitted, not trained).
         seed: seeds the data draw, the split, the initial weights and training.
         n: points drawn from a built-in set (``None``: 10,000), or rows taken from a file (``None``: all).
         epochs: the most flow epochs; ``patience``: epochs without a better validation score before stopping.
         batch_size, lr: Adam's batch size and learning rate.
         charts: the number of charts ``K``, or ``"auto"`` to choose it on validation among :data:`CANDIDATES`.
-        partition: how the charts are found: ``"vqae"`` (VQ autoencoder) or another of
-            :data:`vqflows.presets.PARTITIONS`.
+        partition: how the charts are found: ``"auto"`` (the default; for ``vq-maf`` the better on validation
+            of flows trained from the validated Gaussian mixture and from a ``charts``-component one, see
+            :func:`vqflows.runs.auto_candidates`; the VQ autoencoder for other flows), ``"vqae"`` (the
+            paper's VQ autoencoder) or another of :data:`vqflows.presets.PARTITIONS` (``"kmeans"``, ``"gmm"``).
         latent: the VQ autoencoder's code dimension.
         m, eps: chart membership: the ``m`` nearest codes, enlarged by ``eps`` (``None``: 2 for ``vq-cef``, else 1).
         chart_epochs: epochs of the chart stage.
@@ -104,7 +107,7 @@ class RunConfig:
     batch_size: int = 512
     lr: float = 2e-3
     charts: int | str = 32  # or "auto": the best of CANDIDATES on validation
-    partition: str = "vqae"
+    partition: str = "auto"
     latent: int = 3
     m: int | None = None  # None: 2 for vq-cef (overlapping charts), else 1 (hard boundaries)
     eps: float = 0.0
@@ -126,7 +129,7 @@ class RunConfig:
         one_of(self.model, MODELS, name="model")
         one_of(self.objective, OBJECTIVES, name="objective")
         one_of(self.membership, MEMBERSHIPS, name="membership")
-        one_of(self.partition, presets.PARTITIONS, name="partition")
+        one_of(self.partition, (*presets.PARTITIONS, "auto"), name="partition")
         if isinstance(self.charts, str) and self.charts != "auto":
             raise ValueError(f"charts: expected a positive int or 'auto', got {self.charts!r}")
         if self.m is None:
@@ -159,6 +162,11 @@ class RunConfig:
         """Whether the model has charts (a ``vq-`` model)."""
         return self.model.startswith("vq-")
 
+    @property
+    def is_baseline(self) -> bool:
+        """Whether the model is a classical baseline (:mod:`vqflows.baselines`), fitted without training."""
+        return self.model in presets.BASELINES
+
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> RunConfig:
         """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`); unknown keys and values
         of the wrong type raise ``ValueError``."""
@@ -177,13 +185,16 @@ class RunConfig:
                            f"{self.charts} sets it), got {train_points}; fewer charts fit, e.g. {{change}}",
                            "charts", fits)
 
-    def build_model(self, features: int, charts: int | None = None):
+    def build_model(self, features: int, charts: int | None = None, partition: str | None = None):
         """The untrained model of this run for data in ``R^features`` (its preset, so that it saves and loads);
-        ``charts`` overrides the config's count (needed when it is ``"auto"``)."""
+        ``charts`` and ``partition`` override the config's (needed when they are ``"auto"``)."""
         charts = charts if charts is not None else self.charts
+        partition = partition if partition is not None else self.partition
         if charts == "auto":
             charts = max(CANDIDATES)
-        return presets.create(self.model, features=features, charts=charts, partition=self.partition,
+        if partition == "auto":  # a run chooses among candidates (auto_candidates); a single model is the VQ-AE's
+            partition = "vqae"
+        return presets.create(self.model, features=features, charts=charts, partition=partition,
                               latent=self.latent, m=self.m if self.is_vq else 1, eps=self.eps,
                               transforms=self.transforms, hidden_features=[self.hidden, self.hidden],
                               manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)

@@ -72,6 +72,19 @@ class ChartFrames(nn.Module):
     def features(self) -> int:
         return self.shift.shape[1]
 
+    @torch.no_grad()
+    def set_gaussian(self, means: Tensor, chol: Tensor) -> None:
+        """Whitening frames of Gaussian components: ``y = L_k^{-1} (x - μ_k)`` with ``Σ_k = L_k L_kᵀ``
+        (``means`` ``(K, D)``, lower Cholesky factors ``chol`` ``(K, D, D)``), ``log|det A_k| = -Σ_i log L_k,ii``.
+        A chart whose flow is the identity is then the component ``N(μ_k, Σ_k)``."""
+        chol = chol.double()
+        eye = torch.eye(self.features, dtype=chol.dtype, device=chol.device).expand_as(chol)
+        inverse = torch.linalg.solve_triangular(chol, eye, upper=False)
+        self.shift.copy_(means.to(self.shift))
+        self.matrix.copy_(inverse.to(self.matrix))
+        self.inverse_matrix.copy_(chol.to(self.matrix))
+        self.logdet.copy_((-chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)).to(self.logdet))
+
     # ------------------------------------------------------------------ maps
     def forward(self, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """``(A_k (x - μ_k), log|det A_k|)`` row by row: ``(M, D), (M,) -> (M, D), (M,)``."""

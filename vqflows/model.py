@@ -121,7 +121,8 @@ class VQFlow(nn.Module):
 
     # ------------------------------------------------------------------ charts
     def chart_distances(self, x: Tensor) -> Tensor:
-        """Squared distances of the points ``x`` to the K chart centres, ``(N, D) -> (N, K)``."""
+        """Distances to the K chart centres, ``(N, D) -> (N, K)``: squared distances, or for Gaussian-mixture
+        charts the negative log-joint of each component."""
         if self.partition is None:
             return torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
         return torch.cat([self.partition.distances(xs) for xs in x.split(65536)]) if len(x) else \
@@ -187,10 +188,22 @@ class VQFlow(nn.Module):
     def fit_weights(self, x, responsibilities: Tensor | None = None) -> None:
         """Stage 2: chart weights ``p_k`` (equation 15), chart frames and normalised contexts, fitted to ``x`` ``(N, D)``.
 
+        A Gaussian-mixture partition (:class:`~vqflows.charts.GaussianMixtureCharts`) gives them
+        directly: its weights and the whitening frames of its components (``x`` is not used).
+
         ``responsibilities`` ``(N, K)`` (rows summing to 1) replace the hard membership for the weights
         and the frames: ``p_k = mean_i r_ik`` and responsibility-weighted frame moments.
         """
         x = self._input(x, min_points=max(self.K, 2))
+        if getattr(self.partition, "mixture", False):  # a Gaussian mixture: its weights and whitening frames
+            if self.flow.frame != "whitening":
+                raise ValueError(f"partition: expected a full-dimensional flow for Gaussian-mixture charts, "
+                                 f"got one with {self.flow.frame} frames")
+            self.log_weights.copy_(self.partition.log_weights.to(self.log_weights))
+            self.frames.set_gaussian(self.partition.centres, self.partition.chol)
+            v = self.partition.centres.detach()
+            self.contexts.copy_((v - v.mean(0)) / v.std().clamp_min(1e-8))
+            return
         member = self.membership(x) if responsibilities is None else responsibilities.to(x.device, x.dtype)
         weights = chart_weights(member) if responsibilities is None else member.double().mean(0)
         self.log_weights.copy_(weights.clamp_min(1e-12).log().to(self.log_weights))

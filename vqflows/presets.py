@@ -26,8 +26,10 @@ from typing import Any
 
 #: Base flows of the library by name.
 FLOWS = ("realnvp", "maf", "nsf", "cef", "sphere")
+#: The classical baselines (:mod:`vqflows.baselines`): model names of run configs, fitted without training.
+BASELINES = ("gmm", "kde")
 #: Partitioners by name.
-PARTITIONS = ("vqae", "kmeans")
+PARTITIONS = ("vqae", "kmeans", "gmm")
 
 _REGISTRY: dict[str, Callable[..., Any] | str] = {}
 
@@ -99,7 +101,9 @@ def build(features: int, flow: str = "maf", charts: int | None = 32, *, partitio
         flow: base flow, ``"realnvp"``, ``"maf"``, ``"nsf"``, ``"cef"`` (a learned d-manifold), or
             ``"sphere"`` (a CEF on the fixed unit sphere, for directional data; density w.r.t. area).
         charts: ``K``, or ``None`` for the plain flow (one global chart, no context).
-        partition: ``"vqae"`` (VQ autoencoder) or ``"kmeans"`` (k-means in data space).
+        partition: ``"vqae"`` (VQ autoencoder), ``"kmeans"`` (k-means in data space) or ``"gmm"`` (a
+            fitted Gaussian mixture, for ``realnvp``/``maf``/``nsf``: the charts, frames and weights are
+            its components and the flow starts at the identity, so before training the model equals the mixture).
         latent: code dimension ``C`` of the VQ-AE (default 3: a 2-D code space cannot hold a sphere
             and folds long curves so that one code cell catches pieces of several turns).
         m, eps: membership — the ``m`` nearest codes, enlarged by ``ε`` (``m=1, ε=0``: hard boundary).
@@ -116,7 +120,7 @@ def build(features: int, flow: str = "maf", charts: int | None = 32, *, partitio
     import math
 
     from . import flows
-    from .charts import KMeansCharts, VQAutoencoder
+    from .charts import GaussianMixtureCharts, KMeansCharts, VQAutoencoder
     from .checks import one_of, positive_int
     from .model import VQFlow
 
@@ -130,6 +134,9 @@ def build(features: int, flow: str = "maf", charts: int | None = 32, *, partitio
             raise ValueError(f"m: expected at most charts={charts}, got {m}")
     if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    if partition == "gmm" and charts not in (None, 1) and flow not in ("realnvp", "maf", "nsf"):
+        raise ValueError(f"partition: expected 'vqae' or 'kmeans' for flow={flow!r} ('gmm' needs a "
+                         f"full-dimensional flow: realnvp, maf or nsf), got 'gmm'")
     if flow == "cef" and not 1 <= manifold_dim < features:
         raise ValueError(f"manifold_dim: expected 1 <= d < features={features}, got {manifold_dim}")
     args = dict(features=features, flow=flow, charts=charts, partition=partition, latent=latent, m=m,
@@ -141,12 +148,16 @@ def build(features: int, flow: str = "maf", charts: int | None = 32, *, partitio
         part = None
     elif partition == "vqae":
         part = VQAutoencoder(features, charts, latent, hidden=tuple(vq_hidden))
+    elif partition == "gmm":
+        part = GaussianMixtureCharts(features, charts)
     else:
         part = KMeansCharts(features, charts)
     options = dict(transforms=transforms, hidden_features=tuple(hidden_features), **(flow_options or {}))
     if flow == "cef":
         options["manifold_dim"] = manifold_dim
     chart_flow = flows.build(flow, features, 0 if part is None else part.latent, **options)
+    if partition == "gmm" and part is not None:
+        chart_flow.zero_init()  # identity flow: the model starts as the fitted mixture
     model = VQFlow(chart_flow, part, m=min(m, K), eps=eps, local_frames=frames)
     model.spec = {"preset": None, "args": _plain(args)}
     return model
@@ -179,4 +190,4 @@ for _flow in ("realnvp", "maf"):
     register(f"image-{_flow}", "vqflows.images.models:image_" + _flow)
     register(f"image-vq-{_flow}", "vqflows.images.models:image_vq_" + _flow)
 
-__all__ = ["FLOWS", "PARTITIONS", "build", "create", "from_spec", "names", "recipe", "register"]
+__all__ = ["BASELINES", "FLOWS", "PARTITIONS", "build", "create", "from_spec", "names", "recipe", "register"]

@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from . import datasets
+from .baselines import Classical, fit_baseline
 from .checks import spread
 
 # the settings and the folder states live in .config, importable without torch (the command line checks
@@ -42,7 +44,7 @@ from .config import MODELS as MODELS
 from .config import SettingError as SettingError
 from .io import claim, read_json, write_bytes, write_json, write_text
 from .model import VQFlow
-from .selection import select_charts
+from .selection import AUTO_FLOWS, CANDIDATES, select_charts
 from .training import History, check_threads, digest, fit, torch_threads
 
 LOCK = ".lock"
@@ -62,13 +64,22 @@ def load_data(config: RunConfig) -> datasets.Splits:
 
 
 @torch.no_grad()
-def evaluate(model: VQFlow, splits: datasets.Splits, top: int = 4, *, val: bool = True) -> dict[str, float]:
+def evaluate(model: VQFlow | Classical, splits: datasets.Splits, top: int = 4, *, val: bool = True) -> dict[str, float]:
     """Test (and with ``val``, validation) log-likelihoods in mean nats per point, the top-``top`` lower bound,
-    the oracle and the reconstruction error.
+    the oracle and the reconstruction error (a classical baseline has only the log-likelihoods and the oracle).
 
     The test points are scored under every chart once: the exact mixture and the bound over each
     point's ``top`` nearest charts both come from that one pass.
     """
+    if isinstance(model, Classical):
+        out = {"test_log_likelihood": float(model.log_prob(splits.test).mean()),
+               "oracle_log_likelihood": None, "gap_to_oracle": None}
+        if val:
+            out["val_log_likelihood"] = float(model.log_prob(splits.val).mean())
+        if splits.dataset is not None:
+            out["oracle_log_likelihood"] = float(splits.dataset.log_prob(splits.test).mean())
+            out["gap_to_oracle"] = out["oracle_log_likelihood"] - out["test_log_likelihood"]
+        return out
     x = model._input(splits.test)
     joint = model.chart_log_prob(x) + model.log_weights  # (N, K): log p_k + log p(x | k)
     mixture = torch.logsumexp(joint, dim=-1)
@@ -94,7 +105,9 @@ def evaluate(model: VQFlow, splits: datasets.Splits, top: int = 4, *, val: bool 
     return out
 
 
-def parameters(model: torch.nn.Module) -> int:
+def parameters(model: torch.nn.Module | Classical) -> int:
+    if isinstance(model, Classical):
+        return model.parameters
     return sum(p.numel() for p in model.parameters())
 
 
@@ -129,7 +142,9 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     spread(splits.train, name=config.dataset, every_column=config.flow != "cef")
     config.check_size(len(splits.train))
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
-    model = config.build_model(splits.train.shape[1])
+    model = None if config.is_baseline else config.build_model(splits.train.shape[1])
+    if rank and model is None:  # a baseline fits on rank 0 alone
+        return {}
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
         _fit(config, model, splits, progress=False, callback=callback, checkpoint=out / CHECKPOINT if resume else None)
         return {}
@@ -183,8 +198,10 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
                                             "rows": sum(len(t) for t in (splits.train, splits.val, splits.test)),
                                             "features": splits.features})
         _write_marker(out, "running", splits)
+        t0 = time.perf_counter()
         model, history, selection = _fit(config, model, splits, progress=progress, callback=callback,
                                          checkpoint=out / CHECKPOINT)
+        seconds = time.perf_counter() - t0  # with a selection: every candidate and the mixture's sizing
         model.to("cpu")
         metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}
         if splits.sha256 is not None:
@@ -192,12 +209,15 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
         if not history.interrupted:
             metrics.update(evaluate(model, splits, config.top))
         metrics.update(epochs=history.epochs, best_epoch=history.best_epoch,
-                       train_seconds=history.train_seconds, chart_seconds=history.chart_seconds,
-                       flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),
+                       train_seconds=history.train_seconds if selection is None else seconds,
+                       chart_seconds=history.chart_seconds, flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),
                        parameters=parameters(model), stopped_early=history.stopped_early,
                        interrupted=history.interrupted)
         if selection is not None:
-            metrics.update(charts_selected=model.K, chart_selection=selection)
+            metrics.update(charts_selected=model.K, partition_selected=model.config.get("partition"),
+                           chart_selection=selection)
+        if isinstance(model, Classical):
+            metrics.update(size_selected=model.size, size_selection=model.selection)
         model.save(out / "model")
         _write_history(out, history)
         if history.interrupted:
@@ -274,17 +294,48 @@ def _swap(out: Path, stage: Path) -> None:
 
 def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: Any
          ) -> tuple[VQFlow, History, list[dict] | None]:
-    """Train ``model`` (or, with ``charts="auto"``, choose the chart count on validation: one model per
-    candidate, no checkpoint); returns the trained model, its history and the selection table."""
-    if config.charts != "auto" or not config.is_vq:
+    """Train ``model`` (or, with ``charts="auto"`` or ``partition="auto"``, choose the chart count and the
+    partition on validation: one model per candidate, a checkpoint only when one of them trains); returns the trained
+    model, its history and the selection table."""
+    if config.is_baseline:  # fitted and sized on validation, no training
+        t0 = time.perf_counter()
+        estimator = fit_baseline(config.model, splits.train, splits.val, seed=config.seed)
+        return estimator, History(chart_seconds=time.perf_counter() - t0), None
+    candidates = auto_candidates(config, splits)
+    if candidates is None:
         return model, fit(model, splits.train, splits.val, **_fit_options(config), **options), None
-    options.pop("checkpoint", None)
+    if sum(len(c) < 3 or c[2] for c in candidates) > 1:  # one trained candidate keeps its checkpoint
+        options.pop("checkpoint", None)
 
-    def make(k: int) -> VQFlow:
+    def make(k: int, partition: str | None = None) -> VQFlow:
         torch.manual_seed(config.seed)
-        return config.build_model(splits.train.shape[1], charts=k)
+        return config.build_model(splits.train.shape[1], charts=k, partition=partition)
 
-    return select_charts(make, splits.train, splits.val, **_fit_options(config), **options)
+    return select_charts(make, splits.train, splits.val, candidates=candidates, **_fit_options(config), **options)
+
+
+def auto_candidates(config: RunConfig, splits: datasets.Splits | None = None) -> list[tuple] | None:
+    """The ``(partition, K[, trained])`` candidates a run chooses among on validation, or ``None`` for a
+    single model.
+
+    ``partition="auto"`` with a flow of :data:`~vqflows.selection.AUTO_FLOWS` (MAF): flows trained from
+    the Gaussian mixture sized on validation (:func:`vqflows.baselines.fit_baseline` on ``splits``, its
+    count grid stopped at the first count that scores worse than the best) and from the K-component
+    mixture (K: ``charts``, or every :data:`~vqflows.selection.CANDIDATES` with ``charts="auto"``); each
+    counts epoch 0, so the chosen model is never below the validated mixture on validation. Other flows
+    take the VQ-AE (``partition="vqae"`` is the paper's).
+    ``charts="auto"`` with a fixed partition tries :data:`~vqflows.selection.CANDIDATES`.
+    """
+    if not config.is_vq:
+        return None
+    ks = CANDIDATES if config.charts == "auto" else (config.charts,)
+    if config.partition != "auto" or config.flow not in AUTO_FLOWS:
+        partition = "vqae" if config.partition == "auto" else config.partition
+        return [(partition, k) for k in ks] if config.charts == "auto" else None
+    if splits is None:
+        raise ValueError("splits: expected the data to size the mixture on, got None")
+    best = int(fit_baseline("gmm", splits.train, splits.val, seed=config.seed, patience=1).size)
+    return [("gmm", k) for k in dict.fromkeys((best, *ks))]
 
 
 def _fit_options(config: RunConfig) -> dict[str, Any]:
@@ -383,13 +434,17 @@ def _read_config(path: Path) -> RunConfig:
         raise ValueError(f"{path}: {e}") from None
 
 
-def load_run(path: str | os.PathLike) -> tuple[VQFlow, RunConfig]:
+def load_run(path: str | os.PathLike) -> tuple[VQFlow | Classical, RunConfig]:
     """The model and config of the run folder ``path``; unreadable files raise ``ValueError`` naming them."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise ValueError(f"run: expected a run folder with config.json, got {str(path)!r}")
     config = _read_config(path / "config.json")
     where = path / "model"
+    if config.is_baseline:
+        model = Classical.load(where)
+        _check_files(path)
+        return model, config
     try:
         model = VQFlow.load(where)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

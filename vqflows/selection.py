@@ -30,6 +30,12 @@ from .config import CANDIDATES
 from .model import VQFlow
 from .training import History, fit
 
+#: Flows for which ``partition="auto"`` (the run default) chooses on validation between flows trained
+#: from the Gaussian mixture whose component count scores best on validation and from a K-component one
+#: (their early stopping counts epoch 0, so each ends at or above its mixture on validation); other flows
+#: take the VQ-AE (:func:`vqflows.runs.auto_candidates`, measured in docs/results.md).
+AUTO_FLOWS = ("maf",)
+
 
 @torch.no_grad()
 def validation_score(model: VQFlow, val: torch.Tensor) -> float:
@@ -41,40 +47,80 @@ def validation_score(model: VQFlow, val: torch.Tensor) -> float:
     return ll
 
 
-def select_charts(make: Callable[[int], VQFlow], train, val, *, candidates: Sequence[int] = CANDIDATES,
+def select_charts(make: Callable[..., VQFlow], train, val, *,
+                  candidates: Sequence[int | tuple] = CANDIDATES,
                   **fit_options: Any) -> tuple[VQFlow, History, list[dict]]:
     """Fit ``make(K)`` for every ``K`` in ``candidates`` and keep the best on ``val``.
 
     Arguments:
-        make: a factory of an untrained model with ``K`` charts (e.g. ``lambda k: vqflows.build(3, charts=k)``).
+        make: a factory of an untrained model with ``K`` charts (e.g. ``lambda k: vqflows.build(3, charts=k)``);
+            for ``(partition, K)`` candidates it is called as ``make(K, partition)``.
         train, val: points ``(N, D)`` and ``(M, D)``; ``val`` drives both early stopping and the choice.
-        candidates: chart counts to try (each ``>= 1``); counts above the training points' are skipped.
+        candidates: chart counts to try (each ``>= 1``), or ``(partition, K)`` pairs to choose the
+            partition too, or ``(partition, K, False)`` for a model whose
+            charts are fitted but whose flow is not trained (with ``"gmm"``: the fitted mixture itself);
+            counts above half the training points are skipped.
         fit_options: passed to :func:`vqflows.fit` (``objective``, ``batch_size``, ``seed``, ...).
 
     Returns:
         ``(model, history, table)``: the chosen fitted model, its history, and one row per candidate
-        ``{"charts", "val_log_likelihood", "epochs", "seconds"}`` in the order tried.
+        ``{"charts", "partition", "trained", "val_log_likelihood", "epochs", "seconds"}`` in the order tried
+        (``partition`` is ``None`` for plain counts).
     """
     if isinstance(candidates, (str, bytes)) or not len(candidates):
         raise ValueError(f"candidates: expected a non-empty sequence of chart counts, got {candidates!r}")
-    ks = [positive_int(k, name="candidates") for k in candidates]
+    specs: list[tuple[str | None, int, bool]] = []
+    for c in candidates:
+        if isinstance(c, (tuple, list)) and len(c) in (2, 3) and isinstance(c[0], str):
+            specs.append((c[0], positive_int(c[1], name="candidates"), bool(c[2]) if len(c) == 3 else True))
+        else:
+            specs.append((None, positive_int(c, name="candidates"), True))
+    ks = [k for _, k, _ in specs]
+    if sum(trained for _, _, trained in specs) > 1:
+        fit_options.pop("checkpoint", None)  # a checkpoint belongs to one training
     n = len(train)
     best: tuple[float, VQFlow, History] | None = None
     table: list[dict] = []
-    for k in ks:
+    for partition, k, trained in specs:
         if k > n // 2:
             continue
         t0 = time.perf_counter()
-        model = make(k)
-        history = fit(model, train, val, **fit_options)
+        model = make(k) if partition is None else make(k, partition)
+        if trained:
+            history = fit(model, train, val, **fit_options)
+        else:
+            history = _fit_charts_only(model, train, fit_options)
         score = validation_score(model, val)
-        table.append({"charts": model.K, "val_log_likelihood": score, "epochs": history.epochs,
-                      "seconds": time.perf_counter() - t0})
+        table.append({"charts": model.K, "partition": partition, "trained": trained, "val_log_likelihood": score,
+                      "epochs": history.epochs, "seconds": time.perf_counter() - t0})
         if best is None or (math.isfinite(score) and score > best[0]):
             best = (score, model, history)
+        if history.interrupted:  # Ctrl-C: no further candidates; the caller sees the interruption
+            best[2].interrupted = True
+            break
     if best is None:
         raise ValueError(f"candidates: expected a chart count of at most half the {n} training points, got {ks}")
     return best[1], best[2], table
 
 
-__all__ = ["CANDIDATES", "select_charts", "validation_score"]
+def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
+    """The chart stage of :func:`~vqflows.fit` alone (charts, weights, frames); the flow stays as built."""
+    from .checks import as_points
+    from .training import resolve_device, torch_threads
+
+    seed = fit_options.get("seed", 0)
+    device = resolve_device(fit_options.get("device") or model.log_weights.device)
+    model.to(device)
+    x = as_points(train, model.features, name="train").to(device, model.log_weights.dtype)
+    history = History()
+    t0 = time.perf_counter()
+    with torch_threads(fit_options.get("threads", 1)), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        history.chart_loss = model.fit_charts(x, seed=seed, epochs=fit_options.get("chart_epochs", 30))
+        model.fit_weights(x)
+    history.chart_seconds = time.perf_counter() - t0
+    model.eval()
+    return history
+
+
+__all__ = ["AUTO_FLOWS", "CANDIDATES", "select_charts", "validation_score"]

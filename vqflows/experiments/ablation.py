@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..baselines import BASELINES
 from ..io import apply_overrides
 from ..runs import RunConfig
 from .figures import plot_band, pyplot, save_figure, stack_curves, val_curve
 from .paper import PaperRun
-from .tables import Table, read_record, summary_table
+from .stats import summarize
+from .tables import MODEL_NAMES, Table, read_record, summary_table
 
 CHARTS = (1, 2, 4, 8, 16, 32, 64)
 PARTITIONS = ("vqae", "kmeans")
@@ -33,11 +35,17 @@ PARTITION_NAMES = {"vqae": "VQ-AE", "kmeans": "k-means"}
 def plan(root: str | os.PathLike, base: RunConfig, *, charts: Sequence[int] = CHARTS,
          partitions: Sequence[str] = PARTITIONS, seeds: Iterable[int] = range(TRIALS)) -> list[PaperRun]:
     """Runs for every partition × K × seed on :data:`DATASET` with :data:`MODEL`; ``base`` sets the rest."""
+    from .paper import run_config, run_folder
+
     root = Path(root)
-    return [PaperRun(apply_overrides(base, {"dataset": DATASET, "model": MODEL, "seed": s, "charts": k,
+    seeds = list(seeds)
+    runs = [PaperRun(apply_overrides(base, {"dataset": DATASET, "model": MODEL, "seed": s, "charts": k,
                                             "partition": p}),
                      root / "ablation" / p / f"K-{k}" / f"seed-{s}", True, root / "kde")
             for s in seeds for p in partitions for k in charts]
+    # the classical baselines on the same splits (shared with Table 1's run folders)
+    return runs + [PaperRun(run_config(base, DATASET, b, s), run_folder(root, DATASET, b, s), True, root / "kde")
+                   for s in seeds for b in BASELINES]
 
 
 def collect(root: str | os.PathLike, *, charts: Iterable[int] | None = None,
@@ -53,17 +61,33 @@ def collect(root: str | os.PathLike, *, charts: Iterable[int] | None = None,
         if (keep_k is not None and k not in keep_k) or (keep_s is not None and record["seed"] not in keep_s):
             continue
         records.append({**record, "partition": folder.parent.parent.name, "charts": k})
+    for path in sorted(Path(root).glob(f"runs/{DATASET}/*/seed-*/metrics.json")):
+        folder = path.parent
+        if folder.parent.name in BASELINES:
+            record = read_record(folder)
+            if keep_s is None or record["seed"] in keep_s:
+                records.append({**record, "partition": folder.parent.name, "charts": None})
     return records
 
 
 def tables(records: Sequence[dict]) -> list[Table]:
-    """Test log-likelihood and sample KDE score, rows partitions × columns K, mean ± std."""
+    """Test log-likelihood and sample KDE score, rows partitions × columns K, mean ± std; the classical
+    baselines (which have no K) are reference rows, the same in every column."""
+    baselines = [r for r in records if r["charts"] is None]
+    records = [r for r in records if r["charts"] is not None]
     common = {"rows_key": "partition", "columns_key": "charts", "spread": "std", "row_order": PARTITIONS,
                   "column_order": CHARTS, "row_label": "Partition", "names": _names(records)}
     out = [summary_table(records, lambda r: r.get("test_log_likelihood"), name="ablation-test",
                          title=f"Ablation ({DATASET}, {MODEL}): test log-likelihood against K", **common),
            summary_table(records, lambda r: (r.get("sample_kde") or {}).get("score"), name="ablation-samples",
                          title=f"Ablation ({DATASET}, {MODEL}): KDE log-likelihood of samples against K", **common)]
+    values = (lambda r: r.get("test_log_likelihood"), lambda r: (r.get("sample_kde") or {}).get("score"))
+    for table, value in zip(out, values):
+        for b in BASELINES:
+            group = sorted((r for r in baselines if r["partition"] == b and value(r) is not None), key=lambda r: r["seed"])
+            if group and table.columns:
+                cell = summarize([value(r) for r in group], [r["seed"] for r in group])
+                table.references[f"{MODEL_NAMES[b]} (validated size)"] = {c: cell for c in table.columns}
     return [t for t in out if t.rows]
 
 
@@ -73,6 +97,7 @@ def figure(records: Sequence[dict], folder: str | os.PathLike) -> list[Path]:
     Lines are means over trials with ± one standard deviation shaded; (c) uses K = 32 when run,
     else the largest K available.
     """
+    records = [r for r in records if r["charts"] is not None]
     if not records:
         return []
     plt = pyplot()

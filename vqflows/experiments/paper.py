@@ -94,9 +94,18 @@ def plan(root: str | os.PathLike, datasets: Sequence[str], models: Sequence[str]
     Trials are the outer loop, so an interrupted grid already holds whole trials of every cell.
     """
     root = Path(root)
-    return [PaperRun(apply_overrides(base, {"dataset": d, "model": m, "seed": s}), run_folder(root, d, m, s),
+    return [PaperRun(run_config(base, d, m, s), run_folder(root, d, m, s),
                      sample_kde, root / "kde" if sample_kde else None)
             for s in seeds for d in datasets for m in models]
+
+
+def run_config(base: RunConfig, dataset: str, model: str, seed: int) -> RunConfig:
+    """``base`` with the grid's keys; a classical baseline keeps only what it depends on (the data and the
+    seed; training settings reset to their defaults), so that every study shares its run folders."""
+    config = apply_overrides(base, {"dataset": dataset, "model": model, "seed": seed})
+    if config.is_baseline:
+        config = RunConfig(dataset=dataset, model=model, seed=seed, n=base.n, device=base.device, threads=base.threads)
+    return config
 
 
 def config_matches(folder: Path, config: RunConfig) -> bool:

@@ -24,10 +24,12 @@ from .stats import Summary, best_rows, summarize
 
 #: The paper's datasets and models, in its tables' order.
 PAPER_DATASETS = ("spherical", "helix", "lissajous", "twisted-eight", "knotted", "interlocked-circles")
-PAPER_MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf", "cef", "vq-cef")
+#: The classical baselines (:mod:`vqflows.baselines`) close the list: fitted on the same splits, sized on validation.
+PAPER_MODELS = ("realnvp", "vq-realnvp", "maf", "vq-maf", "cef", "vq-cef", "gmm", "kde")
 
 MODEL_NAMES = {"realnvp": "RealNVP", "maf": "MAF", "nsf": "NSF", "cef": "CEF"}
 MODEL_NAMES.update({f"vq-{k}": f"VQ-{v}" for k, v in list(MODEL_NAMES.items())})
+MODEL_NAMES.update({"gmm": "GMM", "kde": "KDE"})
 DATASET_NAMES = {"spherical": "Spherical", "helix": "Helix", "lissajous": "Lissajous",
                  "twisted-eight": "Twisted-Eight", "knotted": "Knotted", "interlocked-circles": "Interlocked"}
 
@@ -215,6 +217,10 @@ def benchmark_tables(records: Sequence[dict]) -> list[Table]:
         tables.append(summary_table(records, _get("reconstruction_error"), name="table1-reconstruction",
                                     higher_is_better=False, **order,
                                     title="Reconstruction error of the embedded flows (mean squared distance)"))
+    if any(r.get("train_seconds") is not None for r in records):
+        tables.append(summary_table(records, _get("train_seconds"), name="table1-seconds", higher_is_better=False,
+                                    **order, title="Fit time (s): training of the flows (charts and flow), "
+                                    "fitting and sizing on validation of the baselines; one torch thread"))
     if any(r.get("sample_kde") for r in records):
         tables.append(summary_table(records, _kde("score"), name="table2", **order,
                                     title="Table 2: KDE log-likelihood of generated samples (nats per point)",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import zuko
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import ChartFlow, StandardNormal
 
@@ -51,6 +52,19 @@ class ZukoFlow(ChartFlow):
         self.base = StandardNormal(features)
         self.flow = ZUKO_FLOWS[kind](features, context, transforms=transforms,
                                      hidden_features=tuple(hidden_features), **kwargs)
+
+    @torch.no_grad()
+    def zero_init(self) -> ZukoFlow:
+        """Zero the output layer of every transform's conditioner, so the flow is the identity
+        (``z = x``, ``log|det J| = 0``) whatever the context, until it trains; returns ``self``."""
+        for module in self.flow.modules():
+            hyper = getattr(module, "hyper", None)
+            if isinstance(hyper, nn.Module):
+                last = [m for m in hyper.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)][-1]
+                last.weight.zero_()
+                if getattr(last, "bias", None) is not None:
+                    last.bias.zero_()
+        return self
 
     def _transform(self, c: Tensor | None):
         return self.flow(c if self.context else None).transform

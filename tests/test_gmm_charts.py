@@ -1,0 +1,146 @@
+"""Gaussian-mixture charts: a VQ-Flow that starts as the fitted mixture and never ends below it on validation."""
+
+import pytest
+import torch
+
+import vqflows
+from vqflows import datasets
+from vqflows.baselines import fit_baseline, fit_gmm
+from vqflows.training import EarlyStopping
+
+
+@pytest.fixture(scope="module")
+def helix():
+    return datasets.load("helix", n=10_000, seed=0)
+
+
+def _validated_gmm(splits):
+    """The mixture that ``partition="auto"`` sizes on validation (its grid stops at the first worse count)."""
+    return fit_baseline("gmm", splits.train, splits.val, seed=0, patience=1)
+
+
+def _gmm_model(splits, charts, seed=0):
+    torch.manual_seed(seed)
+    model = vqflows.build(3, "maf", charts=charts, partition="gmm").double()
+    model.fit_charts(splits.train, seed=seed)
+    model.fit_weights(splits.train)
+    return model.eval()
+
+
+def test_untrained_model_is_the_mixture(helix):
+    """At the defaults (32 charts, MAF), before training: log_prob is GaussianMixture.score_samples."""
+    model = _gmm_model(helix, 32)
+    gmm = fit_gmm(helix.train, 32, seed=0)
+    x = helix.test.double()
+    want = torch.from_numpy(gmm.score_samples(x.numpy()))
+    assert torch.allclose(model.log_prob(x), want, rtol=0, atol=1e-6)
+    # the nearest charts are the most responsible components
+    resp = torch.from_numpy(gmm.predict_proba(x.numpy()))
+    assert torch.equal(model.assign(x), resp.argmax(-1))
+    # and the chart weights are the mixture's
+    assert torch.allclose(model.weights, torch.from_numpy(gmm.weights_), atol=1e-12)
+
+
+def test_sampling_and_save_load(helix, tmp_path):
+    model = _gmm_model(helix, 8)
+    model.save(tmp_path / "m")
+    again = vqflows.VQFlow.load(tmp_path / "m")
+    x = helix.test[:200].double()
+    assert torch.allclose(again.log_prob(x), model.log_prob(x), atol=1e-12)
+    draws = model.sample(4000, seed=0)
+    # draws of the mixture score like its test points (both near its negative entropy)
+    assert abs(float(model.log_prob(draws).mean()) - float(model.log_prob(helix.test.double()).mean())) < 0.2
+
+
+@pytest.mark.parametrize("initial", [True, False])
+def test_early_stopping_counts_epoch_zero(initial):
+    """A harmful step size: counting epoch 0 keeps the mixture; without it training ends below it."""
+    s = datasets.load("helix", n=2_000, seed=0)
+    model = _gmm_model(s, 8)
+    before = float(model.log_prob(s.val.double()).mean())
+    history = vqflows.fit(model, s.train, s.val, fit_charts=False, epochs=3, lr=0.05,
+                          early_stopping=EarlyStopping(patience=3, points=None, initial=initial))
+    after = float(model.log_prob(s.val.double()).mean())
+    if initial:
+        assert history.initial_val_score == pytest.approx(before, abs=1e-9)
+        assert after >= before - 1e-9 and history.best_epoch == 0
+    else:
+        assert history.initial_val_score is None and history.best_epoch >= 1 and after < before
+
+
+def test_fit_defaults_to_exact_epoch_zero_check(helix):
+    model = vqflows.build(3, "maf", charts=8, partition="gmm")
+    rule = vqflows.training.default_early_stopping(model)
+    assert rule.initial and rule.points is None and rule.top is None
+    assert not vqflows.training.default_early_stopping(vqflows.build(3, "maf", charts=8)).initial
+
+
+def test_gmm_charts_need_a_full_flow():
+    with pytest.raises(ValueError, match="partition"):
+        vqflows.build(3, "cef", charts=8, partition="gmm")
+
+
+def test_selection_chooses_partition_and_charts_on_validation():
+    from vqflows.selection import select_charts, validation_score
+
+    s = datasets.load("helix", n=1_000, seed=0)
+
+    def make(k, partition):
+        torch.manual_seed(0)
+        return vqflows.build(3, "maf", k, partition=partition, transforms=1, hidden_features=(8,), vq_hidden=(8,))
+
+    model, _, table = select_charts(make, s.train, s.val, candidates=[("gmm", 4), ("vqae", 4), ("gmm", 8)],
+                                    epochs=2, chart_epochs=2)
+    assert [(r["partition"], r["charts"]) for r in table] == [("gmm", 4), ("vqae", 4), ("gmm", 8)]
+    best = max(table, key=lambda r: r["val_log_likelihood"])
+    assert validation_score(model, s.val) == pytest.approx(best["val_log_likelihood"])
+    assert isinstance(model.partition, type(make(4, best["partition"]).partition))
+
+
+def test_run_config_candidates():
+    from vqflows.runs import RunConfig, auto_candidates
+
+    s = datasets.load("helix", n=1_000, seed=0)
+    assert auto_candidates(RunConfig(partition="vqae", charts=32)) is None
+    assert RunConfig().partition == "auto"
+    assert auto_candidates(RunConfig(model="vq-cef")) is None  # the VQ-AE, as in the paper
+    assert auto_candidates(RunConfig(partition="gmm", charts="auto")) == [("gmm", k) for k in (8, 16, 32, 64)]
+    auto = auto_candidates(RunConfig(), s)
+    best = _validated_gmm(s).size
+    assert auto == [("gmm", best), ("gmm", 32)] if best != 32 else [("gmm", 32)]
+    assert auto_candidates(RunConfig(model="maf", partition="auto")) is None
+    with pytest.raises(ValueError, match="partition"):
+        RunConfig(partition="spectral")
+
+
+def test_run_with_partition_auto_records_the_choice_and_reloads(tmp_path):
+    from vqflows.runs import RunConfig, evaluate_run, load_run, train_run
+
+    config = RunConfig(dataset="helix", n=600, epochs=2, transforms=1, hidden=8)  # the default partition="auto"
+    metrics = train_run(config, tmp_path / "run")
+    table = metrics["chart_selection"]
+    assert [(r["partition"], r["trained"]) for r in table] == [("gmm", True)] * len(table)
+    s = datasets.load("helix", n=600, seed=0)
+    gmm = _validated_gmm(s)
+    assert {r["charts"] for r in table} == {gmm.size, 32}
+    best = max(table, key=lambda r: r["val_log_likelihood"])
+    assert (metrics["partition_selected"], metrics["charts_selected"]) == (best["partition"], best["charts"])
+    assert metrics["val_log_likelihood"] == pytest.approx(best["val_log_likelihood"], abs=1e-5)
+    # every candidate counted epoch 0: the choice is never below the validated mixture on validation
+    assert metrics["val_log_likelihood"] >= float(gmm.log_prob(s.val).mean()) - 1e-4
+    model, _ = load_run(tmp_path / "run")
+    assert model.K == metrics["charts_selected"]
+    assert evaluate_run(tmp_path / "run")["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"], abs=1e-5)
+
+
+def test_ctrl_c_in_a_default_run_keeps_the_best_so_far(tmp_path):
+    from vqflows.runs import RunConfig, RunInterrupted, train_run
+
+    def stop(epoch, model, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted):
+        train_run(RunConfig(dataset="helix", n=600, epochs=3, transforms=1, hidden=8), tmp_path / "run", callback=stop)
+    assert (tmp_path / "run" / "interrupted.json").exists() and not (tmp_path / "run" / "metrics.json").exists()
+    assert vqflows.VQFlow.load(tmp_path / "run").K in (8, 16, 32, 64, 128)
