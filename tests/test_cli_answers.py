@@ -19,7 +19,8 @@ from vqflows.cli import main
 from vqflows.training import interactive
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "2", "--quiet", "--set", "n=200", "charts=2", "chart_epochs=1", "hidden=8", "transforms=1"]
+TINY = ["--epochs", "2", "--quiet", "--set", "n=200", "charts=2", "partition=vqae", "chart_epochs=1", "hidden=8",
+        "transforms=1"]
 
 
 def _run_cli(*args: str) -> tuple[int, str, bool]:

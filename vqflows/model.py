@@ -121,8 +121,8 @@ class VQFlow(nn.Module):
 
     # ------------------------------------------------------------------ charts
     def chart_distances(self, x: Tensor) -> Tensor:
-        """Distances to the K chart centres, ``(N, D) -> (N, K)``: squared distances, or for Gaussian-mixture
-        charts the negative log-joint of each component."""
+        """Distances of the points ``x`` to the K chart centres, ``(N, D) -> (N, K)``: squared distances, or for
+        Gaussian-mixture charts the negative log-joint of each component."""
         if self.partition is None:
             return torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
         return torch.cat([self.partition.distances(xs) for xs in x.split(65536)]) if len(x) else \

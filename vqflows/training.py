@@ -86,6 +86,8 @@ class History:
         chart_seconds: the chart and weight stages' time.
         flow_seconds: the flow stage's time.
         resumed_at: the epoch a resumed fit went on from (0: not resumed).
+        initial_val_score: the untrained flow's score ("epoch 0"), when early stopping counts it
+            (``EarlyStopping(initial=True)``; best_epoch 0 means it was kept); else ``None``.
     """
 
     epoch: list[int] = field(default_factory=list)
