@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -73,21 +74,31 @@ SAMPLE_FORMATS = {".npy": None, ".csv": ",", ".txt": " "}
 
 
 def _cmd_sample(args) -> int:
-    from .checks import positive_int
+    from .checks import fits_in_memory, positive_int, seed
     from .io import save_numpy, write_text
     from .runs import load_run
 
     n = positive_int(args.n, name="n")
+    seed(args.seed)
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in SAMPLE_FORMATS:
         raise ValueError(f"out: expected a file ending in .npy, .csv or .txt, got {str(out)!r}")
     if not out.parent.is_dir():
-        raise ValueError(f"out: expected a file in an existing folder, got {str(out)!r} "
-                         f"(no folder {str(out.parent)!r})")
+        above = next((p for p in out.parents if p.exists()), None)
+        why = f"{str(above)!r} is a file, not a folder" if above is not None and not above.is_dir() \
+            else f"no folder {str(out.parent)!r}"
+        raise ValueError(f"out: expected a file in an existing folder, got {str(out)!r} ({why})")
+    if out.is_dir():
+        raise ValueError(f"out: expected a file name, got the folder {str(out)!r}")
     if out.exists() and not args.overwrite:
         raise ValueError(f"out: expected a new file, got the existing {str(out)!r} (use --overwrite to replace it)")
     model, _ = load_run(args.run)
+    # the samples (drawn in float32, then joined) and the file's bytes: .npy twice as they are, text about
+    # 25 characters a value, also twice; sample() checks its own share again
+    per_value = 4 * 2 + (8 if SAMPLE_FORMATS[suffix] is None else 50)
+    fits_in_memory(n * (8 + per_value * model.features), name="n",
+                   what=f"{n:,} samples of {model.features} values written as {suffix}", value=n)
     x = model.sample(n, seed=args.seed).detach().cpu().numpy()
     if SAMPLE_FORMATS[suffix] is None:
         save_numpy(out, x)
@@ -161,10 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"datasets": _cmd_datasets, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
     from .training import TrainingError
 
-    try:
-        return handler[args.command](args)
-    except (ValueError, TrainingError) as e:
-        # one line: the messages name what was expected and what came
-        message = " ".join(str(e).split())
-        print(f"vqflows {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"vqflows {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        try:
+            return handler[args.command](args)
+        except (ValueError, TrainingError) as e:
+            # one line: the messages name what was expected and what came
+            return _error(args.command, str(e))
+        except OSError as e:  # a full disk, a folder that cannot be written, ...: what the system said, and where
+            where = f" ({e.filename})" if e.filename else ""
+            return _error(args.command, f"could not write or read a file: {e.strerror or e}{where}; no file was "
+                                        f"left half-written")
+        except MemoryError:
+            return _error(args.command, "out of memory; use fewer points (--set n=...) or fewer samples (-n)")
+
+
+def _error(command: str, message: str) -> int:
+    print(f"vqflows {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from . import datasets, presets
-from .checks import one_of, positive_int, spread
+from .checks import one_of, positive_int
+from .checks import seed as check_seed
 from .io import apply_overrides, claim, read_json, write_bytes, write_json, write_text
 from .model import VQFlow
 from .selection import CANDIDATES, select_charts
@@ -109,6 +110,7 @@ class RunConfig:
                            *((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1), ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
                            ("manifold_dim", 1), ("threads", 0), ("top", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
+        check_seed(self.seed)
         if self.n is not None:
             positive_int(self.n, name="n")
 
@@ -198,9 +200,11 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
         torch.set_num_threads(config.threads)
     config, rank = _join_process_group(config)
     splits = load_data(config)
-    spread(splits.train, name=config.dataset, every_column=config.flow != "cef")
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
+    # refused before the folder is touched; with charts="auto" the fewest candidate charts must fit
+    model.check_training_data(splits.train, name=config.dataset,
+                              charts=min(CANDIDATES) if config.charts == "auto" and config.is_vq else None)
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
         _fit(config, model, splits, progress=False, callback=callback, checkpoint=out / CHECKPOINT if resume else None)
         return {}

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .checks import positive_int
+from .checks import as_points, positive_int
 from .model import VQFlow
 from .training import History, fit
 
@@ -50,7 +50,7 @@ def select_charts(make: Callable[[int], VQFlow], train, val, *, candidates: Sequ
     Arguments:
         make: a factory of an untrained model with ``K`` charts (e.g. ``lambda k: vqflows.build(3, charts=k)``).
         train, val: points ``(N, D)`` and ``(M, D)``; ``val`` drives both early stopping and the choice.
-        candidates: chart counts to try (each ``>= 1``); counts above the training points' are skipped.
+        candidates: chart counts to try (each ``>= 1``); counts needing more distinct training points than there are (``manifold_dim + 1`` per chart) are skipped.
         fit_options: passed to :func:`vqflows.fit` (``objective``, ``batch_size``, ``seed``, ...).
 
     Returns:
@@ -60,14 +60,17 @@ def select_charts(make: Callable[[int], VQFlow], train, val, *, candidates: Sequ
     if isinstance(candidates, (str, bytes)) or not len(candidates):
         raise ValueError(f"candidates: expected a non-empty sequence of chart counts, got {candidates!r}")
     ks = [positive_int(k, name="candidates") for k in candidates]
-    n = len(train)
+    train = as_points(train, name="train")
+    distinct = int(torch.unique(train, dim=0).shape[0])
     best: tuple[float, VQFlow, History] | None = None
     table: list[dict] = []
+    need = {}
     for k in ks:
-        if k > n // 2:
-            continue
         t0 = time.perf_counter()
         model = make(k)
+        need[k] = (model.manifold_dim + 1) * k  # what vqflows.checks.training_points asks of the data
+        if distinct < need[k]:
+            continue
         history = fit(model, train, val, **fit_options)
         score = validation_score(model, val)
         table.append({"charts": model.K, "val_log_likelihood": score, "epochs": history.epochs,
@@ -75,7 +78,8 @@ def select_charts(make: Callable[[int], VQFlow], train, val, *, candidates: Sequ
         if best is None or (math.isfinite(score) and score > best[0]):
             best = (score, model, history)
     if best is None:
-        raise ValueError(f"candidates: expected a chart count of at most half the {n} training points, got {ks}")
+        raise ValueError(f"candidates: expected a chart count with enough distinct training points (manifold "
+                         f"dimension + 1 per chart), got {ks} for {distinct} distinct points")
     return best[1], best[2], table
 
 
