@@ -304,7 +304,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match="n: expected at most the 50 rows"):
         datasets.load(tmp_path / "some.npy", n=60)
     (tmp_path / "ragged.csv").write_text("1,2\n" * 20 + "3\n")
-    with pytest.raises(ValueError, match="ragged.csv: expected comma-separated numbers"):
+    with pytest.raises(ValueError, match="ragged.csv: line 21: expected 2 comma-separated values, got 1"):
         datasets.load(tmp_path / "ragged.csv")
     (tmp_path / "points.txt").write_text("1,2\n" * 20)
     with pytest.raises(ValueError, match=r"points.txt: expected a file ending in .npy or .csv, got '.txt'"):
