@@ -118,7 +118,7 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
 def test_a_sphere_model_refuses_data_off_the_sphere(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", "--model", "vq-sphere", "--out", str(out), *TINY_CLI]) == 2
-    _one_line_error(capsys, "helix: expected points on the unit sphere (| |x| - 1 | <= 0.001)", "x / |x|")
+    _one_line_error(capsys, "helix (training split): expected points on the unit sphere (| |x| - 1 | <= 0.001)", "x / |x|")
     assert not out.exists()
 
 

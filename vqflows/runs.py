@@ -203,7 +203,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     torch.manual_seed(config.seed)  # the initial weights belong to the run, not to the process's history
     model = config.build_model(splits.train.shape[1])
     # refused before the folder is touched; with charts="auto" the fewest candidate charts must fit
-    model.check_training_data(splits.train, name=config.dataset,
+    model.check_training_data(splits.train, name=f"{config.dataset} (training split)",
                               charts=min(CANDIDATES) if config.charts == "auto" and config.is_vq else None)
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
         _fit(config, model, splits, progress=False, callback=callback, checkpoint=out / CHECKPOINT if resume else None)
