@@ -743,10 +743,17 @@ def input_rows(runs: Path, base: Path) -> None:
             ("`fit(..., seed=-1)`", "vqflows.fit(model, x, seed=-1)",
              lambda: vqflows.fit(vqflows.build(3, "maf", charts=4, **tiny), helix.train, seed=-1, **quick),
              "seed: expected an integer in [0, 2**32)"),
-            ("`VQFlowDensity(threads=0).fit`", "VQFlowDensity(threads=0).fit(X)",
-             lambda: VQFlowDensity(charts=4, threads=0, epochs=2).fit(helix.train.numpy()), "threads"),
+            ("`VQFlowDensity(threads=-1).fit`", "VQFlowDensity(threads=-1).fit(X)",
+             lambda: VQFlowDensity(charts=4, threads=-1, epochs=2).fit(helix.train.numpy()), "threads"),
     ):
         value_error_row(f"20. {what}", call, fn, fragment)
+    before = torch.get_num_threads()
+    ok, out = attempt(lambda: VQFlowDensity(charts=4, threads=0, epochs=2, transforms=2, hidden=16)
+                      .fit(helix.train.numpy()).score(helix.test.numpy()))
+    row("20. `VQFlowDensity(threads=0).fit` (0: torch's own setting, as `--threads 0`)",
+        "VQFlowDensity(threads=0).fit(X).score(X_test)",
+        f"fitted; score {out:.3f} nats/point; torch threads {torch.get_num_threads()} before and after"
+        if ok else error_text(out), ok and np.isfinite(out) and torch.get_num_threads() == before)
 
     def grad_fit() -> str:
         x = helix.train.clone().requires_grad_()

@@ -18,10 +18,10 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from .checks import as_points, positive_int
+from .checks import as_points
 from .checks import seed as check_seed
 from .model import VQFlow, build
-from .training import History, fit, torch_threads
+from .training import History, check_threads, fit, torch_threads
 
 
 class VQFlowDensity(BaseEstimator):
@@ -91,8 +91,7 @@ class VQFlowDensity(BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         if not (isinstance(self.validation_fraction, float) and 0 < self.validation_fraction < 1):
             raise ValueError(f"validation_fraction: expected a float in (0, 1), got {self.validation_fraction!r}")
-        if self.threads is not None:
-            positive_int(self.threads, name="threads")
+        check_threads(self.threads)  # checked here, not in __init__, as scikit-learn asks
         check_seed(self.seed)
         points = torch.from_numpy(np.array(X, dtype=np.float32))  # a copy: the caller's array stays untouched
         # Seeded split: the same estimator on the same data fits the same model (clone-and-refit safe).
