@@ -206,7 +206,7 @@ def test_raw_tracebacks_are_now_one_line_errors(fitted, helix, tmp_path, monkeyp
          "seed: expected an integer in [0, 2**32), got -1"),
         (lambda: fitted.sample(3, seed=-1), "seed: expected an integer in [0, 2**32), got -1"),
         (lambda: VQFlowDensity(charts=4, threads=-1, epochs=1).fit(helix.train.numpy()),
-         "threads: expected an integer from 0 to"),
+         "threads: expected an integer >= 0, got -1"),
         (lambda: VQFlowDensity(charts=4, seed=-1, epochs=1).fit(helix.train.numpy()), "seed: expected an integer"),
         (lambda: RunConfig(seed=-1), "seed: expected an integer"),
     ]
