@@ -328,6 +328,7 @@ def cli_rows() -> None:
     bad_file_rows(runs, base)
     divergence_rows(runs)
     user_file_rows(base)
+    input_rows(runs, base)
 
 
 def interrupt_rows(runs: Path) -> None:
@@ -598,6 +599,204 @@ def user_file_rows(base: Path) -> None:
     row("14. `sample --out s.txt`", f"cd <tmp>/samples && {cmd(args)}",
         f"{r}; folder holds {made}; np.loadtxt('s.txt').shape = {shape}",
         r.rc == 0 and made == ["s.txt"] and shape == (50, 3) and "s.txt" in r.line)
+
+
+def value_error_row(what: str, call: str, fn: Callable[[], Any], *fragments: str) -> None:
+    """A row whose right behaviour is a one-line ``ValueError`` holding ``fragments``."""
+    ok, out = attempt(fn)
+    shown = error_text(out) if not ok else f"no error: {describe_tensor(out) if isinstance(out, torch.Tensor) else out}"
+    row(what, call, shown, not ok and one_line_value_error(out) and all(f in str(out) for f in fragments))
+
+
+def cli_error_row(what: str, args: list[str], *fragments: str, gone: Path | None = None, cwd: Path = TMP) -> Result:
+    """A command-line row whose right behaviour is exit 2 with one line holding ``fragments`` (and ``gone``
+    not created)."""
+    r = vqflows_cli(args, cwd=cwd)
+    extra = "" if gone is None else f"; {gone.name} {'created' if gone.exists() else 'not created'}"
+    row(what, cmd(args), f"{r}{extra}",
+        r.one_line_error and all(f in r.line for f in fragments) and (gone is None or not gone.exists()))
+    return r
+
+
+def input_rows(runs: Path, base: Path) -> None:
+    """Rows 15-20: data a model cannot describe, CSV files as they come, arguments out of range, sizes beyond
+    memory, and what used to end in a traceback."""
+    import warnings
+
+    from vqflows.sklearn import VQFlowDensity
+
+    data = TMP / "data"
+    helix = vqflows.datasets.load("helix", n=600, seed=0)
+    tiny = {"transforms": 2, "hidden_features": (16, 16)}
+    quick = {"epochs": 2, "chart_epochs": 2}
+
+    # 15: sphere models and points off the sphere
+    cli_error_row("15. a sphere model on data off the unit sphere",
+                  ["train", "--model", "vq-sphere", "--out", str(runs / "sphere"), *TINY],
+                  "expected points on the unit sphere", gone=runs / "sphere")
+    sphere = vqflows.build(3, "sphere", charts=4, **tiny)
+    value_error_row("15. `log_prob` of a sphere model off the sphere", "vqflows.build(3, 'sphere', charts=4)"
+                    ".log_prob(helix_points)", lambda: sphere.log_prob(helix.test), "unit sphere")
+    value_error_row("15. `VQFlowDensity(flow='sphere')` on data off the sphere",
+                    "VQFlowDensity(flow='sphere', charts=4).fit(helix_points)",
+                    lambda: VQFlowDensity(flow="sphere", charts=4, epochs=2).fit(helix.train.numpy()), "unit sphere")
+    unit = torch.nn.functional.normalize(torch.randn(600, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+
+    def sphere_fit() -> str:
+        vqflows.fit(sphere, unit[:400], unit[400:], **quick)
+        lp = sphere.log_prob(unit[:50] * (1 + 5e-4))
+        return f"fitted; log_prob of unit vectors scaled by 1 + 5e-4: {describe_tensor(lp)}"
+
+    ok, out = attempt(sphere_fit)
+    row("15. a sphere model on unit vectors (within the stated tolerance 1e-3)",
+        "vqflows.fit(sphere, unit_vectors); sphere.log_prob(unit_vectors * (1 + 5e-4))",
+        out if ok else error_text(out), ok and "finite" in out and "NOT" not in out)
+
+    # 16: degenerate data, at the defaults (32 charts) on the command line
+    rng = np.random.default_rng(0)
+    np.savetxt(data / "two.csv", np.repeat(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]), 150, axis=0), delimiter=",")
+    np.savetxt(data / "wide.csv", rng.normal(size=(200, 1000)), delimiter=",", fmt="%.5f")
+    for name, label, fragment in (("two.csv", "2 distinct points x 300 rows", "2 distinct point(s)"),
+                                  ("wide.csv", "a 200 x 1000 CSV (more columns than rows)", "fewer columns")):
+        cli_error_row(f"16. train at the defaults on {label}",
+                      ["train", "--dataset", str(data / name), "--out", str(runs / name), "--quiet"], fragment,
+                      gone=runs / name)
+    value_error_row("16. `fit` with as many charts as points", "vqflows.fit(vqflows.build(3, charts=32), 32_points)",
+                    lambda: vqflows.fit(vqflows.build(3, "maf", charts=32, **tiny), helix.train[:32], **quick),
+                    "use charts=8 or fewer")
+    value_error_row("16. `fit` on data with a constant column",
+                    "vqflows.fit(model, np.c_[np.random.randn(300, 2), np.ones(300)])",
+                    lambda: vqflows.fit(vqflows.build(3, "maf", charts=4, **tiny),
+                                        np.c_[rng.normal(size=(300, 2)), np.ones(300)], **quick),
+                    "constant column(s) [2]")
+
+    # 17: CSV files as they come
+    points = vqflows.datasets.get("helix").sample(600, seed=3).numpy()
+    body = "\n".join(",".join(f"{v:.6f}" for v in p) for p in points) + "\n"
+    (data / "text-cell.csv").write_text("0.5,n/a,1.0\n" + body)
+    cli_error_row("17. a CSV whose first row has one non-numeric cell",
+                  ["train", "--dataset", str(data / "text-cell.csv"), "--out", str(runs / "text-cell"), *TINY],
+                  "line 1, column 2: expected a number, got 'n/a'", gone=runs / "text-cell")
+
+    def read(name: str, text: str, expect: int, warned: str | None) -> tuple[str, bool]:
+        (data / name).write_bytes(text.encode("utf-8"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ok, out = attempt(lambda: vqflows.datasets.read_points(data / name))
+        said = "; ".join(str(w.message) for w in caught)
+        if not ok:
+            return error_text(out), False
+        good = tuple(out.shape) == (expect, 3) and np.allclose(out[-expect:].numpy(), points[-expect:], atol=1e-5) \
+            and ((warned or "") in said if warned else not said)
+        return f"{tuple(out.shape)} read{'; warning: ' + said if said else ', no warning'}", good
+
+    for name, label, text, expect, warned in (
+            ("numeric-header.csv", "a numeric header row `0,1,2` (pandas' names for unnamed columns)",
+             "0,1,2\n" + body, 600, "column numbers"),
+            ("bom.csv", "a UTF-8 byte-order mark before the first point", "\ufeff" + body, 600, None),
+            ("pandas.csv", "a pandas `to_csv` file with its index column",
+             ",a,b,c\n" + "".join(f"{i},{line}\n" for i, line in enumerate(body.splitlines())), 600, "row index")):
+        happened, good = read(name, text, expect, warned)
+        row(f"17. read {label}", f"vqflows.datasets.read_points('{name}')  # {len(points)} points", happened, good)
+
+    # 18: arguments out of range
+    cli_error_row("18. `--set flow_options.foo=1`",
+                  ["train", "--out", str(runs / "options"), *TINY, "flow_options.foo=1"],
+                  "flow_options: expected options of flow 'maf' among", gone=runs / "options")
+    model = vqflows.build(3, "maf", charts=4, **tiny)
+    vqflows.fit(model, helix.train, helix.val, **quick)
+    value_error_row("18. `decode` with chart -1", "model.decode(torch.zeros(2, 3), -1)",
+                    lambda: model.decode(torch.zeros(2, 3), -1), "[0, 4)")
+    value_error_row("18. `decode` with chart 99", "model.decode(torch.zeros(2, 3), torch.tensor([99, 0]))",
+                    lambda: model.decode(torch.zeros(2, 3), torch.tensor([99, 0])), "[0, 4)")
+    masked = np.ma.masked_array(helix.test[:5].numpy(), mask=np.eye(5, 3, dtype=bool))
+    value_error_row("18. `log_prob` of a masked array with masked entries", "model.log_prob(np.ma.masked_array(x, mask))",
+                    lambda: model.log_prob(masked), "masked")
+    here = TMP / "cwd"
+    here.mkdir()
+    before = os.getcwd()
+    os.chdir(here)
+    try:
+        ok, out = attempt(lambda: model.save(""))
+    finally:
+        os.chdir(before)
+    row("18. `model.save('')`", "model.save('')", (error_text(out) if not ok else "saved")
+        + f"; current folder holds {sorted(p.name for p in here.iterdir())}",
+        not ok and one_line_value_error(out) and not any(here.iterdir()))
+
+    # 19: sizes beyond memory, refused before anything is allocated
+    cli_error_row("19. `--set n=1000000000`", ["train", "--out", str(runs / "huge"), *TINY, "n=1000000000"],
+                  "fits in memory", "GB", gone=runs / "huge")
+    cli_error_row("19. `sample -n 2000000000`", ["sample", str(base), "-n", "2000000000", "--out",
+                                                   str(TMP / "huge.npy")], "fits in memory", "GB",
+                  gone=TMP / "huge.npy")
+
+    # 20: what used to end in a traceback
+    saved = model.save(TMP / "saved")
+    for what, call, fn, fragment in (
+            ("a meta-device input", "model.log_prob(torch.empty(4, 3, device='meta'))",
+             lambda: model.log_prob(torch.empty(4, 3, device="meta")), "meta device"),
+            ("`distribution().log_prob` on the wrong width", "model.distribution().log_prob(torch.zeros(5, 2))",
+             lambda: model.distribution().log_prob(torch.zeros(5, 2)), "expected shape (..., 3)"),
+            ("a float16 model in `fit`", "vqflows.fit(model.half(), x)",
+             lambda: vqflows.fit(vqflows.build(3, "maf", charts=4, **tiny).half(), helix.train, **quick), "float16"),
+            ("`fit(..., seed=-1)`", "vqflows.fit(model, x, seed=-1)",
+             lambda: vqflows.fit(vqflows.build(3, "maf", charts=4, **tiny), helix.train, seed=-1, **quick),
+             "seed: expected an integer in [0, 2**32)"),
+            ("`VQFlowDensity(threads=-1).fit`", "VQFlowDensity(threads=-1).fit(X)",
+             lambda: VQFlowDensity(charts=4, threads=-1, epochs=2).fit(helix.train.numpy()), "threads"),
+    ):
+        value_error_row(f"20. {what}", call, fn, fragment)
+    before = torch.get_num_threads()
+    ok, out = attempt(lambda: VQFlowDensity(charts=4, threads=0, epochs=2, transforms=2, hidden=16)
+                      .fit(helix.train.numpy()).score(helix.test.numpy()))
+    row("20. `VQFlowDensity(threads=0).fit` (0: torch's own setting, as `--threads 0`)",
+        "VQFlowDensity(threads=0).fit(X).score(X_test)",
+        f"fitted; score {out:.3f} nats/point; torch threads {torch.get_num_threads()} before and after"
+        if ok else error_text(out), ok and np.isfinite(out) and torch.get_num_threads() == before)
+
+    def grad_fit() -> str:
+        x = helix.train.clone().requires_grad_()
+        h = vqflows.fit(vqflows.build(3, "maf", charts=4, **tiny), x, **quick)
+        return f"trained {h.epochs} epochs; caller's tensor grad: {x.grad}"
+
+    ok, out = attempt(grad_fit)
+    row("20. training data with `requires_grad`", "vqflows.fit(model, x.requires_grad_())",
+        out if ok else error_text(out), ok and out.endswith("None"))
+    if torch.cuda.is_available():
+        ok, out = attempt(lambda: vqflows.VQFlow.load(saved, map_location="cuda"))
+        row("20. `VQFlow.load(map_location='cuda')`", "vqflows.VQFlow.load(path, map_location='cuda')",
+            f"CUDA present: loaded on {out.log_weights.device}" if ok else error_text(out), ok)
+    else:
+        value_error_row("20. `VQFlow.load(map_location='cuda')` without CUDA",
+                        "vqflows.VQFlow.load(path, map_location='cuda')",
+                        lambda: vqflows.VQFlow.load(saved, map_location="cuda"), "no CUDA device")
+    (TMP / "afile").write_text("mine")
+    cli_error_row("20. `sample --out` under a file", ["sample", str(base), "-n", "5", "--out",
+                                                        str(TMP / "afile" / "s.npy")], "is a file, not a folder")
+    (TMP / "adir.npy").mkdir()
+    cli_error_row("20. `sample --out` naming a folder", ["sample", str(base), "-n", "5", "--out",
+                                                           str(TMP / "adir.npy"), "--overwrite"], "got the folder")
+    precious = TMP / "precious.npy"
+    precious.write_bytes(b"mine")
+    child = textwrap.dedent(f"""
+        import errno, os, sys
+        from vqflows import cli, io
+        real = os.fdopen
+        class Full:
+            def __init__(self, fd): self.handle = real(fd, "wb")
+            def __enter__(self): return self
+            def __exit__(self, *exc): self.handle.close()
+            def write(self, data): raise OSError(errno.ENOSPC, "No space left on device")
+        io.os.fdopen = lambda fd, mode="r", *a, **k: Full(fd) if "w" in mode else real(fd, mode)
+        sys.exit(cli.main(["sample", {str(base)!r}, "-n", "5", "--out", {str(precious)!r}, "--overwrite"]))
+    """)
+    p = subprocess.run([sys.executable, "-c", child], cwd=TMP, env=ENV, capture_output=True, text=True, timeout=300)
+    r = Result(p.returncode, p.stdout, p.stderr, 0.0)
+    kept = precious.read_bytes() == b"mine" and not list(TMP.glob(".precious.npy.*"))
+    row("20. a full disk while writing (every write raises ENOSPC)",
+        cmd(["sample", str(base), "-n", "5", "--out", str(precious), "--overwrite"]) + "  (writes made to fail)",
+        f"{r}; existing file {'unchanged' if kept else 'CHANGED'}", r.one_line_error and kept)
 
 
 def revision() -> str:

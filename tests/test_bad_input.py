@@ -113,3 +113,128 @@ def test_a_finished_run_is_not_overwritten(run, capsys):
 def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--overwrite", *TINY_CLI]) == 2
     _one_line_error(capsys, "--resume: expected either --resume or --overwrite, got both")
+
+
+def test_a_sphere_model_refuses_data_off_the_sphere(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--model", "vq-sphere", "--out", str(out), *TINY_CLI]) == 2
+    _one_line_error(capsys, "helix (training split): expected points on the unit sphere (| |x| - 1 | <= 0.001)", "x / |x|")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda: np.repeat(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]), 150, axis=0), ["2 distinct point(s)"]),
+    (lambda: np.random.default_rng(0).normal(size=(200, 1000)), ["of 1000 columns", "fewer columns"]),
+    (lambda: np.random.default_rng(0).normal(size=(64, 3)), ["at least 128 distinct points for 32 charts",
+                                                             "use charts=8 or fewer"]),
+], ids=["two-distinct-points", "more-columns-than-rows", "too-few-for-32-charts"])
+def test_degenerate_data_files_are_refused(make, fragments, tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    np.savetxt(path, make(), delimiter=",")
+    # the defaults a user gets (32 charts), refused before anything is trained or written
+    assert main(["train", "--dataset", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    _one_line_error(capsys, str(path), *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_flow_options_are_refused(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), *TINY_CLI, "--set", "flow_options.foo=1"]) == 2
+    _one_line_error(capsys, "flow_options: expected options of flow 'maf' among randperm, passes, got 'foo'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_csv_first_row_with_text_is_named(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    points = np.random.default_rng(0).normal(size=(300, 3))
+    path.write_text("1.5,n/a,2\n" + "\n".join(",".join(map(str, p)) for p in points))
+    assert main(["train", "--dataset", str(path), "--out", str(tmp_path / "r"), *TINY_CLI, "--set", "n=null"]) == 2
+    _one_line_error(capsys, "line 1, column 2: expected a number, got 'n/a'")
+
+
+def test_a_pandas_index_is_dropped_with_a_one_line_warning(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    points = np.random.default_rng(0).normal(size=(300, 3))
+    path.write_text(",a,b,c\n" + "\n".join(f"{i}," + ",".join(map(str, p)) for i, p in enumerate(points)))
+    assert main(["train", "--dataset", str(path), "--out", str(tmp_path / "r"), *TINY_CLI, "--set", "n=null"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vqflows train: warning: ") and "row index" in err, err
+    assert json.loads((tmp_path / "r" / "data.json").read_text())["features"] == 3
+
+
+@pytest.fixture
+def eight_gigabytes(monkeypatch):
+    """A machine with 8 GB available, whatever this one has; should the check ever be bypassed, the address
+    space is capped too, so that a test fails at once instead of filling this machine's memory."""
+    import resource
+
+    from vqflows import checks
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 8 * 10**9)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as handle:
+        used = int(handle.read().split()[0]) * resource.getpagesize()
+    cap = used + 8 * 10**9
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_sizes_beyond_memory_are_refused_before_allocating(run, tmp_path, capsys, eight_gigabytes):
+    assert main(["train", "--out", str(tmp_path / "r"), *TINY_CLI, "--set", "n=1000000000"]) == 2
+    _one_line_error(capsys, "n: expected a size that fits in memory, got 1000000000", "GB for drawing", "available")
+    assert not (tmp_path / "r").exists()
+    assert main(["sample", str(run), "-n", "2000000000", "--out", str(tmp_path / "s.npy")]) == 2
+    _one_line_error(capsys, "n: expected a size that fits in memory, got 2000000000", "GB", "8 GB available")
+    assert not (tmp_path / "s.npy").exists()
+
+
+def test_sample_out_under_a_file_or_naming_a_folder(run, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert main(["sample", str(run), "-n", "3", "--out", str(tmp_path / "file" / "s.npy")]) == 2
+    _one_line_error(capsys, "out: expected a file in an existing folder", "is a file, not a folder")
+    folder = tmp_path / "folder.npy"
+    (folder / "inside").mkdir(parents=True)
+    for extra in ([], ["--overwrite"]):
+        assert main(["sample", str(run), "-n", "3", "--out", str(folder), *extra]) == 2
+        _one_line_error(capsys, "out: expected a file name, got the folder")
+    assert (tmp_path / "file").read_text() == "mine" and (folder / "inside").is_dir()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write fails as on a full disk, after its temporary file was created."""
+    import errno
+    import os as _os
+
+    from vqflows import io
+
+    real = _os.fdopen
+
+    class Full:
+        def __init__(self, fd):
+            self.handle = real(fd, "wb")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "fdopen", lambda fd, mode="r", *a, **k: Full(fd) if "w" in mode else real(fd, mode))
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(run, tmp_path, capsys, full_disk):
+    samples = tmp_path / "s.npy"
+    samples.write_bytes(b"precious")
+    assert main(["sample", str(run), "-n", "5", "--out", str(samples), "--overwrite"]) == 2
+    _one_line_error(capsys, "No space left on device", "no file was left half-written")
+    assert samples.read_bytes() == b"precious" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+    assert main(["train", "--out", str(tmp_path / "r"), *TINY_CLI]) == 2
+    _one_line_error(capsys, "No space left on device")
+    assert not [p for p in (tmp_path / "r").rglob("*") if p.is_file()]  # no half-written run is left
+    assert samples.read_bytes() == b"precious"

@@ -304,13 +304,13 @@ def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match="n: expected at most the 50 rows"):
         datasets.load(tmp_path / "some.npy", n=60)
     (tmp_path / "ragged.csv").write_text("1,2\n" * 20 + "3\n")
-    with pytest.raises(ValueError, match="ragged.csv: expected comma-separated numbers"):
+    with pytest.raises(ValueError, match="ragged.csv: line 21: expected 2 comma-separated values, got 1"):
         datasets.load(tmp_path / "ragged.csv")
     (tmp_path / "points.dat").write_text("1,2\n" * 20)
     with pytest.raises(ValueError, match=r"points.dat: expected a file ending in .npy, .csv or .txt, got '.dat'"):
         datasets.load(tmp_path / "points.dat")
     (tmp_path / "ragged.txt").write_text("1 2\n" * 20 + "3\n")
-    with pytest.raises(ValueError, match="ragged.txt: expected space-separated numbers"):
+    with pytest.raises(ValueError, match="ragged.txt: line 21: expected 2 space-separated values, got 1"):
         datasets.load(tmp_path / "ragged.txt")
 
 

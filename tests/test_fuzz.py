@@ -1,7 +1,8 @@
 """Seeded fuzzing of the input boundary: a clear error or a finite result, and no file lost.
 
 ``checks.as_points`` gets arrays of many shapes (sizes 0-3), dtypes, NaN/inf and huge values;
-the command line gets data files and run folders corrupted at random.
+``fit`` at 16 and 32 charts gets point sets that are small, duplicated, constant in a column or
+widely scaled; the command line gets data files and run folders corrupted at random.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+import vqflows
 from vqflows.checks import as_points
 from vqflows.cli import main
 from vqflows.runs import RunConfig, train_run
@@ -122,3 +124,35 @@ def test_corrupt_run_files_through_the_cli(target, run, tmp_path, capsys):
                 assert np.isfinite(json.loads(captured.out)["test_log_likelihood"])
         assert samples.read_bytes() == b"precious"
         assert {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()} == before
+
+
+@st.composite
+def training_sets(draw):
+    """Points for a K-chart model: few or many rows, duplicated rows, constant columns, wide or narrow scales."""
+    features = draw(st.integers(1, 4))
+    distinct = draw(st.sampled_from([1, 2, 16, 40, 150, 300]))
+    repeats = draw(st.sampled_from([1, 3]))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    x = np.repeat(rng.normal(size=(distinct, features)) * scale, repeats, axis=0)
+    if features > 1 and draw(st.sampled_from([False, False, True])):
+        x[:, draw(st.integers(0, features - 1))] = draw(st.sampled_from([0.0, 7.5]))
+    return x.astype(np.float32)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None)
+@given(x=training_sets(), charts=st.sampled_from([16, 32]))
+def test_fit_at_many_charts_gives_a_clear_error_or_a_finite_model(x, charts):
+    torch.manual_seed(0)
+    model = vqflows.build(x.shape[1], "maf", charts=charts, transforms=1, hidden_features=(8, 8))
+    try:
+        history = vqflows.fit(model, x, epochs=1, chart_epochs=1, batch_size=256)
+    except ValueError as e:
+        message = str(e)
+        event(f"refused: {message.split(',')[0]}")
+        assert message.startswith("train: expected ") and ", got " in message and "\n" not in message, message
+        return
+    event("fitted")
+    assert history.epochs == 1 and model.K == charts
+    assert bool(torch.isfinite(model.log_prob(x)).all())

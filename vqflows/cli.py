@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 # light imports only (the standard library, NumPy and the package's torch-free modules): see the docstring
@@ -163,23 +164,36 @@ def _cmd_evaluate(args, argv: list[str]) -> int:
 
 
 def _cmd_sample(args, argv: list[str]) -> int:
+    from .checks import seed
+
     if args.n < 1:
         raise UsageError(f"-n: expected an integer >= 1, got {args.n}")
+    seed(args.seed)
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in SAMPLE_FORMATS:
         raise UsageError(f"--out: expected a file ending in .npy, .csv or .txt, got {str(out)!r}")
     if not out.parent.is_dir():
-        raise UsageError(f"--out: expected a file in an existing folder, got {str(out)!r} "
-                         f"(no folder {str(out.parent)!r})")
+        above = next((p for p in out.parents if p.exists()), None)
+        why = f"{str(above)!r} is a file, not a folder" if above is not None and not above.is_dir() \
+            else f"no folder {str(out.parent)!r}"
+        raise UsageError(f"--out: expected a file in an existing folder, got {str(out)!r} ({why})")
+    if out.is_dir():
+        raise UsageError(f"--out: expected a file name, got the folder {str(out)!r}")
     if out.exists() and not args.overwrite:
         raise UsageError(f"--out: expected a new file, got the existing {str(out)!r} (add --overwrite to replace it)")
     _check_run(args.run)
 
+    from .checks import fits_in_memory
     from .io import save_numpy, write_text
     from .runs import load_run  # deferred: imports torch
 
     model, _ = load_run(args.run)
+    # the samples (drawn in float32, then joined) and the file's bytes: .npy twice as they are, text about
+    # 25 characters a value, also twice; sample() checks its own share again
+    per_value = 4 * 2 + (8 if SAMPLE_FORMATS[suffix] is None else 50)
+    fits_in_memory(args.n * (8 + per_value * model.features), name="n",
+                   what=f"{args.n:,} samples of {model.features} values written as {suffix}", value=args.n)
     x = model.sample(args.n, seed=args.seed).detach().cpu().numpy()
     if SAMPLE_FORMATS[suffix] is None:
         save_numpy(out, x)
@@ -249,17 +263,32 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     handler = {"datasets": _cmd_datasets, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
     command = argv[0] if argv and argv[0] in handler else None
-    try:
-        args = build_parser().parse_args(argv)
-        command = args.command
-        return handler[command](args, argv)
-    except Exception as e:
-        if not (isinstance(e, ValueError) or _training_error(e)):
-            raise
-        # one line: the messages name what was expected and what came
-        message = e.cli() if isinstance(e, SettingError) else str(e)
-        print(f"vqflows{' ' + command if command else ''}: error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"vqflows{' ' + command if command else ''}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        try:
+            args = build_parser().parse_args(argv)
+            command = args.command
+            return handler[command](args, argv)
+        except MemoryError:
+            return _error(command, "out of memory; use fewer points (--set n=...) or fewer samples (-n)")
+        except OSError as e:  # a full disk, a folder that cannot be written, ...: what the system said, and where
+            where = f" ({e.filename})" if e.filename else ""
+            return _error(command, f"could not write or read a file: {e.strerror or e}{where}; no file was "
+                                   f"left half-written")
+        except Exception as e:
+            if not (isinstance(e, ValueError) or _training_error(e)):
+                raise
+            # one line: the messages name what was expected and what came
+            return _error(command, e.cli() if isinstance(e, SettingError) else str(e))
+
+
+def _error(command: str | None, message: str) -> int:
+    print(f"vqflows{' ' + command if command else ''}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def _training_error(e: Exception) -> bool:

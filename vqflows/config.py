@@ -27,6 +27,7 @@ from typing import Any
 
 from . import presets
 from .checks import one_of, positive_int
+from .checks import seed as check_seed
 from .io import apply_overrides, read_json
 
 #: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
@@ -143,6 +144,7 @@ class RunConfig:
                            ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
                            ("manifold_dim", 1), ("threads", 0), ("top", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
+        check_seed(self.seed)
         if self.n is not None:
             positive_int(self.n, name="n")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (

@@ -359,8 +359,12 @@ def claim(folder: str | os.PathLike, *, name: str = "folder") -> Iterator[Path]:
                                  f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
                                  f"(remove {path} if that process is gone)") from None
             continue
-        with os.fdopen(fd, "w") as handle:
-            json.dump(me, handle)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+        except BaseException:  # e.g. a full disk: no claim is left behind
+            path.unlink(missing_ok=True)
+            raise
         break
     else:
         raise ValueError(f"{name}: expected to claim {str(folder)!r}, got a claim that keeps coming back")

@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .charts import chart_weights, membership, nearest
-from .checks import as_points, one_of, positive_int
+from .checks import as_points, fits_in_memory, one_of, positive_int, training_points
+from .checks import seed as check_seed
 from .flows.base import ChartFlow
 from .frames import TRIM_LEVEL, ChartFrames
 
@@ -117,7 +119,20 @@ class VQFlow(nn.Module):
 
     def _input(self, x, name: str = "x", min_points: int = 0) -> Tensor:
         """``x`` (tensor of any float dtype, numpy array or nested list) as ``(N, D)`` in the model's dtype and device."""
-        return as_points(x, self.features, name=name, min_points=min_points, dtype=self._ref.dtype).to(self._ref.device)
+        x = as_points(x, self.features, name=name, min_points=min_points, dtype=self._ref.dtype).to(self._ref.device)
+        return self.flow.check_support(x, name=name)
+
+    def check_training_data(self, x, *, name: str = "train", charts: int | None = None) -> Tensor:
+        """``x`` as :meth:`_input` gives it, once checked fit to train this model (``charts``: the chart count
+        to check for, default :attr:`K`); ``ValueError`` naming the fix otherwise.
+
+        Refused: points off the flow's support (a sphere model's sphere), constant data, a constant
+        column or no more points than columns for a full-dimensional flow, and fewer distinct points
+        than ``manifold_dim + 1`` per chart (see :func:`vqflows.checks.training_points`).
+        """
+        x = self._input(x, name=name, min_points=max(self.K if charts is None else charts, 2))
+        return training_points(x, charts=self.K if charts is None else charts, manifold_dim=self.manifold_dim,
+                               name=name)
 
     # ------------------------------------------------------------------ charts
     def chart_distances(self, x: Tensor) -> Tensor:
@@ -374,8 +389,12 @@ class VQFlow(nn.Module):
         if any(s < 0 for s in shape):
             raise ValueError(f"sample_shape: expected sizes >= 0, got {tuple(shape)}")
         if seed is not None:
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(check_seed(seed))
         n, ref = shape.numel(), self._ref
+        # the chart draws (int64), the latents and the points, which are drawn in batches and then joined
+        size = ref.element_size()
+        fits_in_memory(n * (8 + size * (self.manifold_dim + 2 * self.features)), name="sample_shape",
+                       what=f"{n:,} samples in R^{self.features}", value=tuple(shape) if len(shape) != 1 else n)
         k = torch.multinomial(self.weights.cpu().double(), max(n, 1), replacement=True, generator=generator)[:n].to(ref.device)
         z = self.flow.base.sample(n, dtype=ref.dtype, device=ref.device, generator=generator)
         x = torch.cat([self.chart_inverse(zs, ks)[0] for zs, ks in zip(z.split(65536), k.split(65536))]) if n \
@@ -404,7 +423,25 @@ class VQFlow(nn.Module):
     def decode(self, z, k: Tensor) -> Tensor:
         """``x = g_k(z)`` for latents ``z`` in charts ``k``: ``(N, d), (N,) -> (N, D)``."""
         z = as_points(z, self.manifold_dim, name="z", dtype=self._ref.dtype).to(self._ref.device)
-        return self.chart_inverse(z, torch.as_tensor(k, device=z.device))[0]
+        return self.chart_inverse(z, self._charts(k, z.shape[0]))[0]
+
+    def _charts(self, k, n: int, name: str = "k") -> Tensor:
+        """Chart indices ``k`` (an int for every row, or ``(n,)``) as a long tensor, each in ``[0, K)``."""
+        try:
+            k = torch.as_tensor(k.detach() if isinstance(k, Tensor) else np.asarray(k))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{name}: expected chart indices in [0, {self.K}), got {type(k).__name__}") from e
+        if k.dtype == torch.bool or k.is_floating_point() or k.is_complex() or k.device.type == "meta":
+            raise ValueError(f"{name}: expected integer chart indices in [0, {self.K}), got dtype {k.dtype}")
+        if k.dim() == 0:
+            k = k.expand(n)
+        if tuple(k.shape) != (n,):
+            raise ValueError(f"{name}: expected one chart index or shape ({n},), got {tuple(k.shape)}")
+        if n and (bool((k < 0).any()) or bool((k >= self.K).any())):
+            bad = k[(k < 0) | (k >= self.K)].unique()
+            raise ValueError(f"{name}: expected chart indices in [0, {self.K}), got "
+                             f"{', '.join(str(int(b)) for b in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        return k.long().to(self._ref.device)
 
     def encode(self, x, mode: str = "map", *, generator: torch.Generator | None = None,
                return_charts: bool = False, chunk: int = CHUNK):
@@ -451,7 +488,11 @@ class VQFlow(nn.Module):
         if self.spec is None:
             raise ValueError("model: expected one built by vqflows.build or vqflows.presets.create (whose recipe "
                              "can be saved), got one composed by hand; save its state_dict() instead")
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise ValueError(f"path: expected a folder to save into, got {path!r}")
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"path: expected a folder to save into, got the file {str(path)!r}")
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path / "config.json", {"format": 2, **self.spec})
         atomic_torch_save(self.state_dict(), path / "weights.pt")
@@ -461,7 +502,10 @@ class VQFlow(nn.Module):
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VQFlow:
         """Rebuild a model saved by :meth:`save` (also accepts a run folder holding ``model/``)."""
         from . import presets
+        from .checks import device
 
+        if isinstance(map_location, (str, torch.device)):
+            map_location = device(map_location, name="map_location")
         path = Path(path)
         if (path / "model" / "config.json").exists():
             path = path / "model"
@@ -515,7 +559,14 @@ class VQFlowDistribution(torch.distributions.Distribution):
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([model.features]), validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        value = torch.as_tensor(value)
+        if not isinstance(value, Tensor):
+            try:
+                value = torch.as_tensor(np.asarray(value))
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"value: expected a numeric array of shape (..., {self.model.features}), "
+                                 f"got {type(value).__name__}") from e
+        if value.dim() == 0 or value.shape[-1] != self.model.features:
+            raise ValueError(f"value: expected shape (..., {self.model.features}), got {tuple(value.shape)}")
         shape = value.shape[:-1]
         return self.model.log_prob(value.reshape(-1, self.model.features)).reshape(shape)
 

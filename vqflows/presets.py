@@ -152,6 +152,15 @@ def build(features: int, flow: str = "maf", charts: int | None = 32, *, partitio
         part = GaussianMixtureCharts(features, charts)
     else:
         part = KMeansCharts(features, charts)
+    if flow_options is not None and not isinstance(flow_options, dict):
+        raise ValueError(f"flow_options: expected a dict of options or None, got {flow_options!r}")
+    own = ("transforms", "hidden_features", "manifold_dim")  # arguments of build itself
+    accepted = [key for key in flows.FLOW_OPTIONS[flow] if key not in own]
+    unknown = [key for key in (flow_options or {}) if key not in accepted]
+    if unknown:
+        raise ValueError(f"flow_options: expected options of flow {flow!r} among {', '.join(accepted) or '(none)'}, "
+                         f"got {', '.join(map(repr, unknown))}"
+                         + (f" (set {unknown[0]} itself, not in flow_options)" if unknown[0] in own else ""))
     options = dict(transforms=transforms, hidden_features=tuple(hidden_features), **(flow_options or {}))
     if flow == "cef":
         options["manifold_dim"] = manifold_dim

@@ -145,6 +145,9 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     model = None if config.is_baseline else config.build_model(splits.train.shape[1])
     if rank and model is None:  # a baseline fits on rank 0 alone
         return {}
+    if model is not None:  # refused before the folder is touched; with charts="auto" the fewest candidates must fit
+        model.check_training_data(splits.train, name=f"{config.dataset} (training split)",
+                                  charts=min(CANDIDATES) if config.charts == "auto" and config.is_vq else None)
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
         _fit(config, model, splits, progress=False, callback=callback, checkpoint=out / CHECKPOINT if resume else None)
         return {}

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .checks import positive_int
+from .checks import as_points, positive_int
 from .config import CANDIDATES
 from .model import VQFlow
 from .training import History, fit
@@ -59,7 +59,8 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
         candidates: chart counts to try (each ``>= 1``), or ``(partition, K)`` pairs to choose the
             partition too, or ``(partition, K, False)`` for a model whose
             charts are fitted but whose flow is not trained (with ``"gmm"``: the fitted mixture itself);
-            counts above half the training points are skipped.
+            counts needing more distinct training points than there are (``manifold_dim + 1`` per chart)
+            are skipped.
         fit_options: passed to :func:`vqflows.fit` (``objective``, ``batch_size``, ``seed``, ...).
 
     Returns:
@@ -78,14 +79,15 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
     ks = [k for _, k, _ in specs]
     if sum(trained for _, _, trained in specs) > 1:
         fit_options.pop("checkpoint", None)  # a checkpoint belongs to one training
-    n = len(train)
+    train = as_points(train, name="train")
+    distinct = int(torch.unique(train, dim=0).shape[0])
     best: tuple[float, VQFlow, History] | None = None
     table: list[dict] = []
     for partition, k, trained in specs:
-        if k > n // 2:
-            continue
         t0 = time.perf_counter()
         model = make(k) if partition is None else make(k, partition)
+        if distinct < (model.manifold_dim + 1) * k:  # what vqflows.checks.training_points asks of the data
+            continue
         if trained:
             history = fit(model, train, val, **fit_options)
         else:
@@ -99,13 +101,13 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
             best[2].interrupted = True
             break
     if best is None:
-        raise ValueError(f"candidates: expected a chart count of at most half the {n} training points, got {ks}")
+        raise ValueError(f"candidates: expected a chart count with enough distinct training points (manifold "
+                         f"dimension + 1 per chart), got {ks} for {distinct} distinct points")
     return best[1], best[2], table
 
 
 def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
     """The chart stage of :func:`~vqflows.fit` alone (charts, weights, frames); the flow stays as built."""
-    from .checks import as_points
     from .training import resolve_device, torch_threads
 
     seed = fit_options.get("seed", 0)

@@ -18,9 +18,10 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from .checks import spread
+from .checks import as_points
+from .checks import seed as check_seed
 from .model import VQFlow, build
-from .training import History, fit, torch_threads
+from .training import History, check_threads, fit, torch_threads
 
 
 class VQFlowDensity(BaseEstimator):
@@ -88,11 +89,14 @@ class VQFlowDensity(BaseEstimator):
 
     def fit(self, X, y=None) -> VQFlowDensity:
         """Build and train the model on ``X`` ``(N, D)``; ``y`` is ignored. Returns ``self``."""
+        if isinstance(X, np.ma.MaskedArray) and np.ma.count_masked(X):
+            as_points(X, name="X")  # raises: masked entries are refused, not read as values
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         if not (isinstance(self.validation_fraction, float) and 0 < self.validation_fraction < 1):
             raise ValueError(f"validation_fraction: expected a float in (0, 1), got {self.validation_fraction!r}")
+        check_threads(self.threads)  # checked here, not in __init__, as scikit-learn asks
+        check_seed(self.seed)
         points = torch.from_numpy(np.array(X, dtype=np.float32))  # a copy: the caller's array stays untouched
-        spread(points, name="X", every_column=self.flow != "cef")
         # Seeded split: the same estimator on the same data fits the same model (clone-and-refit safe).
         perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
         cut = max(1, math.floor(self.validation_fraction * len(points)))
@@ -103,6 +107,7 @@ class VQFlowDensity(BaseEstimator):
                           m=self.m, eps=self.eps, transforms=self.transforms,
                           hidden_features=(self.hidden, self.hidden), manifold_dim=self.manifold_dim,
                           frames=self.frames, flow_options=self.flow_options)
+            model.check_training_data(points, name="X")
             history = fit(model, train, val, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                           weight_decay=self.weight_decay, patience=self.patience, chart_epochs=self.chart_epochs,
                           objective=self.objective, top=self.top, seed=self.seed, device=self.device,
@@ -116,6 +121,8 @@ class VQFlowDensity(BaseEstimator):
     def score_samples(self, X) -> np.ndarray:
         """The log-density ``log p(x)`` of each row of ``X`` ``(N, D)`` -> ``(N,)`` float64 (nats)."""
         check_is_fitted(self, "model_")
+        if isinstance(X, np.ma.MaskedArray) and np.ma.count_masked(X):
+            as_points(X, name="X")  # raises: masked entries are refused, not read as values
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         points = torch.from_numpy(np.array(X, dtype=np.float64)).to(next(self.model_.parameters()).dtype)
         with self._threads(), torch.no_grad():

@@ -50,6 +50,8 @@ from torch import Tensor, nn
 
 from .charts import membership
 from .checks import as_points, one_of, positive_int
+from .checks import device as check_device
+from .checks import seed as check_seed
 from .config import MEMBERSHIPS, OBJECTIVES
 from .frames import trim_threshold
 from .model import VQFlow
@@ -286,14 +288,8 @@ class _Objective(nn.Module):
 
 
 def resolve_device(device) -> torch.device:
-    """The name or object ``device`` as a :class:`torch.device`; ``ValueError`` for a malformed name or a CUDA device that is not there."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: expected 'cpu' or 'cuda[:i]', got {str(device)!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: expected 'cpu' here (no CUDA device is available), got {str(device)!r}")
-    return device
+    """``device`` as a :class:`torch.device`; ``ValueError`` for a malformed name or a CUDA device that is not there."""
+    return check_device(device, name="device")
 
 
 #: The most torch threads accepted per CPU of the machine (:func:`check_threads`): more only
@@ -330,11 +326,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def _fitting_charts(points: int) -> int:
     """A chart count of the usual kind (a power of two) that ``points`` training points can hold."""
     return 1 << (max(points, 1).bit_length() - 1)
-
-
-def _check_spread(x: Tensor, name: str) -> None:
-    if x.shape[0] > 1 and bool((x.std(0) == 0).all()):
-        raise ValueError(f"{name}: expected data with non-zero spread, got constant values")
 
 
 def digest(*parts: Any) -> str:
@@ -499,16 +490,22 @@ def fit(model: VQFlow, train, val=None, *, epochs: int = 100, batch_size: int = 
     if train.shape[0] < model.K:
         raise ValueError(f"train: expected at least {model.K} points, one per chart (the model has {model.K} charts; "
                          f"build it with fewer, e.g. charts={_fitting_charts(train.shape[0])}), got {train.shape[0]}")
-    _check_spread(train, "train")
+    check_seed(seed)
+    check_threads(threads)
+    dtype = model.log_weights.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"model: expected a float32 or float64 model to train, got {str(dtype).removeprefix('torch.')} "
+                         f"(half precision cannot fit the charts and frames; train with model.float(), then convert)")
+    # the points are data, not part of a graph: training must not backpropagate into the caller's tensors
+    train = model.check_training_data(train.detach(), name="train")
     if val is None:
         perm = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))
         cut = max(1, train.shape[0] // 10)
         train, val = train[perm[cut:]], train[perm[:cut]]
     else:
-        val = as_points(val, model.features, name="val")
+        val = model._input(val.detach() if isinstance(val, Tensor) else val, name="val")
     device = resolve_device(device if device is not None else model.log_weights.device)
     model.to(device)
-    dtype = model.log_weights.dtype
     train, val = train.to(device, dtype), val.to(device, dtype)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     resume = checkpoint is not None and checkpoint.exists()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import as_points, one_of, positive_int
+from ..checks import as_points, fits_in_memory, one_of, positive_int
 
 #: Default fractions of the points that go to the train, validation and test splits.
 SPLITS = (0.5, 0.25, 0.25)
@@ -47,6 +47,8 @@ class Dataset:
         The same ``seed`` gives the same points; ``seed=None`` draws fresh entropy.
         """
         n = positive_int(n, name="n")
+        # the draw's float64 intermediates: up to 210 bytes per point of a 3-D set were measured (1e6 points)
+        fits_in_memory(80 * self.features * n, name="n", what=f"drawing {n:,} points of {self.name!r}", value=n)
         return torch.from_numpy(self._sample(n, _rng(seed))).float()
 
     def log_prob(self, x) -> Tensor:

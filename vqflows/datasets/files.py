@@ -1,9 +1,19 @@
 """Loading points: a built-in dataset by name, or the user's own ``.npy`` / ``.csv`` / ``.txt`` file.
 
-A file holds an ``(N, D)`` array; ``.csv`` files are comma-separated, ``.txt`` files comma- or
-space-separated (as ``vqflows sample --out x.txt`` writes them); both may start with one header
-line and may contain ``#`` comments. File points have no known density, so their
-:class:`Splits` carry ``dataset=None``.
+A file holds an ``(N, D)`` array. ``.csv`` files are comma-separated UTF-8 text, ``.txt`` files comma- or
+space-separated (as ``vqflows sample --out x.txt`` writes them); a byte-order mark is allowed, and
+``#`` comments and blank lines are skipped. How a text file is read:
+
+* the first line is a header when every cell of it is a name, i.e. not a number (a quoted cell
+  counts as a name); a first line of numbers is the first point, except exactly ``0,1,...,D-1``,
+  the header pandas writes for unnamed columns, which is read as a header with a warning;
+* a first line whose first cell is empty or ``Unnamed: 0`` is the header pandas' ``to_csv`` writes
+  above a row index: the index column is dropped, with a warning, and the other columns are the points;
+* any other first line that mixes names and numbers is refused, naming its line and column;
+* every other line must hold one number per column; the first that does not is refused, naming
+  its line and column.
+
+File points have no known density, so their :class:`Splits` carry ``dataset=None``.
 """
 
 from __future__ import annotations
@@ -102,7 +112,7 @@ def _read(path: Path, min_points: int) -> tuple[torch.Tensor, str]:
             raise ValueError(f"{where}: expected a NumPy .npy array, got unreadable data ({e})") from None
     else:
         try:
-            text = data.decode()
+            text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first cell
         except UnicodeDecodeError:
             raise ValueError(f"{where}: expected numbers as text, got binary data") from None
         array = _read_csv(path, text, "," if suffix == ".csv" or "," in text else None)
@@ -114,20 +124,71 @@ def _read(path: Path, min_points: int) -> tuple[torch.Tensor, str]:
     return as_points(torch.from_numpy(array), name=where, min_points=min_points), hashlib.sha256(data).hexdigest()
 
 
-def _read_csv(path: Path, text: str, delimiter: str | None = ",") -> np.ndarray:
-    """Rows of numbers separated by ``delimiter`` (``None``: spaces)."""
-    lines = text.splitlines()
-    # The first line with content (outside comments) is a header if it does not parse as numbers.
-    for i, line in enumerate(lines):
-        content = line.split("#", 1)[0].strip()
-        if content:
-            try:
-                [float(v) for v in content.split(delimiter)]
-            except ValueError:
-                lines = lines[:i] + lines[i + 1:]
-            break
+#: Header cells that mark a row index column, as pandas' ``to_csv`` writes it (and reads it back).
+INDEX_HEADERS = ("", "Unnamed: 0")
+
+
+def _number(cell: str) -> bool:
     try:
-        return np.loadtxt(lines, delimiter=delimiter, comments="#", ndmin=2, dtype=np.float64)
-    except ValueError as e:
-        separated = "comma-separated" if delimiter else "space-separated"
-        raise ValueError(f"{path}: expected {separated} numbers with one optional header line, got {e}") from None
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _split(line: str, delimiter: str | None) -> list[str]:
+    return [c.strip() for c in line.split(delimiter)]
+
+
+def _read_csv(path: Path, text: str, delimiter: str | None = ",") -> np.ndarray:
+    """The points of a text file separated by ``delimiter`` (``None``: spaces), by the rules in the module's docstring."""
+    where = str(path)
+    rows = [(i + 1, line.split("#", 1)[0].strip()) for i, line in enumerate(text.splitlines())]
+    rows = [(number, content) for number, content in rows if content]
+    if not rows:
+        return np.zeros((0, 0))
+    import warnings
+
+    number, first = rows[0]
+    cells = _split(first, delimiter)
+    numeric = [_number(c) for c in cells]
+    index = cells[0] in INDEX_HEADERS and len(cells) > 1  # pandas' header above its row index: names follow
+    if all(numeric):
+        if len(cells) >= 2 and len(rows) > 1 and all(c.isdigit() for c in cells) \
+                and [int(c) for c in cells] == list(range(len(cells))):
+            warnings.warn(f"{where}: line {number} ({first!r}) read as a header, the column numbers that pandas "
+                          f"writes for unnamed columns, not as a point", stacklevel=4)
+            rows = rows[1:]
+    else:
+        mixed = [j for j, c in enumerate(cells) if numeric[j]]
+        if mixed and not index:
+            text_at = next(j for j, ok in enumerate(numeric) if not ok)
+            raise ValueError(f"{where}: line {number}, column {text_at + 1}: expected a number, got "
+                             f"{cells[text_at]!r} (a header line holds only names, but column "
+                             f"{mixed[0] + 1} of this line is the number {cells[mixed[0]]})")
+        rows = rows[1:]
+    data = [content for _, content in rows]
+    try:
+        array = np.loadtxt(data, delimiter=delimiter, ndmin=2, dtype=np.float64) if data else np.zeros((0, len(cells)))
+    except ValueError:
+        array = None
+    if array is None or (data and array.shape[1] != len(cells)):
+        _locate(where, rows, len(cells), delimiter)
+        raise ValueError(f"{where}: expected {'comma' if delimiter else 'space'}-separated numbers, got a line that does not parse")
+    if index:
+        warnings.warn(f"{where}: column 1 has no name ({cells[0]!r}): read as a row index, as pandas' to_csv "
+                      f"writes it, and left out of the points (save with index=False to avoid it)", stacklevel=4)
+        array = array[:, 1:]
+    return array
+
+
+def _locate(where: str, rows: list[tuple[int, str]], columns: int, delimiter: str | None = ",") -> None:
+    """Raise ``ValueError`` naming the first line (and column) that is not ``columns`` numbers."""
+    for number, content in rows:
+        cells = _split(content, delimiter)
+        if len(cells) != columns:
+            raise ValueError(f"{where}: line {number}: expected {columns} {'comma' if delimiter else 'space'}-separated values, "
+                             f"got {len(cells)}")
+        for j, cell in enumerate(cells):
+            if not _number(cell):
+                raise ValueError(f"{where}: line {number}, column {j + 1}: expected a number, got {cell!r}")

@@ -81,6 +81,14 @@ class ChartFlow(nn.Module):
         """Whether only similarity maps may precede the flow (its density lives on a d-volume)."""
         return self.frame != "whitening"
 
+    def check_support(self, x: Tensor, *, name: str = "x") -> Tensor:
+        """Check that the points ``(N, D)`` lie where this flow has a density; return ``x``.
+
+        Every point of ``R^D`` for the flows here; a flow on a fixed set (:class:`~.sphere.SphereCEF`)
+        refuses points off it with ``ValueError``.
+        """
+        return x
+
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(z, log|det ∂z/∂x|)``: ``(N, D), (N, C) -> (N, d), (N,)``."""
         raise NotImplementedError

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import one_of
+from ..checks import SPHERE_TOLERANCE, one_of
 from ..geometry import rotation_to
 from .cef import CEF
 from .conformal import ConformalEmbedding, Orthogonal, ScaleShift, SpecialConformal, ZeroPad
@@ -117,6 +117,24 @@ class SphereCEF(CEF):
         #: where ``u = 0`` lands, seen from the centre: rotation frames turn each chart's centre onto it
         self.axis = rot[:, 2] * (1.0 if pole == "south" else -1.0)
         self.register_buffer("centre", torch.zeros(3) if centre is None else _vector3(centre, "centre").to(torch.get_default_dtype()))
+
+    def check_support(self, x: Tensor, *, name: str = "x") -> Tensor:
+        """Refuse points farther than :data:`~vqflows.checks.SPHERE_TOLERANCE` (relative to the radius) from
+        the sphere: ``| |x - m| - r | <= 1e-3 r``. The density is w.r.t. area on the sphere; a point off it
+        has none, and projecting it silently would score data of another shape as if it were directional."""
+        if not x.shape[0]:
+            return x
+        with torch.no_grad():
+            off = ((x - self.centre.to(x)).norm(dim=-1) - self.radius).abs() / self.radius
+            bad = off > SPHERE_TOLERANCE
+            if bool(bad.any()):
+                where = "the unit sphere (| |x| - 1 | <= " if self.radius == 1.0 and not bool(self.centre.any()) \
+                    else f"the sphere of radius {self.radius:g} about {self.centre.tolist()} (| |x - m| - r | <= r * "
+                raise ValueError(f"{name}: expected points on {where}{SPHERE_TOLERANCE:g}), got {int(bad.sum())} of "
+                                 f"{x.shape[0]} row(s) off it (largest relative distance {float(off.max()):.3g}); "
+                                 f"normalise each row (x / |x|) if the data are directions, else use a flow on "
+                                 f"R^3 such as 'vq-maf'")
+        return x
 
     def _project(self, x: Tensor, c: Tensor | None) -> Tensor:
         offset = x - self.centre
