@@ -233,15 +233,22 @@ class VMFChartFlow(ChartFlow):
         w = y[:, 2]
         rho2 = y[:, :2].square().sum(-1)
         tiny = torch.finfo(y.dtype).tiny
-        one_plus = (1 + w).clamp_min(tiny)
-        one_minus = torch.where(w > 0, rho2 / one_plus, 1 - w)  # 1 - w without cancellation near the mean
+        north, south = w > 0, w < 0
+        # 1 - w and 1 + w without cancellation near the mean (w → 1) and the antipode (w → -1)
+        one_minus = torch.where(north, rho2 / torch.where(north, 1 + w, 1.0), 1 - w)
+        one_plus = torch.where(south, rho2 / torch.where(south, 1 - w, 1.0), 1 + w)
         s = kappa * one_minus
-        gap = (2 * kappa - s).clamp_min(tiny)  # κ (1 + w): 0 at the antipode
+        gap = (kappa * one_plus).clamp_min(tiny)  # 2κ - s: 0 at the antipode
         # r² = 2 s + 2 [log(1 - e^{-2κ}) - log(1 - e^{-(2κ - s)})]; the bracket, divided by s, tends to
         # 1 / (e^{2κ} - 1) as s → 0, so r²/ρ² = (2 + 2 bracket/s) κ / (1 + w) stays accurate at the mean
         bracket = torch.log(-torch.expm1(-2 * kappa)) - torch.log(-torch.expm1(-gap))
         ratio = torch.where(s > 1e-8 * kappa, bracket / s.clamp_min(tiny), 1 / torch.expm1(2 * kappa))
-        z0 = y[:, :2] * torch.sqrt((2 + 2 * ratio) * kappa / one_plus)[:, None]
+        near = y[:, :2] * torch.sqrt((2 + 2 * ratio) * kappa / torch.where(north, 1 + w, 1.0))[:, None]
+        # elsewhere: the unit direction times r (at the antipode itself any direction serves)
+        rho = torch.sqrt(torch.where(rho2 > 0, rho2, 1.0))
+        direction = torch.where((rho2 > 0)[:, None], y[:, :2] / rho[:, None], torch.tensor([1.0, 0.0]).to(y))
+        far = direction * torch.sqrt((2 + 2 * ratio) * s)[:, None]
+        z0 = torch.where(north[:, None], near, far)
         ladj = torch.log(kappa) - torch.log(-torch.expm1(-gap))
         return z0, ladj
 
@@ -259,8 +266,8 @@ class VMFChartFlow(ChartFlow):
             z, ladj = self.flow(self._hyper_context(c)).transform.inv.call_and_ladj(z)
         kappa = c[:, 0].exp()
         r2 = z.square().sum(-1)
-        # F = 1 - e^{-r²/2}; e^{-s} = 1 - F (1 - e^{-2κ});  s = κ (1 - w)
-        s = -torch.log1p(torch.expm1(-r2 / 2) * -torch.expm1(-2 * kappa))
+        # F = 1 - e^{-r²/2}; e^{-s} = 1 - F (1 - e^{-2κ}) = e^{-r²/2} + e^{-2κ} F, summed in log space; s = κ (1 - w)
+        s = -torch.logaddexp(-r2 / 2, -2 * kappa + torch.log(-torch.expm1(-r2 / 2)))
         t = (s / kappa).clamp(0.0, 2.0)  # 1 - w
         w = 1 - t
         rho = torch.sqrt((t * (2 - t)).clamp_min(0.0))
