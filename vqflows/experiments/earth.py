@@ -363,7 +363,7 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
         result["fit_seconds"] = time.perf_counter() - wall
     # A subset of the training split bounds the cost of the all-charts evaluation, O(N K); a kernel
     # model has a chart per training point, so it gets fewer.
-    size = TRAIN_EVAL if model != "vq-sphere" or config.init != "kernels" else TRAIN_EVAL // 4
+    size = TRAIN_EVAL if model != "vq-sphere" or config.init != "kernels" else TRAIN_EVAL // 8
     subset = splits.train[torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:size]]
     val = _log_probs(log_prob, splits.val) if val is None else val.double()
     test = _log_probs(log_prob, splits.test)
