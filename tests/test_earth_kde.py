@@ -213,3 +213,16 @@ def test_kernel_vqflow_rejects_bad_input():
         kernel_vqflow(centres, torch.full((30,), 5.0), torch.full((30,), 0.5))
     with pytest.raises(ValueError, match="centres: expected unit vectors"):
         VMFKernelDensity(2 * centres, 5.0)
+
+
+def test_kernel_flow_save_load_round_trip(tmp_path):
+    from vqflows.experiments import earth
+
+    x = caps(300, seed=9)
+    fit = fit_kernel_flow(x[:240], x[240:], alphas=(0.0, 0.5), epochs=2, patience=1, seed=0)
+    config = earth.EarthConfig()
+    earth.save_kernel_flow(fit.model, tmp_path / "kernel-flow.pt", config)
+    back = earth.load_fitted(tmp_path)
+    with torch.no_grad():
+        np.testing.assert_array_equal(back.log_prob(x).numpy(), fit.model.log_prob(x).numpy())
+    assert back.K == 240
