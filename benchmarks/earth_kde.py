@@ -58,7 +58,7 @@ def one(name: str, data_dir: str, seed: int, fixed_start: bool) -> dict:
     for label, alphas in variants:
         t = time.perf_counter()
         fit = fit_kernel_flow(s.train, s.val, alphas=alphas, transforms=config.kernel_transforms,
-                              hidden_features=(config.kernel_hidden,) * 2, epochs=config.kernel_epochs,
+                              hidden_features=(config.kernel_hidden,) * config.kernel_depth, epochs=config.kernel_epochs,
                               patience=config.kernel_patience, lr=config.kernel_lr, top=config.kernel_top,
                               seed=seed, guard_floors=FLOOR_WEIGHTS)
         seconds = time.perf_counter() - t

@@ -158,7 +158,7 @@ def test_trained_looking_chart_flow_still_integrates_to_one():
 
 
 def test_kernel_vqflow_equals_its_mixture_at_the_start():
-    """At the defaults (two coupling layers of width 32), before training, to 1e-6 in float64."""
+    """At the defaults (two coupling layers, one hidden layer of 32), before training, to 1e-6 in float64."""
     centres = caps(120, seed=5)
     kappas = torch.from_numpy(np.geomspace(20.0, 2e5, len(centres)))
     weights = torch.from_numpy(np.random.default_rng(0).dirichlet(np.ones(len(centres))))

@@ -636,13 +636,14 @@ class VMFCharts(torch.nn.Module):
         return []
 
 
-def kernel_vqflow(means, kappas, weights=None, *, transforms: int = 2, hidden_features: Sequence[int] = (32, 32)):
+def kernel_vqflow(means, kappas, weights=None, *, transforms: int = 2, hidden_features: Sequence[int] = (32,)):
     r"""A :class:`~vqflows.VQFlow` on S² that equals the vMF mixture ``Σ_k π_k vMF(μ_k, κ_k)`` before training.
 
     One chart per component (:class:`VMFCharts`): a rotation frame turning ``μ_k`` onto ``e_3``, then
     :class:`~vqflows.flows.sphere.VMFChartFlow`, which maps the vMF of concentration ``κ_k`` exactly
     onto ``N(0, I)`` and follows it with a conditional RealNVP whose output layers are zero, the
-    identity. The chart weights are ``π_k`` (uniform by default, a kernel density). float64.
+    identity. The chart weights are ``π_k`` (uniform by default, a kernel density). float64. The flow is
+    small (two coupling layers, one hidden layer of 32) because every point is scored under every chart.
 
     Example:
         >>> x = vmf_sample(torch.tensor([0.0, 1.0, 0.0]), 40.0, 50, rng=0)
@@ -707,7 +708,7 @@ def _best_floor_nll(lp: Tensor, floors: Sequence[float]) -> float:
 
 def fit_kernel_flow(train, val, *, kappas: Sequence[float] = KDE_KAPPAS, floors: Sequence[float] = KDE_FLOORS,
                     alphas: Sequence[float] = (0.0, 0.5, 1.0), transforms: int = 2,
-                    hidden_features: Sequence[int] = (32, 32), epochs: int = 30, patience: int = 5,
+                    hidden_features: Sequence[int] = (32,), epochs: int = 30, patience: int = 5,
                     lr: float = 2e-3, batch_size: int = 256, top: int = 8, check_top: int = 32,
                     seed: int = 0, selection: KernelSelection | None = None,
                     guard_floors: Sequence[float] | None = None) -> KernelFlowFit:

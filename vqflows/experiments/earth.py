@@ -110,9 +110,9 @@ class EarthConfig:
             or ``"kmeans"`` (k-means charts and stereographic RealNVPs from a random start).
         kernel_alphas: the adaptivity exponents of the kernel densities tried on validation (0: one
             concentration for all kernels).
-        kernel_transforms, kernel_hidden, kernel_epochs, kernel_patience, kernel_lr, kernel_top: the
-            shared flow of ``init="kernels"``: coupling layers, width of its two hidden layers, epochs,
-            patience, Adam's learning rate, charts per point in the leave-one-out objective.
+        kernel_transforms, kernel_hidden, kernel_depth, kernel_epochs, kernel_patience, kernel_lr, kernel_top:
+            the shared flow of ``init="kernels"``: coupling layers, width and number of the hidden layers of
+            each, epochs, patience, Adam's learning rate, charts per point in the leave-one-out objective.
     """
 
     points_per_chart: int = 16
@@ -137,6 +137,7 @@ class EarthConfig:
     kernel_alphas: tuple[float, ...] = (0.0, 0.5, 1.0)
     kernel_transforms: int = 2
     kernel_hidden: int = 32
+    kernel_depth: int = 1
     kernel_epochs: int = 30
     kernel_patience: int = 5
     kernel_lr: float = 2e-3
@@ -144,7 +145,7 @@ class EarthConfig:
 
     def __post_init__(self) -> None:
         for name in ("points_per_chart", "min_charts", "max_charts", "m", "transforms", "hidden", "depth", "epochs",
-                     "patience", "batch_size", "chart_epochs", "top", "kernel_hidden", "kernel_epochs",
+                     "patience", "batch_size", "chart_epochs", "top", "kernel_hidden", "kernel_depth", "kernel_epochs",
                      "kernel_patience", "kernel_top"):
             positive_int(getattr(self, name), name=name)
         positive_int(self.kernel_transforms, name="kernel_transforms", minimum=0)
@@ -333,7 +334,8 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
         result.update(kappa=sel.kappa, floor_weight=sel.floor, fit_seconds=time.perf_counter() - wall)
     elif model == "vq-sphere" and config.init == "kernels":
         fitted = fit_kernel_flow(splits.train, splits.val, alphas=config.kernel_alphas,
-                                 transforms=config.kernel_transforms, hidden_features=(config.kernel_hidden,) * 2,
+                                 transforms=config.kernel_transforms,
+                                 hidden_features=(config.kernel_hidden,) * config.kernel_depth,
                                  epochs=config.kernel_epochs, patience=config.kernel_patience, lr=config.kernel_lr,
                                  top=config.kernel_top, seed=seed, guard_floors=FLOOR_WEIGHTS)
         flow, sel = fitted.model, fitted.selection
@@ -383,8 +385,8 @@ def save_kernel_flow(model: VQFlow, path: str | os.PathLike, config: EarthConfig
     """Write a VQ-Flow built by :func:`vqflows.vmf.kernel_vqflow` (its recipe and weights) to ``path``."""
     from ..io import atomic_torch_save
 
-    atomic_torch_save({"transforms": config.kernel_transforms, "hidden": config.kernel_hidden,
-                       "state": model.state_dict()}, Path(path))
+    atomic_torch_save({"transforms": config.kernel_transforms,
+                       "hidden": [config.kernel_hidden] * config.kernel_depth, "state": model.state_dict()}, Path(path))
 
 
 def load_kernel_flow(path: str | os.PathLike) -> VQFlow:
@@ -392,7 +394,7 @@ def load_kernel_flow(path: str | os.PathLike) -> VQFlow:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     state = saved["state"]
     model = kernel_vqflow(state["partition.means"], state["partition.kappas"],
-                          transforms=saved["transforms"], hidden_features=(saved["hidden"],) * 2)
+                          transforms=saved["transforms"], hidden_features=tuple(saved["hidden"]))
     model.load_state_dict(state)
     return model.eval()
 

@@ -204,7 +204,7 @@ class VMFChartFlow(ChartFlow):
 
     frame = "rotation"
 
-    def __init__(self, context: int = 1, transforms: int = 2, hidden_features: Sequence[int] = (32, 32)) -> None:
+    def __init__(self, context: int = 1, transforms: int = 2, hidden_features: Sequence[int] = (32,)) -> None:
         super().__init__()
         from ..checks import positive_int
 
