@@ -16,7 +16,7 @@ from vqflows.vmf import VMFMixture, fit_vmf_mixture, vmf_sample
 
 #: Small enough for seconds on one core, big enough to exercise charts, stages and early stopping.
 TINY = {"points_per_chart": 40, "transforms": 2, "hidden": 16, "depth": 1, "epochs": 3, "patience": 2,
-        "lrs": (3e-3, 1e-3), "batch_size": 64, "components": (2, 4)}
+        "lrs": (3e-3, 1e-3), "batch_size": 64, "components": (2, 4), "kernel_epochs": 2}
 
 
 def clustered_events(n: int, seed: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def data_dir(tmp_path_factory):
 
 def test_fitted_vq_sphere_integrates_to_one(data_dir):
     splits = load_earth("volcano", data_dir=data_dir, seed=0)
-    config = earth.EarthConfig(**{**TINY, "epochs": 20, "patience": 5, "lrs": (1e-2,)})
+    config = earth.EarthConfig(**{**TINY, "epochs": 20, "patience": 5, "lrs": (1e-2,), "init": "kmeans"})
     torch.manual_seed(0)
     model = earth.build_model("vq-sphere", len(splits.train), config)
     earth.train_in_stages(model, splits, config, seed=0)
@@ -108,7 +108,12 @@ def test_resolve_configs_per_row_overrides():
     assert configs["vq-sphere"].hidden == configs["cef"].hidden == 32
     assert configs["cef"].transforms == 3 and configs["vq-sphere"].transforms == earth.EarthConfig().transforms
     assert configs["vq-sphere"].epochs == configs["cef"].epochs == 9
-    assert set(configs["vq-sphere"].to_dict("vq-sphere")) == {f.name for f in dataclasses.fields(earth.EarthConfig)} - {"components"}
+    kernel = {f.name for f in dataclasses.fields(earth.EarthConfig) if f.name.startswith("kernel_")}
+    # the run's recorded config holds the fields its model uses: those of its start
+    assert set(configs["vq-sphere"].to_dict("vq-sphere")) == {"init"} | kernel
+    kmeans = dataclasses.replace(configs["vq-sphere"], init="kmeans")
+    assert set(kmeans.to_dict("vq-sphere")) == {f.name for f in dataclasses.fields(earth.EarthConfig)} - {"components", "init"} - kernel
+    assert set(configs["cef"].to_dict("cef")) == set(kmeans.to_dict("vq-sphere"))
     assert earth.EarthConfig().to_dict("vmf") == {"components": list(earth.EarthConfig().components)}
     with pytest.raises(ValueError, match="override: expected one of .*got 'moon'"):
         earth.resolve_configs(["vq-sphere"], ["moon.hidden=3"])
@@ -142,7 +147,7 @@ def test_main_rejects_bad_arguments(data_dir, tmp_path, capsys):
 def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
     out = tmp_path / "out"
     overrides = [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in TINY.items() if k != "epochs"]
-    argv = ["--earth", "--datasets", "volcano", "--seeds", "2", "--models", "vmf,vq-sphere,cef",
+    argv = ["--earth", "--datasets", "volcano", "--seeds", "2", "--models", "vmf,vmf-kde,vq-sphere,cef",
             "--data-dir", str(data_dir), "--out", str(out), "--jobs", "1", "--epochs", "2", "--quiet",
             "--set", *overrides]
     assert earth.main(argv) == 0
@@ -151,16 +156,25 @@ def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
     for path in sorted((out / "runs").glob("volcano/*/seed-*/result.json")):
         r = json.loads(path.read_text())
         runs[r["model"], r["seed"]] = r
-    assert set(runs) == {(m, s) for m in ("vmf", "vq-sphere", "cef") for s in (0, 1)}
-    assert all(r["config"]["epochs"] == 2 and r["config"]["transforms"] == 2 for (m, _), r in runs.items() if m != "vmf")
+    assert set(runs) == {(m, s) for m in ("vmf", "vmf-kde", "vq-sphere", "cef") for s in (0, 1)}
+    assert runs["cef", 0]["config"]["epochs"] == 2 and runs["cef", 0]["config"]["transforms"] == 2
+    assert runs["vq-sphere", 0]["config"]["init"] == "kernels" and runs["vq-sphere", 0]["config"]["kernel_epochs"] == 2
     assert runs["vmf", 0]["config"] == {"components": [2, 4]}
     assert "reconstruction" in runs["cef", 0] and "reconstruction" not in runs["vq-sphere", 0]
-    assert runs["vq-sphere", 0]["charts"] == 6 and runs["vmf", 0]["components"] in (2, 4)
+    # the default vq-sphere starts at a kernel density: one chart per training point, never below it on validation
+    assert runs["vq-sphere", 0]["charts"] == runs["vq-sphere", 0]["n_train"] and runs["vmf", 0]["components"] in (2, 4)
+    for s in (0, 1):
+        vq, kde = runs["vq-sphere", s], runs["vmf-kde", s]
+        assert vq["val_nll_floor"] <= vq["initial_val_nll"] + 1e-9
+        if vq["kernel_alpha"] == 0:  # started at the vmf-kde row's own estimate
+            assert vq["kernel_kappa"] == kde["kappa"] and vq["val_nll_floor"] <= kde["val_nll"] + 1e-9
+        assert kde["fit_seconds"] > 0 and vq["fit_seconds"] > 0 and kde["test_nll_floor"] == kde["test_nll"]
 
     table = json.loads((out / "table.json").read_text())
-    assert list(table["rows"]) == ["vmf", "vmf+floor", "vq-sphere", "vq-sphere+floor", "cef"]
+    assert list(table["rows"]) == ["vmf", "vmf+floor", "vmf-kde", "vq-sphere", "vq-sphere+floor", "cef"]
     for row, model, key in [("vmf", "vmf", "test_nll"), ("vq-sphere", "vq-sphere", "test_nll"), ("cef", "cef", "test_nll"),
-                            ("vmf+floor", "vmf", "test_nll_floor"), ("vq-sphere+floor", "vq-sphere", "test_nll_floor")]:
+                            ("vmf+floor", "vmf", "test_nll_floor"), ("vq-sphere+floor", "vq-sphere", "test_nll_floor"),
+                            ("vmf-kde", "vmf-kde", "test_nll")]:
         values = [runs[model, s][key] for s in (0, 1)]
         cell = table["rows"][row]["volcano"]
         assert cell["values"] == values and cell["seeds"] == [0, 1]
@@ -188,7 +202,7 @@ def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
     assert earth.main(argv + ["--no-figures"]) == 0
     after = {k: (out / "runs" / "volcano" / k[0] / f"seed-{k[1]}" / "result.json").stat().st_mtime_ns for k in runs}
     assert before == after
-    assert json.loads((out / "table.json").read_text())["report"]["skipped"] == 6
+    assert json.loads((out / "table.json").read_text())["report"]["skipped"] == 8
     invocations = json.loads((out / "invocations.json").read_text())
-    assert [(i["trained"], i["skipped"]) for i in invocations] == [(6, 0), (0, 6)]
+    assert [(i["trained"], i["skipped"]) for i in invocations] == [(8, 0), (0, 8)]
     assert "summed over the 1 invocation(s) that trained runs" in (out / "summary.md").read_text()

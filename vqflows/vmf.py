@@ -32,8 +32,9 @@ from torch import Tensor
 from .checks import as_points, one_of, positive_int
 from .geometry import sample_vmf, vmf_log_density, vmf_log_normalizer
 
-__all__ = ["KAPPA_MAX", "MixtureSelection", "VMFMixture", "fit_vmf_mixture", "vmf_log_normalizer", "vmf_log_prob",
-           "vmf_sample"]
+__all__ = ["KAPPA_MAX", "KDE_FLOORS", "KDE_KAPPAS", "KernelFlowFit", "KernelSelection", "MixtureSelection",
+           "VMFCharts", "VMFKernelDensity", "VMFMixture", "adaptive_kappas", "fit_kernel_flow", "fit_vmf_kde",
+           "fit_vmf_mixture", "kernel_vqflow", "vmf_log_normalizer", "vmf_log_prob", "vmf_sample"]
 
 #: Largest concentration a fitted component may take; keeps components on duplicated points finite.
 KAPPA_MAX = 1e4
@@ -417,3 +418,385 @@ def _generator(rng, name: str = "rng") -> np.random.Generator:
     if rng is not None and (isinstance(rng, bool) or not isinstance(rng, (int, np.integer)) or rng < 0):
         raise ValueError(f"{name}: expected a numpy Generator, a non-negative integer seed or None, got {rng!r}")
     return np.random.default_rng(rng)
+
+
+# ------------------------------------------------------------------------------ kernel densities
+
+#: Concentrations tried by :func:`fit_vmf_kde`: 25 log-spaced values in ``[20, 2·10⁵]``.
+KDE_KAPPAS = tuple(float(k) for k in np.logspace(math.log10(20.0), math.log10(2e5), 25))
+#: Weights ``w`` of the uniform density tried by :func:`fit_vmf_kde`, ``(1 - w) p + w / 4π``.
+KDE_FLOORS = (0.0, 0.01, 0.05, 0.1)
+#: Largest per-kernel concentration of an adaptive kernel density.
+KDE_KAPPA_MAX = 2e6
+_LOG_4PI = math.log(4 * math.pi)
+# Rows of x scored against all kernels at once (keeps the (rows, N) float64 block near 40 MB at N = 10⁴).
+_KDE_ROWS = 512
+
+
+def _floored(log_p: Tensor, weight: float) -> Tensor:
+    """``log((1 - w) p + w / 4π)``."""
+    if weight == 0:
+        return log_p
+    return torch.logaddexp(log_p + math.log1p(-weight), torch.full_like(log_p, math.log(weight) - _LOG_4PI))
+
+
+def _kernel_log_prob(x: Tensor, centres: Tensor, kappas: Tensor, log_weights: Tensor | None = None) -> Tensor:
+    """``log Σ_i π_i vMF(x | c_i, κ_i)`` (uniform ``π`` by default) in float64, ``(N, 3) -> (N,)``."""
+    log_c = vmf_log_normalizer(kappas)
+    lw = torch.full_like(kappas, -math.log(len(centres))) if log_weights is None else log_weights
+    out = [torch.logsumexp(lw + log_c + kappas * (xs @ centres.T - 1), dim=1) for xs in x.split(_KDE_ROWS)]
+    return torch.cat(out) if out else x.new_zeros(0)
+
+
+class VMFKernelDensity:
+    r"""A von Mises–Fisher kernel density on S²: ``p(x) = (1 - w) (1/N) Σ_i C(κ_i) e^{κ_i c_iᵀ x} + w / 4π``.
+
+    One kernel at every centre ``c_i`` (the training points), with one concentration for all or one
+    per kernel (an adaptive estimate, :func:`adaptive_kappas`), and a uniform floor of weight ``w``.
+    Densities are w.r.t. the area measure of the unit sphere and computed in float64 by log-sum-exp,
+    with ``log C(κ) = log κ - log 2π - log(1 - e^{-2κ}) - κ`` kept finite for any κ.
+
+    Arguments:
+        centres: ``(N, 3)`` unit vectors.
+        kappa: a concentration ``κ >= 0`` for every kernel, or ``(N,)`` of them.
+        floor: the uniform weight ``0 <= w < 1``.
+
+    Example:
+        >>> x = vmf_sample(torch.tensor([0.0, 0.0, 1.0]), 20.0, 200, rng=0)
+        >>> VMFKernelDensity(x, 50.0, floor=0.01).log_prob(x[:3]).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, centres, kappa, floor: float = 0.0) -> None:
+        self.centres = _unit_points(centres, name="centres")
+        kappa = _as_tensor(kappa, "kappa")
+        if kappa.dim() == 0:
+            kappa = kappa.expand(len(self.centres)).clone()
+        if kappa.shape != (len(self.centres),):
+            raise ValueError(f"kappa: expected a scalar or shape ({len(self.centres)},), got {tuple(kappa.shape)}")
+        if not (torch.isfinite(kappa).all() and (kappa >= 0).all()):
+            raise ValueError("kappa: expected finite values >= 0")
+        if not (isinstance(floor, (int, float)) and 0 <= floor < 1):
+            raise ValueError(f"floor: expected a number in [0, 1), got {floor!r}")
+        self.kappas, self.floor = kappa, float(floor)
+
+    def log_prob(self, x) -> Tensor:
+        """Log-density w.r.t. the area of S², float64: ``(N, 3) -> (N,)``."""
+        return _floored(_kernel_log_prob(_unit_points(x, name="x"), self.centres, self.kappas), self.floor)
+
+    def mixture(self) -> VMFMixture:
+        """The same density without its floor, as a :class:`VMFMixture` of ``N`` components."""
+        n = len(self.centres)
+        return VMFMixture(torch.full((n,), 1.0 / n, dtype=torch.float64), self.centres, self.kappas)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kernels={len(self.centres)}, floor={self.floor})"
+
+
+class KernelSelection(NamedTuple):
+    """A kernel density chosen on validation data.
+
+    Attributes:
+        model: the :class:`VMFKernelDensity` with the best validation log-likelihood.
+        kappa: its concentration (``κ₀`` of the adaptive estimate when ``alpha > 0``).
+        alpha: its adaptivity exponent (0: one concentration for every kernel).
+        floor: its uniform weight.
+        val_nll: mean validation NLL (nats) of every ``(alpha, kappa, floor)`` tried.
+    """
+
+    model: VMFKernelDensity
+    kappa: float
+    alpha: float
+    floor: float
+    val_nll: dict[tuple[float, float, float], float]
+
+
+def leave_one_out_log_density(x, kappa: float) -> Tensor:
+    """``log (1/(N-1)) Σ_{j ≠ i} vMF(x_i | x_j, κ)`` at every point, ``(N, 3) -> (N,)`` float64."""
+    x = _unit_points(x, name="x")
+    if len(x) < 2:
+        raise ValueError(f"x: expected at least 2 points, got {len(x)}")
+    kappa_t = torch.tensor(float(kappa), dtype=torch.float64)
+    log_c = float(vmf_log_normalizer(kappa_t))
+    out = []
+    for start in range(0, len(x), _KDE_ROWS):
+        block = kappa_t * (x[start:start + _KDE_ROWS] @ x.T - 1)
+        rows = torch.arange(len(block))
+        block[rows, rows + start] = -math.inf
+        out.append(torch.logsumexp(block, dim=1))
+    return torch.cat(out) + log_c - math.log(len(x) - 1)
+
+
+def adaptive_kappas(x, kappa: float, alpha: float, kappa0: float | None = None) -> Tensor:
+    r"""Per-kernel concentrations ``κ_i = κ₀ (f̂(x_i) / g)^{2α}`` (Abramson's rule on S²), ``(N,)``.
+
+    ``f̂`` is the leave-one-out kernel density at concentration ``kappa`` (the pilot), ``g`` its
+    geometric mean: kernels in dense regions get sharper (a width ``∝ f̂^{-α}``), those in sparse regions
+    wider. Clipped to ``[1, KDE_KAPPA_MAX]``. ``kappa0`` defaults to ``kappa``.
+    """
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha: expected a finite number >= 0, got {alpha!r}")
+    pilot = leave_one_out_log_density(x, kappa)
+    k0 = float(kappa if kappa0 is None else kappa0)
+    return (k0 * torch.exp(2 * alpha * (pilot - pilot.mean()))).clamp(1.0, KDE_KAPPA_MAX)
+
+
+def fit_vmf_kde(train, val, kappas: Sequence[float] = KDE_KAPPAS, floors: Sequence[float] = KDE_FLOORS,
+                alphas: Sequence[float] = (0.0,)) -> KernelSelection:
+    """A vMF kernel at every training point; the concentration and the floor chosen on ``val``.
+
+    With ``alphas`` beyond ``(0,)``, adaptive estimates are tried too (:func:`adaptive_kappas`, the pilot
+    at the best fixed concentration, ``κ₀`` from ``kappas``); ``0`` is always tried.
+
+    Example:
+        >>> x = vmf_sample(torch.tensor([1.0, 0.0, 0.0]), 30.0, 400, rng=0)
+        >>> sel = fit_vmf_kde(x[:300], x[300:], kappas=(10.0, 30.0, 100.0), floors=(0.0,))
+        >>> sel.kappa in (10.0, 30.0, 100.0), sel.alpha
+        (True, 0.0)
+    """
+    train = _unit_points(train, name="train")
+    val = _unit_points(val, name="val")
+    grid = [float(k) for k in kappas]
+    if not grid or not all(math.isfinite(k) and k > 0 for k in grid):
+        raise ValueError(f"kappas: expected one or more finite concentrations > 0, got {tuple(kappas)!r}")
+    floors = [float(w) for w in floors]
+    if not floors or not all(0 <= w < 1 for w in floors):
+        raise ValueError(f"floors: expected one or more weights in [0, 1), got {tuple(floors)!r}")
+    alphas = sorted({0.0, *(float(a) for a in alphas)})
+    if not all(math.isfinite(a) and a >= 0 for a in alphas):
+        raise ValueError(f"alphas: expected finite numbers >= 0, got {tuple(alphas)!r}")
+    if len(train) < 2:
+        raise ValueError(f"train: expected at least 2 points, got {len(train)}")
+
+    def scan(kernel_kappas: list[Tensor]) -> list[Tensor]:
+        # one (rows, N) block of cosines serves every candidate
+        logs = [[] for _ in kernel_kappas]
+        norms = [vmf_log_normalizer(k) for k in kernel_kappas]
+        for vs in val.split(_KDE_ROWS):
+            cos1 = vs @ train.T - 1
+            for j, k in enumerate(kernel_kappas):
+                logs[j].append(torch.logsumexp(norms[j] + k * cos1, dim=1))
+        return [torch.cat(v) - math.log(len(train)) for v in logs]
+
+    val_nll: dict[tuple[float, float, float], float] = {}
+    best: tuple[float, float, float, float] | None = None
+    pilot = None
+    for alpha in alphas:
+        if alpha == 0:
+            kernel_kappas = [torch.full((len(train),), k, dtype=torch.float64) for k in grid]
+        else:
+            if pilot is None:
+                pilot = leave_one_out_log_density(train, best[1])
+            scale = torch.exp(2 * alpha * (pilot - pilot.mean()))
+            kernel_kappas = [(k * scale).clamp(1.0, KDE_KAPPA_MAX) for k in grid]
+        for k, lp in zip(grid, scan(kernel_kappas)):
+            for w in floors:
+                v = -float(_floored(lp, w).mean())
+                val_nll[(alpha, k, w)] = v
+                if best is None or v < best[0]:
+                    best = (v, k, alpha, w)
+    _, k, alpha, w = best
+    if alpha == 0:
+        model = VMFKernelDensity(train, k, floor=w)
+    else:
+        scale = torch.exp(2 * alpha * (pilot - pilot.mean()))
+        model = VMFKernelDensity(train, (k * scale).clamp(1.0, KDE_KAPPA_MAX), floor=w)
+    return KernelSelection(model, k, alpha, w, val_nll)
+
+
+# ------------------------------------------------------------------ a VQ-Flow holding a vMF mixture
+
+
+class VMFCharts(torch.nn.Module):
+    """The charts of a vMF mixture, as a VQ-Flow partition: chart ``k`` is component ``k``.
+
+    The "distance" of a point to chart ``k`` is ``-log(π_k vMF(x | μ_k, κ_k))``, so a point's nearest
+    charts are its most responsible components. The code of chart ``k`` (the flow's context) is
+    ``(log κ_k, μ_k)``. The charts are fixed: :meth:`fit` does nothing.
+    """
+
+    def __init__(self, means: Tensor, kappas: Tensor, weights: Tensor) -> None:
+        super().__init__()
+        self.features, self.codes, self.latent = 3, len(kappas), 4
+        self.register_buffer("means", means.double().clone())
+        self.register_buffer("kappas", kappas.double().clone())
+        self.register_buffer("log_weights", weights.double().clamp_min(1e-300).log())
+
+    @property
+    def centres(self) -> Tensor:
+        return torch.cat([self.kappas.log()[:, None], self.means], dim=1)
+
+    def distances(self, x: Tensor, *, chunk: int = _KDE_ROWS) -> Tensor:
+        xd = x.double()
+        xd = xd / xd.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        parts = [-(self.log_weights + _log_prob_matrix(xs, self.means, self.kappas)) for xs in xd.split(chunk)]
+        return (torch.cat(parts) if parts else xd.new_zeros(0, self.codes)).to(x.dtype)
+
+    def fit(self, x: Tensor, **unused) -> list[float]:
+        return []
+
+
+def kernel_vqflow(means, kappas, weights=None, *, transforms: int = 2, hidden_features: Sequence[int] = (32,)):
+    r"""A :class:`~vqflows.VQFlow` on S² that equals the vMF mixture ``Σ_k π_k vMF(μ_k, κ_k)`` before training.
+
+    One chart per component (:class:`VMFCharts`): a rotation frame turning ``μ_k`` onto ``e_3``, then
+    :class:`~vqflows.flows.sphere.VMFChartFlow`, which maps the vMF of concentration ``κ_k`` exactly
+    onto ``N(0, I)`` and follows it with a conditional RealNVP whose output layers are zero, the
+    identity. The chart weights are ``π_k`` (uniform by default, a kernel density). float64. The flow is
+    small (two coupling layers, one hidden layer of 32) because every point is scored under every chart.
+
+    Example:
+        >>> x = vmf_sample(torch.tensor([0.0, 1.0, 0.0]), 40.0, 50, rng=0)
+        >>> model = kernel_vqflow(x[:10], torch.full((10,), 40.0))
+        >>> mix = VMFMixture(torch.full((10,), 0.1), x[:10], torch.full((10,), 40.0))
+        >>> bool(torch.allclose(model.log_prob(x), mix.log_prob(x), atol=1e-9))
+        True
+    """
+    from .flows.sphere import VMFChartFlow
+    from .geometry import rotation_to
+    from .model import VQFlow
+
+    means = _unit_points(means, name="means")
+    kappas = _as_tensor(kappas, "kappas")
+    if kappas.shape != (len(means),) or not (torch.isfinite(kappas).all() and (kappas > 0).all()):
+        raise ValueError(f"kappas: expected ({len(means)},) finite values > 0, got shape {tuple(kappas.shape)}")
+    n = len(means)
+    weights = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else _as_tensor(weights, "weights")
+    if weights.shape != (n,) or not (weights >= 0).all() or abs(float(weights.sum()) - 1) > 1e-6:
+        raise ValueError(f"weights: expected ({n},) non-negative values adding to 1, got shape {tuple(weights.shape)}")
+    flow = VMFChartFlow(context=4, transforms=transforms, hidden_features=hidden_features)
+    model = VQFlow(flow, VMFCharts(means, kappas, weights)).double()
+    log_k = kappas.log()
+    with torch.no_grad():
+        flow.log_kappa_loc.fill_(float(log_k.mean()))
+        flow.log_kappa_scale.fill_(float(log_k.std()) if n > 1 and float(log_k.std()) > 0 else 1.0)
+        r = rotation_to(means)  # R_k e_3 = μ_k, so A_k = R_kᵀ turns μ_k onto e_3
+        model.frames.shift.zero_()
+        model.frames.matrix.copy_(r.transpose(-1, -2))
+        model.frames.inverse_matrix.copy_(r)
+        model.frames.logdet.zero_()
+        model.log_weights.copy_(weights.clamp_min(1e-300).log())
+        model.contexts.copy_(torch.cat([log_k[:, None], means], dim=1))
+    return model.eval()
+
+
+class KernelFlowFit(NamedTuple):
+    """What :func:`fit_kernel_flow` did.
+
+    Attributes:
+        model: the trained VQ-Flow (or the initial one, where training did not beat it on validation).
+        selection: the kernel density it started from (:func:`fit_vmf_kde`).
+        initial_val_nll, val_nll: exact validation NLL (best floor of ``guard_floors``) at start and at the end.
+        epochs, best_epoch: epochs trained; the best one by the validation check (0: the start).
+        seconds: wall time of the flow's training.
+        val_log_prob: the model's exact log-density at the validation points, ``(M,)`` float64.
+    """
+
+    model: torch.nn.Module
+    selection: KernelSelection
+    initial_val_nll: float
+    val_nll: float
+    epochs: int
+    best_epoch: int
+    seconds: float
+    val_log_prob: Tensor
+
+
+def _best_floor_nll(lp: Tensor, floors: Sequence[float]) -> float:
+    return min(-float(_floored(lp, w).mean()) for w in floors)
+
+
+def fit_kernel_flow(train, val, *, kappas: Sequence[float] = KDE_KAPPAS, floors: Sequence[float] = KDE_FLOORS,
+                    alphas: Sequence[float] = (0.0, 0.5, 1.0), transforms: int = 2,
+                    hidden_features: Sequence[int] = (32,), epochs: int = 30, patience: int = 5,
+                    lr: float = 2e-3, batch_size: int = 256, top: int = 8, check_top: int = 32,
+                    seed: int = 0, selection: KernelSelection | None = None,
+                    guard_floors: Sequence[float] | None = None) -> KernelFlowFit:
+    r"""A VQ-Flow started at the kernel density chosen on validation, its flow trained leave-one-out.
+
+    1. :func:`fit_vmf_kde` with ``alphas`` picks the fixed or adaptive kernel density (concentrations
+       and floor) on ``val``; :func:`kernel_vqflow` builds the VQ-Flow that equals it, one chart per
+       training point.
+    2. The shared flow trains on ``-log Σ_{k ∈ top(x_i), k ≠ i} π_k p(x_i | k)`` over each training
+       point's ``top`` most responsible charts other than its own (a point's own kernel would
+       otherwise pull every chart onto its centre). Adam, early stopping on the validation mixture
+       over each point's ``check_top`` most responsible charts, with epoch 0 (the kernel density itself)
+       counted, so the best epoch may be the start.
+    3. The exact validation NLL (all charts, best floor among ``guard_floors``, default ``floors``) of
+       the result is compared with the start's; the start is kept unless training beat it, so the
+       model is never below the kernel density on validation (with ``guard_floors ⊇ floors``, also
+       not below the kernel density with its own floor).
+    """
+    import copy
+    import time
+
+    train = _unit_points(train, name="train")
+    val = _unit_points(val, name="val")
+    positive_int(epochs, name="epochs", minimum=0)
+    positive_int(patience, name="patience")
+    positive_int(top, name="top")
+    positive_int(check_top, name="check_top")
+    if selection is None:
+        selection = fit_vmf_kde(train, val, kappas=kappas, floors=floors, alphas=alphas)
+    kde = selection.model
+    model = kernel_vqflow(kde.centres, kde.kappas, transforms=transforms, hidden_features=hidden_features)
+    guard = sorted({*(floors if guard_floors is None else guard_floors), selection.floor})
+    # the model equals the kernel density at the start: its closed form is the exact start
+    start_lp = _kernel_log_prob(val, kde.centres, kde.kappas)
+    initial = _best_floor_nll(start_lp, guard)
+    start = time.perf_counter()
+    best_epoch, trained = 0, 0
+    if transforms and epochs and len(train) > top + 1:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            best_epoch, trained = _train_kernel_flow(model, train, val, epochs, patience, lr, batch_size, top,
+                                                     check_top, seed, copy)
+    lp = start_lp
+    if best_epoch:
+        with torch.no_grad():
+            lp = model.log_prob(val).double()
+    final = _best_floor_nll(lp, guard)
+    if final > initial:  # the check is a bound: keep the start unless the exact score improved
+        model = kernel_vqflow(kde.centres, kde.kappas, transforms=transforms, hidden_features=hidden_features)
+        final, best_epoch, lp = initial, 0, start_lp
+    return KernelFlowFit(model, selection, initial, final, trained, best_epoch, time.perf_counter() - start, lp)
+
+
+def _train_kernel_flow(model, train: Tensor, val: Tensor, epochs: int, patience: int, lr: float,
+                       batch_size: int, top: int, check_top: int, seed: int, copy) -> tuple[int, int]:
+    with torch.no_grad():
+        near = model.partition.distances(train).topk(min(top + 1, model.K), dim=-1, largest=False).indices
+        own = near == torch.arange(len(train))[:, None]
+        own[~own.any(-1), -1] = True  # a point whose own chart is not among its nearest drops the last
+        charts = near[~own].view(len(train), -1)
+        val_top = model.partition.distances(val).topk(min(check_top, model.K), dim=-1, largest=False).indices
+
+    def score() -> float:
+        with torch.no_grad():
+            return float(torch.logsumexp(model.log_joint(val, val_top)[0], -1).mean())
+
+    params = [p for p in model.flow.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    best_score, best_state, best_epoch, since = score(), copy.deepcopy(model.state_dict()), 0, 0
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(train), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = model.mixture_loss(train[idx], charts[idx]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        s = score()
+        if s > best_score:
+            best_score, best_state, best_epoch, since = s, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return best_epoch, epoch

@@ -17,10 +17,22 @@ with ``p`` a density w.r.t. the area measure of the unit sphere (uniform: ``ln 4
   unit sphere; the mean squared distance from the test points to it is reported beside it.
 * ``vmf``: a von Mises–Fisher mixture fitted by EM, its number of components chosen on validation
   (:func:`vqflows.vmf.fit_vmf_mixture`): the classical anchor.
+* ``vmf-kde``: a vMF kernel at every training point, one concentration from
+  :data:`~vqflows.vmf.KDE_KAPPAS` and a uniform-floor weight from :data:`~vqflows.vmf.KDE_FLOORS`, both
+  chosen on validation (:func:`vqflows.vmf.fit_vmf_kde`). Its floor is part of its fit, so it has no
+  ``+floor`` row.
+
+``vq-sphere`` starts, by default (``init="kernels"``), from the kernel density it generalises
+(:func:`vqflows.vmf.fit_kernel_flow`): one chart per training point, each an exact vMF chart
+(:class:`~vqflows.flows.sphere.VMFChartFlow`) with its own concentration, a fixed or adaptive kernel
+density chosen on validation among ``kernel_alphas``, and a shared flow started at the identity and
+trained leave-one-out; it is never below that kernel density on validation. ``init="kmeans"`` is the
+earlier model: k-means charts with stereographic RealNVPs trained from a random start.
 
 Every hyperparameter of a row is shared by the four datasets (:func:`default_configs`); the only
-data-dependent choice is the number of charts, ``K = round(N_train / points_per_chart)`` within
-``[min_charts, max_charts]``.
+data-dependent choices are the number of charts (``K = round(N_train / points_per_chart)`` within
+``[min_charts, max_charts]`` for ``init="kmeans"``, the training points for ``init="kernels"``) and
+what is chosen on validation.
 
 Layout of ``--out``: ``runs/<dataset>/<model>/seed-<s>/`` (``result.json`` with the numbers and the
 resolved config, and the fitted model), ``table.md``, ``table.csv``, ``table.json``, ``summary.md`` and
@@ -51,13 +63,14 @@ from ..datasets.earth import EARTH_DATASETS, EarthSplits, load_earth
 from ..io import apply_overrides, claim, hardware, read_json, write_json, write_text
 from ..model import VQFlow, build
 from ..training import fit
-from ..vmf import VMFMixture, fit_vmf_mixture
+from ..vmf import KDE_FLOORS, KDE_KAPPAS, VMFMixture, fit_kernel_flow, fit_vmf_kde, fit_vmf_mixture, kernel_vqflow
 from .common import comma_list, command, log_invocation
 from .runner import Report, Runner, Task, add_runner_arguments, runner_from_args
 
 #: Table rows of this package, in display order, and what their density is taken w.r.t.
 MODELS = {
     "vmf": "unit sphere",
+    "vmf-kde": "unit sphere",
     "sphere": "unit sphere",
     "vq-sphere": "unit sphere",
     "cef": "learned surface",
@@ -69,7 +82,10 @@ TRAIN_EVAL = 2048
 
 #: Weights ``w`` of the uniform density tried in the ``+floor`` rows, ``(1 - w) p + w / 4π``, chosen on
 #: validation per run (``0`` included, so a floor is used only when validation asks for one).
-FLOOR_WEIGHTS = (0.0, 1e-3, 1e-2, 3e-2)
+FLOOR_WEIGHTS = (0.0, 1e-3, 1e-2, 3e-2, 5e-2, 0.1)
+
+#: Rows whose uniform floor is chosen with the rest of their fit (no separate ``+floor`` row).
+OWN_FLOOR = ("vmf-kde",)
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,13 @@ class EarthConfig:
         objective, top: the flows' training objective (:func:`vqflows.fit`): the mixture over each point's
             ``top`` nearest charts (the default), or ``"cells"``, the paper's hard-cell training.
         components: vMF mixture sizes tried, the best kept on validation.
+        init: ``vq-sphere``'s start: ``"kernels"`` (the kernel density, :func:`vqflows.vmf.fit_kernel_flow`)
+            or ``"kmeans"`` (k-means charts and stereographic RealNVPs from a random start).
+        kernel_alphas: the adaptivity exponents of the kernel densities tried on validation (0: one
+            concentration for all kernels).
+        kernel_transforms, kernel_hidden, kernel_depth, kernel_epochs, kernel_patience, kernel_lr, kernel_top:
+            the shared flow of ``init="kernels"``: coupling layers, width and number of the hidden layers of
+            each, epochs, patience, Adam's learning rate, charts per point in the leave-one-out objective.
     """
 
     points_per_chart: int = 16
@@ -110,11 +133,28 @@ class EarthConfig:
     objective: str = "mixture"
     top: int = 4
     components: tuple[int, ...] = (25, 50, 100, 200)
+    init: str = "kernels"
+    kernel_alphas: tuple[float, ...] = (0.0, 0.5, 1.0)
+    kernel_transforms: int = 2
+    kernel_hidden: int = 32
+    kernel_depth: int = 1
+    kernel_epochs: int = 30
+    kernel_patience: int = 5
+    kernel_lr: float = 2e-3
+    kernel_top: int = 8
 
     def __post_init__(self) -> None:
         for name in ("points_per_chart", "min_charts", "max_charts", "m", "transforms", "hidden", "depth", "epochs",
-                     "patience", "batch_size", "chart_epochs", "top"):
+                     "patience", "batch_size", "chart_epochs", "top", "kernel_hidden", "kernel_depth", "kernel_epochs",
+                     "kernel_patience", "kernel_top"):
             positive_int(getattr(self, name), name=name)
+        positive_int(self.kernel_transforms, name="kernel_transforms", minimum=0)
+        one_of(self.init, ("kernels", "kmeans"), name="init")
+        if not self.kernel_alphas or not all(isinstance(a, (int, float)) and math.isfinite(a) and a >= 0
+                                             for a in self.kernel_alphas):
+            raise ValueError(f"kernel_alphas: expected one or more numbers >= 0, got {self.kernel_alphas!r}")
+        if not (isinstance(self.kernel_lr, (int, float)) and math.isfinite(self.kernel_lr) and self.kernel_lr > 0):
+            raise ValueError(f"kernel_lr: expected a number > 0, got {self.kernel_lr!r}")
         one_of(self.partition, ("kmeans", "vqae"), name="partition")
         one_of(self.objective, ("cells", "mixture"), name="objective")
         if self.min_charts < 2 or self.max_charts < self.min_charts:
@@ -142,12 +182,20 @@ class EarthConfig:
         return apply_overrides(self, overrides)
 
     def to_dict(self, model: str | None = None) -> dict:
-        """The fields as JSON types; for ``model="vmf"`` only those the vMF mixture uses."""
+        """The fields as JSON types; for ``model="vmf"`` (``"vmf-kde"``) only those the mixture (kernel density)
+        uses, for ``vq-sphere`` those of its ``init``."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         if model == "vmf":
             return {"components": d["components"]}
+        if model == "vmf-kde":
+            return {"kappas": list(KDE_KAPPAS), "floors": list(KDE_FLOORS)}
+        kernel = [k for k in d if k.startswith("kernel_")]
         if model is not None:
             d.pop("components")
+            if model == "vq-sphere" and self.init == "kernels":
+                return {k: d[k] for k in ("init", *kernel)}
+            for k in ("init", *kernel):
+                d.pop(k)
         return d
 
 
@@ -159,7 +207,7 @@ def default_configs() -> dict[str, EarthConfig]:
     """
     main = EarthConfig()
     side = dataclasses.replace(main, points_per_chart=64, transforms=5, hidden=64, lrs=(3e-3,), epochs=40)
-    return {"vmf": main, "sphere": main, "vq-sphere": main, "cef": side, "vq-cef": side}
+    return {"vmf": main, "vmf-kde": main, "sphere": main, "vq-sphere": main, "cef": side, "vq-cef": side}
 
 
 def resolve_configs(models: Sequence[str], overrides: Sequence[str] = (), epochs: int | None = None
@@ -187,8 +235,9 @@ def resolve_configs(models: Sequence[str], overrides: Sequence[str] = (), epochs
 
 
 def build_model(model: str, n_train: int, config: EarthConfig) -> VQFlow:
-    """The VQ-Flow of a table row for a training set of ``n_train`` points (not ``"vmf"``)."""
-    one_of(model, [m for m in MODELS if m != "vmf"], name="model")
+    """The VQ-Flow of a table row for a training set of ``n_train`` points (not ``"vmf"`` or ``"vmf-kde"``;
+    ``vq-sphere`` as with ``init="kmeans"``: the kernel start is built from the data by :func:`run_one`)."""
+    one_of(model, [m for m in MODELS if not m.startswith("vmf")], name="model")
     charts = config.charts(n_train) if model.startswith("vq-") else None
     return build(3, model.removeprefix("vq-"), charts, partition=config.partition, m=config.m if charts else 1,
                  eps=config.eps, transforms=config.transforms, hidden_features=(config.hidden,) * config.depth)
@@ -234,6 +283,7 @@ def with_floor(log_p: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def choose_floor(val_log_p: torch.Tensor, weights: Sequence[float] = FLOOR_WEIGHTS) -> float:
+    # (FLOOR_WEIGHTS holds KDE_FLOORS, so a model started at a kernel density can take the same floor)
     """The weight in ``weights`` whose :func:`with_floor` mixture has the lowest validation NLL."""
     return min(weights, key=lambda w: (-float(with_floor(val_log_p, w).mean()), w))
 
@@ -276,7 +326,26 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
                               "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
                               "config": config.to_dict(model)}
     folder.mkdir(parents=True, exist_ok=True)
-    if model == "vmf":
+    val = None
+    if model == "vmf-kde":
+        sel = fit_vmf_kde(splits.train, splits.val)
+        log_prob = sel.model.log_prob
+        write_json(folder / "vmf-kde.json", {"kappa": sel.kappa, "floor": sel.floor})
+        result.update(kappa=sel.kappa, floor_weight=sel.floor, fit_seconds=time.perf_counter() - wall)
+    elif model == "vq-sphere" and config.init == "kernels":
+        fitted = fit_kernel_flow(splits.train, splits.val, alphas=config.kernel_alphas,
+                                 transforms=config.kernel_transforms,
+                                 hidden_features=(config.kernel_hidden,) * config.kernel_depth,
+                                 epochs=config.kernel_epochs, patience=config.kernel_patience, lr=config.kernel_lr,
+                                 top=config.kernel_top, seed=seed, guard_floors=FLOOR_WEIGHTS)
+        flow, sel = fitted.model, fitted.selection
+        log_prob, val = flow.log_prob, fitted.val_log_prob
+        save_kernel_flow(flow, folder / "kernel-flow.pt", config)
+        result.update(charts=flow.K, parameters=sum(p.numel() for p in flow.parameters()), epochs=[fitted.epochs],
+                      best_epochs=[fitted.best_epoch], kernel_kappa=sel.kappa, kernel_alpha=sel.alpha,
+                      kernel_floor=sel.floor, initial_val_nll=fitted.initial_val_nll,
+                      fit_seconds=time.perf_counter() - wall, flow_seconds=fitted.seconds)
+    elif model == "vmf":
         sel = fit_vmf_mixture(splits.train, splits.val, components=config.components, seed=seed)
         mixture = sel.model
         log_prob = mixture.log_prob
@@ -292,12 +361,19 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
             with torch.no_grad():
                 result["reconstruction"] = float(flow.reconstruction(splits.test).double().mean())
         flow.save(folder / "model")
-    # A subset of the training split bounds the cost of the all-charts evaluation, O(N K).
-    subset = splits.train[torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:TRAIN_EVAL]]
-    val, test = _log_probs(log_prob, splits.val), _log_probs(log_prob, splits.test)
+    if "fit_seconds" not in result:
+        result["fit_seconds"] = time.perf_counter() - wall
+    # A subset of the training split bounds the cost of the all-charts evaluation, O(N K); a kernel
+    # model has a chart per training point, so it gets fewer.
+    size = TRAIN_EVAL if model != "vq-sphere" or config.init != "kernels" else TRAIN_EVAL // 8
+    subset = splits.train[torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:size]]
+    val = _log_probs(log_prob, splits.val) if val is None else val.double()
+    test = _log_probs(log_prob, splits.test)
     result.update(train_nll=-float(_log_probs(log_prob, subset).mean()), val_nll=-float(val.mean()),
                   test_nll=-float(test.mean()))
-    if MODELS[model] == "unit sphere":
+    if model in OWN_FLOOR:
+        result.update(val_nll_floor=result["val_nll"], test_nll_floor=result["test_nll"])
+    elif MODELS[model] == "unit sphere":
         w = choose_floor(val)
         result.update(floor_weight=w, val_nll_floor=-float(with_floor(val, w).mean()),
                       test_nll_floor=-float(with_floor(test, w).mean()))
@@ -305,11 +381,31 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
     return {"result.json": result}
 
 
+def save_kernel_flow(model: VQFlow, path: str | os.PathLike, config: EarthConfig) -> None:
+    """Write a VQ-Flow built by :func:`vqflows.vmf.kernel_vqflow` (its recipe and weights) to ``path``."""
+    from ..io import atomic_torch_save
+
+    atomic_torch_save({"transforms": config.kernel_transforms,
+                       "hidden": [config.kernel_hidden] * config.kernel_depth, "state": model.state_dict()}, Path(path))
+
+
+def load_kernel_flow(path: str | os.PathLike) -> VQFlow:
+    """Read a model written by :func:`save_kernel_flow`."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = saved["state"]
+    model = kernel_vqflow(state["partition.means"], state["partition.kappas"],
+                          transforms=saved["transforms"], hidden_features=tuple(saved["hidden"]))
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load_fitted(folder: str | os.PathLike):
     """The fitted model of a run folder: a :class:`VQFlow` or a :class:`VMFMixture`."""
     folder = Path(folder)
     if (folder / "vmf.json").exists():
         return VMFMixture.load(folder / "vmf.json")
+    if (folder / "kernel-flow.pt").exists():
+        return load_kernel_flow(folder / "kernel-flow.pt")
     return VQFlow.load(folder / "model")
 
 
@@ -318,7 +414,7 @@ def load_fitted(folder: str | os.PathLike):
 
 #: Relative CPU time per training point of each row with its default config (measured on the fire set,
 #: ``sphere`` = 1), for ordering the runs and for the ETA.
-_COST = {"vmf": 0.6, "sphere": 1.0, "vq-sphere": 5.0, "cef": 0.3, "vq-cef": 1.0}
+_COST = {"vmf": 0.6, "vmf-kde": 0.3, "sphere": 1.0, "vq-sphere": 5.0, "cef": 0.3, "vq-cef": 1.0}
 
 
 def run_folder(out: str | os.PathLike, run: EarthRun) -> Path:

@@ -23,17 +23,19 @@ Letters: N points, C context features.
 
 from __future__ import annotations
 
-__all__ = ["SphereCEF", "rotation_to", "sphere_quadrature", "stereographic_embedding"]
+__all__ = ["SphereCEF", "VMFChartFlow", "rotation_to", "sphere_quadrature", "stereographic_embedding"]
 
 import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import zuko
 from torch import Tensor
 
 from ..checks import SPHERE_TOLERANCE, one_of
 from ..geometry import rotation_to
+from .base import ChartFlow, StandardNormal
 from .cef import CEF
 from .conformal import ConformalEmbedding, Orthogonal, ScaleShift, SpecialConformal, ZeroPad
 
@@ -183,3 +185,111 @@ def sphere_quadrature(log_prob_fn: Callable[[Tensor], Tensor], n_theta: int, n_p
     log_w = torch.log(w_t * (2 * math.pi / n_phi) * radius**2).expand(n_theta, n_phi).reshape(-1)
     log_p = torch.as_tensor(log_prob_fn(x)).to(dtype=torch.float64, device="cpu").reshape(-1)
     return float(torch.logsumexp(log_p + log_w, dim=0).exp())
+
+
+class VMFChartFlow(ChartFlow):
+    r"""A chart flow on the unit sphere whose chart map at the identity IS a von Mises–Fisher density.
+
+    Each chart ``k`` has a concentration ``κ_k``, read from the first context column as ``log κ_k``.
+    A rotation frame turns the chart's mean direction onto :attr:`axis` ``= e_3``; this flow then maps
+    the sphere (minus the antipode) onto the plane by the azimuthal map
+
+    .. math:: z_0 = r(s)\, \frac{(y_1, y_2)}{\|(y_1, y_2)\|}, \qquad s = \kappa (1 - y_3), \qquad
+              r^2 = -2 \log\left(1 - \frac{1 - e^{-s}}{1 - e^{-2\kappa}}\right),
+
+    which transports the vMF of concentration κ about ``e_3`` EXACTLY onto ``N(0, I_2)`` (the azimuth is
+    uniform under both, and ``r`` matches the radial distributions' CDFs), with
+    ``log|det ∂z_0/∂y| = log κ - log(1 - e^{-(2κ - s)})`` w.r.t. the sphere's area. A conditional
+    2-D RealNVP ``z = f(z_0; c)`` follows, its output layers zero-initialised so that it starts at the
+    identity: at initialisation ``log p(y | k)`` is the vMF log-density of chart ``k`` to float rounding
+    (a stereographic chart would match it only approximately, as a Gaussian of variance ``1/(4κ)``).
+
+    The RealNVP sees the context with its first column standardised by ``log_kappa_loc`` and
+    ``log_kappa_scale`` (set by the caller, e.g. :func:`vqflows.vmf.kernel_vqflow`).
+
+    Arguments:
+        context: the context dimension ``C >= 1`` (column 0 is ``log κ``).
+        transforms: coupling layers of the RealNVP (0: the exact vMF charts alone).
+        hidden_features: the widths of each coupling layer's network.
+
+    Example:
+        >>> flow = VMFChartFlow(context=1)
+        >>> y = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+        >>> c = torch.tensor([[math.log(50.0)]], dtype=torch.float64)
+        >>> float(flow.double().log_prob(y, c)) - math.log(50 / (2 * math.pi))  # the vMF density at its mean
+        0.0
+    """
+
+    frame = "rotation"
+
+    def __init__(self, context: int = 1, transforms: int = 2, hidden_features: Sequence[int] = (32,)) -> None:
+        super().__init__()
+        from ..checks import positive_int
+
+        self.features, self.manifold_dim = 3, 2
+        self.context = positive_int(context, name="context")
+        self.transforms = positive_int(transforms, name="transforms", minimum=0)
+        self.base = StandardNormal(2)
+        self.axis = torch.tensor([0.0, 0.0, 1.0])
+        self.register_buffer("log_kappa_loc", torch.zeros(()))
+        self.register_buffer("log_kappa_scale", torch.ones(()))
+        self.flow = None
+        if self.transforms:
+            self.flow = zuko.flows.RealNVP(2, self.context, transforms=self.transforms,
+                                           hidden_features=tuple(hidden_features))
+            for t in self.flow.transform.transforms:  # the last layer of every hyper-network: identity at start
+                last = t.hyper[-1]
+                torch.nn.init.zeros_(last.weight)
+                torch.nn.init.zeros_(last.bias)
+        self._anchor = torch.nn.Parameter(torch.zeros(0))  # dtype and device even without a RealNVP
+
+    def _hyper_context(self, c: Tensor) -> Tensor:
+        return torch.cat([(c[:, :1] - self.log_kappa_loc) / self.log_kappa_scale, c[:, 1:]], dim=-1)
+
+    def _to_plane(self, y: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
+        y = y / y.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+        w = y[:, 2]
+        rho2 = y[:, :2].square().sum(-1)
+        tiny = torch.finfo(y.dtype).tiny
+        north, south = w > 0, w < 0
+        # 1 - w and 1 + w without cancellation near the mean (w → 1) and the antipode (w → -1)
+        one_minus = torch.where(north, rho2 / torch.where(north, 1 + w, 1.0), 1 - w)
+        one_plus = torch.where(south, rho2 / torch.where(south, 1 - w, 1.0), 1 + w)
+        s = kappa * one_minus
+        gap = (kappa * one_plus).clamp_min(tiny)  # 2κ - s: 0 at the antipode
+        # r² = 2 s + 2 [log(1 - e^{-2κ}) - log(1 - e^{-(2κ - s)})]; the bracket, divided by s, tends to
+        # 1 / (e^{2κ} - 1) as s → 0, so r²/ρ² = (2 + 2 bracket/s) κ / (1 + w) stays accurate at the mean
+        bracket = torch.log(-torch.expm1(-2 * kappa)) - torch.log(-torch.expm1(-gap))
+        ratio = torch.where(s > 1e-8 * kappa, bracket / s.clamp_min(tiny), 1 / torch.expm1(2 * kappa))
+        near = y[:, :2] * torch.sqrt((2 + 2 * ratio) * kappa / torch.where(north, 1 + w, 1.0))[:, None]
+        # elsewhere: the unit direction times r (at the antipode itself any direction serves)
+        rho = torch.sqrt(torch.where(rho2 > 0, rho2, 1.0))
+        direction = torch.where((rho2 > 0)[:, None], y[:, :2] / rho[:, None], torch.tensor([1.0, 0.0]).to(y))
+        far = direction * torch.sqrt((2 + 2 * ratio) * s)[:, None]
+        z0 = torch.where(north[:, None], near, far)
+        ladj = torch.log(kappa) - torch.log(-torch.expm1(-gap))
+        return z0, ladj
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        kappa = c[:, 0].exp()
+        z, ladj = self._to_plane(x, kappa)
+        if self.flow is not None:
+            z, extra = self.flow(self._hyper_context(c)).transform.call_and_ladj(z)
+            ladj = ladj + extra
+        return z, ladj
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ladj = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        if self.flow is not None:
+            z, ladj = self.flow(self._hyper_context(c)).transform.inv.call_and_ladj(z)
+        kappa = c[:, 0].exp()
+        r2 = z.square().sum(-1)
+        # F = 1 - e^{-r²/2}; e^{-s} = 1 - F (1 - e^{-2κ}) = e^{-r²/2} + e^{-2κ} F, summed in log space; s = κ (1 - w)
+        s = -torch.logaddexp(-r2 / 2, -2 * kappa + torch.log(-torch.expm1(-r2 / 2)))
+        t = (s / kappa).clamp(0.0, 2.0)  # 1 - w
+        w = 1 - t
+        rho = torch.sqrt((t * (2 - t)).clamp_min(0.0))
+        norm = z.norm(dim=-1, keepdim=True)
+        direction = torch.where(norm > 0, z / norm.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(z))
+        y = torch.cat([direction * rho[:, None], w[:, None]], dim=-1)
+        return y, ladj - self._to_plane(y, kappa)[1]
