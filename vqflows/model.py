@@ -123,12 +123,17 @@ class VQFlow(nn.Module):
         return self.flow.check_support(x, name=name)
 
     def check_training_data(self, x, *, name: str = "train", charts: int | None = None) -> Tensor:
-        """``x`` as :meth:`_input` gives it, once checked fit to train this model (``charts``: the chart count
-        to check for, default :attr:`K`); ``ValueError`` naming the fix otherwise.
+        """``x`` as the model's own points ``(N, D)``, once checked fit to train this model; ``ValueError``
+        naming the fix otherwise.
 
         Refused: points off the flow's support (a sphere model's sphere), constant data, a constant
         column or no more points than columns for a full-dimensional flow, and fewer distinct points
         than ``manifold_dim + 1`` per chart (see :func:`vqflows.checks.training_points`).
+
+        Arguments:
+            x: the training points (tensor, NumPy array or nested list).
+            name: what the points are called in error messages.
+            charts: the chart count to check for (default: the model's ``K``).
         """
         x = self._input(x, name=name, min_points=max(self.K if charts is None else charts, 2))
         return training_points(x, charts=self.K if charts is None else charts, manifold_dim=self.manifold_dim,
