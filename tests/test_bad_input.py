@@ -161,26 +161,6 @@ def test_a_pandas_index_is_dropped_with_a_one_line_warning(tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "data.json").read_text())["features"] == 3
 
 
-@pytest.fixture
-def eight_gigabytes(monkeypatch):
-    """A machine with 8 GB available, whatever this one has; should the check ever be bypassed, the address
-    space is capped too, so that a test fails at once instead of filling this machine's memory."""
-    import resource
-
-    from vqflows import checks
-
-    monkeypatch.setattr(checks, "available_memory", lambda: 8 * 10**9)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as handle:
-        used = int(handle.read().split()[0]) * resource.getpagesize()
-    cap = used + 8 * 10**9
-    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
 def test_sizes_beyond_memory_are_refused_before_allocating(run, tmp_path, capsys, eight_gigabytes):
     assert main(["train", "--out", str(tmp_path / "r"), *TINY_CLI, "--set", "n=1000000000"]) == 2
     _one_line_error(capsys, "n: expected a size that fits in memory, got 1000000000", "GB for drawing", "available")

@@ -162,24 +162,6 @@ def test_save_refuses_an_empty_path(fitted, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "mine"
 
 
-@pytest.fixture
-def eight_gigabytes(monkeypatch):
-    """A machine with 8 GB available, whatever this one has; should the check ever be bypassed, the address
-    space is capped too, so that a test fails at once instead of filling this machine's memory."""
-    import resource
-
-    monkeypatch.setattr(checks, "available_memory", lambda: 8 * 10**9)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as handle:
-        used = int(handle.read().split()[0]) * resource.getpagesize()
-    cap = used + 8 * 10**9
-    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
 def test_sizes_beyond_memory_are_refused_with_the_estimate(fitted, eight_gigabytes):
     with pytest.raises(ValueError) as e:
         fitted.sample(2_000_000_000)
