@@ -148,7 +148,8 @@ def train_one(arm_name: str, dataset: str, seed: int) -> dict:
     t0 = time.perf_counter()
     history = vqflows.fit(model, splits.train, splits.val, objective=arm.objective, top=arm.top,
                           learn_weights=arm.learn_weights, batch_size=arm.batch_size, lr=arm.lr, seed=seed,
-                          early_stopping=EarlyStopping(arm.patience, 512), callback=record, threads=1, **extra)
+                          early_stopping=EarlyStopping(arm.patience, 512, top=None), callbacks=[record], threads=1,
+                          **extra)
     wall = time.perf_counter() - t0
     metrics = evaluate(model, splits)
     test = splits.test
@@ -336,7 +337,7 @@ def timing(args) -> None:
     """Per-epoch cost of each arm on one set, epochs interleaved arm by arm in one process (one thread)."""
     torch.set_num_threads(1)
     import vqflows
-    from vqflows.training import EarlyStopping, adam, train_flow
+    from vqflows.training import EarlyStopping, train_flow
 
     splits = vqflows.datasets.load(args.dataset, seed=0)
     arms = _arm_list(args.arms)
@@ -353,9 +354,9 @@ def timing(args) -> None:
     for _ in range(args.epochs):
         for a in arms:
             arm = ARMS[a]
-            for es, store in ((EarlyStopping(10**6, 512), times), (None, steps)):
+            for es, store in ((EarlyStopping(10**6, 512, top=None), times), (None, steps)):
                 h = train_flow(models[a], splits.train, splits.val if es else None, epochs=1, batch_size=arm.batch_size,
-                               optimizer=adam(arm.lr), early_stopping=es, objective=arm.objective, top=arm.top,
+                               lr=arm.lr, early_stopping=es, objective=arm.objective, top=arm.top,
                                learn_weights=arm.learn_weights)
                 store[a].append(h.epoch_seconds[0])
     val = _val_subset(splits.val, 512, 0)

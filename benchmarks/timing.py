@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import vqflows
+from vqflows.training import EarlyStopping
 
 ROOT = Path(__file__).resolve().parent.parent
 POINTS = 100_000  # log_prob calls score this many points with K = 32
@@ -66,7 +67,8 @@ def _epochs(splits, charts: int | None, epochs: int = 4, **options) -> list[floa
     """Seconds per epoch of the default training (the first epoch pays one-off costs and is left out)."""
     torch.manual_seed(0)
     model = vqflows.build(3, "maf", charts)
-    history = vqflows.fit(model, splits.train, splits.val, epochs=epochs, patience=epochs + 1, seed=0, **options)
+    history = vqflows.fit(model, splits.train, splits.val, epochs=epochs, seed=0,
+                          early_stopping=EarlyStopping(patience=epochs + 1), **options)
     return history.epoch_seconds[1:]
 
 
@@ -93,7 +95,8 @@ def test_compiled_epoch_ratio(benchmark, helix):
     def compiled() -> list[float]:
         torch.manual_seed(0)
         model = vqflows.build(3, "maf", 32)
-        history = vqflows.fit(model, helix.train, helix.val, epochs=6, patience=7, seed=0, compile=True)
+        history = vqflows.fit(model, helix.train, helix.val, epochs=6, seed=0, compile=True,
+                                    early_stopping=EarlyStopping(patience=7))
         first.append(history.epoch_seconds[0])
         return history.epoch_seconds[2:]
 
@@ -146,9 +149,10 @@ def test_startup(benchmark, command):
 
 def test_fit_path_against_the_command_line(benchmark, tmp_path):
     """Training seconds of ``vqflows.fit`` as in the README against ``vqflows train`` (10 epochs, helix)."""
-    code = ("import json, sys, torch, vqflows; s = vqflows.datasets.load('helix', n=10_000, seed=0); "
-            "torch.manual_seed(0); m = vqflows.build(3, 'maf', 32); "
-            "h = vqflows.fit(m, s.train, s.val, epochs=10, patience=11); print(json.dumps(h.train_seconds))")
+    code = ("import json, sys, torch, vqflows; from vqflows.training import EarlyStopping; "
+            "s = vqflows.datasets.load('helix', n=10_000, seed=0); torch.manual_seed(0); m = vqflows.build(3, 'maf', 32); "
+            "h = vqflows.fit(m, s.train, s.val, epochs=10, early_stopping=EarlyStopping(patience=11)); "
+            "print(json.dumps(h.train_seconds))")
 
     def api() -> list[float]:
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -106,7 +106,7 @@ def test_an_interrupt_prints_the_command_that_resumes(tmp_path, capsys, monkeypa
         def stop(epoch, model, history):
             if epoch == 2:  # Ctrl-C in the second epoch: the first one's checkpoint is there
                 raise KeyboardInterrupt
-        return fit(*args, **{**kwargs, "callback": stop})
+        return fit(*args, **{**kwargs, "callbacks": [stop]})
 
     monkeypatch.setattr(runs, "fit", stop_after_one)
     out = tmp_path / "my run"
@@ -129,7 +129,7 @@ def test_an_interrupted_overwrite_prints_the_command_that_starts_it_over(tmp_pat
     def interrupted(*args, **kwargs):
         def stop(epoch, model, history):
             raise KeyboardInterrupt
-        return fit(*args, **{**kwargs, "callback": stop})
+        return fit(*args, **{**kwargs, "callbacks": [stop]})
 
     monkeypatch.setattr(runs, "fit", interrupted)
     argv = ["train", "--out", str(out), "--overwrite", "--seed", "1", *TINY]

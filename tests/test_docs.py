@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import vqflows
-from vqflows import presets, runs, selection, training
+from vqflows import presets, recipes, runs, selection, training
 from vqflows import sklearn as vqsklearn
 from vqflows.datasets import base, files
 from vqflows.model import VQFlow
@@ -51,8 +51,8 @@ def test_the_site_has_the_guides_and_the_api_reference(site):
                   "how-it-works", "results", "robustness", "changelog"):
         assert f"{guide}.md" in pages, guide
     api = "".join(p.read_text() for p in (site / "api").rglob("index.html"))
-    for name in ("vqflows.model.VQFlow", "vqflows.training.fit", "vqflows.training.train_flow",
-                 "vqflows.training.EarlyStopping", "vqflows.sklearn.VQFlowDensity", "vqflows.config.RunConfig"):
+    for name in ("vqflows.model.VQFlow", "vqflows.training.fitting.fit", "vqflows.training.loop.train_flow",
+                 "vqflows.training.config.EarlyStopping", "vqflows.training.config.TrainConfig", "vqflows.sklearn.VQFlowDensity", "vqflows.config.RunConfig"):
         assert f'id="{name}"' in api, name
     for name in vqflows.__all__:  # every top-level name is documented where it is defined
         obj = getattr(vqflows, name)
@@ -86,7 +86,7 @@ def _core() -> dict[str, object]:
         if not name.startswith("_") and fn.__qualname__.startswith("VQFlow."):
             targets[f"VQFlow.{name}"] = fn
     targets.update({"datasets.load": files.load, "datasets.read_points": files.read_points, "datasets.get": base.get,
-                    "datasets.info": base.info, "datasets.split": base.split, "presets.build": presets.build,
+                    "datasets.info": base.info, "datasets.split": base.split, "recipes.build": recipes.build,
                     "presets.create": presets.create})
     return targets
 

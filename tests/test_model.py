@@ -250,14 +250,14 @@ def test_ctrl_c_keeps_the_best_weights(tmp_path, monkeypatch):
         if epoch == 2:
             raise KeyboardInterrupt
 
-    h = fit(model, x[:200], x[200:], epochs=10, chart_epochs=1, callback=stop)
+    h = fit(model, x[:200], x[200:], epochs=10, chart_epochs=1, callbacks=[stop])
     assert h.interrupted and h.epochs == 2 and h.best_epoch in (1, 2)
     assert torch.isfinite(model.log_prob(x)).all()
 
     from vqflows import runs
 
     real_fit = runs.fit
-    monkeypatch.setattr(runs, "fit", lambda *a, **k: real_fit(*a, **{**k, "callback": stop}))
+    monkeypatch.setattr(runs, "fit", lambda *a, **k: real_fit(*a, **{**k, "callbacks": [stop]}))
     cfg = runs.RunConfig(model="vq-maf").with_overrides(["n=400", "charts=2", "partition=vqae", "chart_epochs=1",
                                                            "hidden=8", "epochs=5"])
     with pytest.raises(KeyboardInterrupt):

@@ -63,15 +63,15 @@ def test_sklearn_check_estimator():
 def test_threads_reach_training(X, monkeypatch, threads):
     import torch
 
-    import vqflows.training
+    import vqflows.training.fitting
 
-    seen, train_flow = [], vqflows.training.train_flow
+    seen, run_loop = [], vqflows.training.fitting.run_loop
 
-    def watched(*args, **kwargs):
+    def watched(*args, **kwargs):  # the flow stage of fit
         seen.append(torch.get_num_threads())
-        return train_flow(*args, **kwargs)
+        return run_loop(*args, **kwargs)
 
-    monkeypatch.setattr(vqflows.training, "train_flow", watched)
+    monkeypatch.setattr(vqflows.training.fitting, "run_loop", watched)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -10,7 +10,7 @@ import torch
 
 import vqflows
 from vqflows import EarlyStopping, build, datasets, fit, train_flow
-from vqflows.training import cosine
+from vqflows.training import TrainConfig, cosine
 
 
 def _data(n=600, seed=0):
@@ -46,7 +46,7 @@ def test_mixture_objective_trains_and_learns_weights():
         if epoch == 1:
             before = m.log_weights.clone()
 
-    h = fit(model, train, val, epochs=3, chart_epochs=2, objective="mixture", top=2, callback=grab)
+    h = fit(model, train, val, epochs=3, chart_epochs=2, objective="mixture", top=2, callbacks=[grab])
     assert h.epochs == 3 and all(map(torch.isfinite, map(torch.tensor, h.train_loss)))
     assert torch.allclose(model.log_weights.exp().sum(), torch.tensor(1.0), atol=1e-5)
     with pytest.raises(ValueError, match="objective: expected one of 'cells', 'mixture'"):
@@ -63,7 +63,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
             raise KeyboardInterrupt
 
     broken = _small()
-    h = fit(broken, train, val, epochs=4, chart_epochs=2, checkpoint=tmp_path / "b.pt", callback=stop)
+    h = fit(broken, train, val, epochs=4, chart_epochs=2, checkpoint=tmp_path / "b.pt", callbacks=[stop])
     assert h.interrupted and (tmp_path / "b.pt").exists()
     resumed = _small()  # a fresh process would rebuild the model, then resume from the file
     h2 = fit(resumed, train, val, epochs=4, chart_epochs=2, checkpoint=tmp_path / "b.pt")
@@ -95,18 +95,20 @@ def test_train_flow_hooks_schedule_clip_and_fresh_data():
 
     opt_lr = [None]
 
-    def optimizer(params):
-        opt = torch.optim.SGD(params, lr=0.01)
+    def optimizer(params, lr, weight_decay):
+        opt = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
         opt_lr[0] = opt
         return opt
 
     rec = Record()
-    h = train_flow(model, data, None, epochs=3, batch_size=64, optimizer=optimizer, scheduler=cosine, clip_grad=1.0,
+    h = train_flow(model, data, None, epochs=3, batch_size=64, optimizer=optimizer, lr=0.01, scheduler=cosine,
+                   clip_grad=1.0, early_stopping=None,
                    callbacks=[rec, lambda e, m, h: lrs.__setitem__(-1, m and opt_lr[0].param_groups[0]["lr"])])
     assert seen == [1, 2, 3] and rec.began and h.epochs == 3 and h.best_epoch == 3
-    assert lrs[0] > lrs[1] > lrs[2] >= 0  # annealed
+    assert lrs[0] > lrs[1] > lrs[2] >= 0 and lrs[0] < 0.01  # annealed from the configured rate
+    assert isinstance(opt_lr[0], torch.optim.SGD)
     with pytest.raises(ValueError, match="clip_grad: expected a finite number > 0"):
-        train_flow(model, train, epochs=1, clip_grad=-1.0)
+        train_flow(model, train, epochs=1, clip_grad=-1.0, early_stopping=None)
     with pytest.raises(ValueError, match="val: expected validation points"):
         train_flow(model, train, epochs=1, early_stopping=EarlyStopping())
 
@@ -205,3 +207,64 @@ def test_compiled_loss_trains_like_the_eager_one():
     h1 = fit(eager, train, val, epochs=2, chart_epochs=1, early_stopping=None)
     h2 = fit(compiled, train, val, epochs=2, chart_epochs=1, early_stopping=None, compile=True)
     assert h2.train_loss == pytest.approx(h1.train_loss, rel=1e-4, abs=1e-4)
+
+
+def test_one_config_object_or_keyword_overrides_train_alike():
+    train, val = _data(400)
+    config = TrainConfig(epochs=3, chart_epochs=1, lr=1e-3, early_stopping=EarlyStopping(patience=2, top=None))
+    a, b = _small(2), _small(2)
+    ha = fit(a, train, val, config)
+    hb = fit(b, train, val, epochs=3, chart_epochs=1, lr=1e-3, early_stopping=EarlyStopping(patience=2, top=None))
+    assert ha.train_loss == hb.train_loss and ha.val_log_likelihood == hb.val_log_likelihood
+    c = _small(2)
+    hc = fit(c, train, val, config, lr=3e-3)  # an override replaces the config's value
+    assert hc.train_loss[0] == ha.train_loss[0] and hc.train_loss[1:] != ha.train_loss[1:]
+    assert config.lr == 1e-3  # the caller's config is left as it was
+
+
+def test_unknown_and_bad_settings_are_refused_naming_the_accepted_ones():
+    model, x = _small(2), _data(300)[0]
+    with pytest.raises(ValueError, match=r"colour: expected one of the training settings \(batch_size, chart_epochs, "):
+        fit(model, x, colour="red")
+    with pytest.raises(ValueError, match=r"patience: .* \(use early_stopping=EarlyStopping\(patience=...\)\)"):
+        fit(model, x, patience=3)
+    with pytest.raises(ValueError, match=r"val_points: .*EarlyStopping\(points=...\)"):
+        train_flow(model, x, val_points=100)
+    with pytest.raises(ValueError, match="lr: expected a finite number > 0, got -1.0"):
+        fit(model, x, lr=-1.0)
+    with pytest.raises(ValueError, match="early_stopping: expected an EarlyStopping or None, got True"):
+        TrainConfig(early_stopping=True)
+    with pytest.raises(ValueError, match="config: expected a TrainConfig or None, got dict"):
+        fit(model, x, config={"epochs": 2})
+    with pytest.raises(ValueError, match=r"val: expected validation points \(M, D\), got a TrainConfig \(pass it as config="):
+        fit(model, x, TrainConfig())
+
+
+def test_records_derive_their_training_settings_from_the_one_config():
+    from vqflows.experiments.earth import EarthConfig
+    from vqflows.images.study import StudyConfig
+    from vqflows.runs import RunConfig
+    from vqflows.sklearn import VQFlowDensity
+
+    run = RunConfig(epochs=7, patience=3, lr=1e-3, threads=2, objective="cells").training()
+    assert (run.epochs, run.early_stopping.patience, run.lr, run.threads, run.objective) == (7, 3, 1e-3, 2, "cells")
+    assert RunConfig().training() == TrainConfig(device="cpu")  # a run's defaults are the library's
+    est = VQFlowDensity(epochs=4, weight_decay=0.1, threads=3)
+    got = TrainConfig.from_record(est.get_params())
+    assert (got.epochs, got.weight_decay, got.threads, got.device) == (4, 0.1, 3, "cpu")
+    earth = EarthConfig().training(1e-3, 5, fit_charts=False)
+    assert (earth.epochs, earth.batch_size, earth.lr, earth.seed, earth.fit_charts) == (150, 128, 1e-3, 5, False)
+    image = StudyConfig().training(seed=4)
+    assert (image.epochs, image.early_stopping, image.objective, image.scheduler, image.seed) == (80, None, "cells",
+                                                                                                 cosine, 4)
+
+
+def test_the_settings_load_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from vqflows.training.config import TrainConfig; TrainConfig(epochs=3); "
+            "from vqflows.training import History, EarlyStopping; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

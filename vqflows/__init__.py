@@ -21,17 +21,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from . import datasets, presets, selection
-    from .model import VQFlow, build
+    from .model import VQFlow
+    from .recipes import build
     from .runs import MODELS, RunConfig, evaluate_run, load_run, train_run
     from .selection import select_charts
-    from .training import EarlyStopping, History, TrainingError, fit, train_flow
+    from .training import EarlyStopping, History, TrainConfig, TrainingError, fit, train_flow
 
 __version__ = "0.1.0"
 
 #: public names and the submodule serving each, imported on first use so that ``import vqflows`` (and
 #: the command line's ``--help``) does not pay for torch, zuko and scikit-learn up front
-_LAZY = {"datasets": ".datasets", "presets": ".presets", "selection": ".selection", "select_charts": ".selection", "VQFlow": ".model", "build": ".model",
+_LAZY = {"datasets": ".datasets", "presets": ".presets", "selection": ".selection", "select_charts": ".selection", "VQFlow": ".model", "build": ".recipes",
          "History": ".training", "TrainingError": ".training", "EarlyStopping": ".training", "fit": ".training",
+         "TrainConfig": ".training",
          "train_flow": ".training", "RunConfig": ".runs", "MODELS": ".runs", "train_run": ".runs",
          "evaluate_run": ".runs", "load_run": ".runs"}
 
@@ -49,5 +51,5 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["MODELS", "EarlyStopping", "History", "RunConfig", "TrainingError", "VQFlow", "build", "datasets",
+__all__ = ["MODELS", "EarlyStopping", "History", "RunConfig", "TrainConfig", "TrainingError", "VQFlow", "build", "datasets",
            "evaluate_run", "fit", "load_run", "presets", "select_charts", "selection", "train_flow", "train_run"]

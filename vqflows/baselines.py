@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .checks import as_points, one_of, positive_int
+from .io import write_json
 from .presets import BASELINES
 
 #: Component counts tried by ``"gmm"``.
@@ -103,8 +104,6 @@ class Classical:
     # ----------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``baseline.json`` (kind, size, selection) and ``baseline.npz`` (the parameters) into ``path``."""
-        from .io import atomic_write_json
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         est = self.estimator
@@ -115,8 +114,8 @@ class Classical:
         tmp = path / "baseline.tmp.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, path / "baseline.npz")
-        atomic_write_json(path / "baseline.json", {"kind": self.kind, "features": self.features, "size": self.size,
-                                                  "selection": self.selection})
+        write_json(path / "baseline.json", {"kind": self.kind, "features": self.features, "size": self.size,
+                                            "selection": self.selection})
         return path
 
     @classmethod

@@ -30,14 +30,18 @@ from .checks import one_of, positive_int
 from .checks import seed as check_seed
 from .io import apply_overrides, read_json
 
+# the training settings and their names, declared once (torch-free); re-exported here
+from .training.config import MEMBERSHIPS as MEMBERSHIPS
+from .training.config import OBJECTIVES as OBJECTIVES
+from .training.config import TrainConfig
+
+#: the training defaults, which a run's training fields take (:meth:`RunConfig.training`)
+_TRAIN = TrainConfig()
+
 #: Model names: the presets of base flows and their VQ versions (:mod:`vqflows.presets`; the image presets
 #: belong to the image study).
 MODELS = tuple(name for name in presets.names() if not name.startswith("image-")) + presets.BASELINES
 
-#: Training objectives (:func:`vqflows.fit`): ``"cells"`` (the paper's eq. 17) or ``"mixture"``.
-OBJECTIVES = ("cells", "mixture")
-#: How chart weights and frames see the points: each point in its cell, or shared by its nearest charts.
-MEMBERSHIPS = ("hard", "soft")
 #: Chart counts tried by ``charts="auto"`` (:func:`vqflows.selection.select_charts`).
 CANDIDATES = (8, 16, 32, 64)
 
@@ -101,35 +105,33 @@ class RunConfig:
     model: str = "vq-maf"
     seed: int = 0
     n: int | None = None  # None: 10,000 points of a built-in set, every row of a file
-    epochs: int = 100
-    patience: int = 10
+    epochs: int = _TRAIN.epochs
+    patience: int = _TRAIN.early_stopping.patience
     # batches of 512 at 2e-3: the same test gaps as 128 at 1e-3 within the seeds' spread, at a fraction
     # of the cost per epoch (docs/objective.md)
-    batch_size: int = 512
-    lr: float = 2e-3
+    batch_size: int = _TRAIN.batch_size
+    lr: float = _TRAIN.lr
     charts: int | str = 32  # or "auto": the best of CANDIDATES on validation
     partition: str = "auto"
     latent: int = 3
     m: int | None = None  # None: 2 for vq-cef (overlapping charts), else 1 (hard boundaries)
     eps: float = 0.0
-    chart_epochs: int = 30
+    chart_epochs: int = _TRAIN.chart_epochs
     transforms: int = 5
     hidden: int = 64
     manifold_dim: int = 2
     frames: bool = True
     flow_options: dict = field(default_factory=dict)
-    objective: str = "mixture"  # "cells" with charts=32 batch_size=128 lr=0.001: the paper's Table 1 as published
-    top: int = 4
-    learn_weights: bool = True
-    membership: str = "hard"
-    compile: bool = False  # torch.compile the loss: pays on long runs and GPUs, costs tens of seconds cold
+    objective: str = _TRAIN.objective  # "cells" with charts=32 batch_size=128 lr=0.001: the paper's Table 1 as published
+    top: int = _TRAIN.top
+    learn_weights: bool = _TRAIN.learn_weights
+    membership: str = _TRAIN.membership
+    compile: bool = _TRAIN.compile  # torch.compile the loss: pays on long runs and GPUs, costs tens of seconds cold
     device: str = "cpu"
-    threads: int = 1  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
+    threads: int = _TRAIN.threads  # small flows are bound by per-operation overhead: one thread is as fast and never oversubscribes
 
     def __post_init__(self) -> None:
         one_of(self.model, MODELS, name="model")
-        one_of(self.objective, OBJECTIVES, name="objective")
-        one_of(self.membership, MEMBERSHIPS, name="membership")
         one_of(self.partition, (*presets.PARTITIONS, "auto"), name="partition")
         if isinstance(self.charts, str) and self.charts != "auto":
             raise ValueError(f"charts: expected a positive int or 'auto', got {self.charts!r}")
@@ -138,18 +140,14 @@ class RunConfig:
             self.m = 2 if self.model == "vq-cef" else 1
         if not isinstance(self.dataset, str):
             raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
-        # counts are checked here, before any data is loaded
-        for key, least in (("seed", 0), ("epochs", 1), ("patience", 1), ("batch_size", 1),
-                           *((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1),
-                           ("chart_epochs", 0), ("transforms", 1), ("hidden", 1),
-                           ("manifold_dim", 1), ("threads", 0), ("top", 1)):
+        # counts are checked here, before any data is loaded; the training fields as training checks them
+        for key, least in (*((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1),
+                           ("transforms", 1), ("hidden", 1), ("manifold_dim", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
         check_seed(self.seed)
         if self.n is not None:
             positive_int(self.n, name="n")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
-                self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr: expected a finite number > 0, got {self.lr!r}")
+        self.training()
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not (
                 self.eps >= 0 and math.isfinite(self.eps)):
             raise ValueError(f"eps: expected a finite number >= 0, got {self.eps!r}")
@@ -200,6 +198,11 @@ class RunConfig:
                               latent=self.latent, m=self.m if self.is_vq else 1, eps=self.eps,
                               transforms=self.transforms, hidden_features=[self.hidden, self.hidden],
                               manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)
+
+    def training(self) -> TrainConfig:
+        """The run's training settings (:class:`~vqflows.training.TrainConfig`): the fields of the same
+        names, ``patience`` that of early stopping; ``ValueError`` for a setting training refuses."""
+        return TrainConfig.from_record(self.to_dict())
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (what a run folder's ``config.json`` holds)."""

@@ -138,20 +138,6 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> 
     return write_text(path, json.dumps(_plain(obj), indent=indent, allow_nan=False, default=str))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """:func:`write_json` (the name the core uses)."""
-    return write_json(path, obj)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """:func:`save_torch` with :func:`torch.save`'s argument order (the name the core uses)."""
-    return save_torch(path, obj)
-
-
-#: :func:`write_bytes` (the name the core uses).
-atomic_write_bytes = write_bytes
-
-
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     """The JSON in ``path``, or ``default`` when the file is missing or unreadable."""
     try:

@@ -24,11 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import presets
 from .charts import chart_weights, membership, nearest
 from .checks import as_points, fits_in_memory, one_of, positive_int, training_points
+from .checks import device as check_device
 from .checks import seed as check_seed
 from .flows.base import ChartFlow
 from .frames import TRIM_LEVEL, ChartFrames
+from .io import save_torch, write_json
 
 LOG_PROB_MODES = ("mixture", "charts", "top")
 ENCODE_MODES = ("map", "expected", "sample")
@@ -488,8 +491,6 @@ class VQFlow(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``config.json`` (the recipe: preset and arguments) and ``weights.pt`` (a ``state_dict``)
         into the folder ``path``, each atomically."""
-        from .io import atomic_torch_save, atomic_write_json
-
         if self.spec is None:
             raise ValueError("model: expected one built by vqflows.build or vqflows.presets.create (whose recipe "
                              "can be saved), got one composed by hand; save its state_dict() instead")
@@ -499,18 +500,15 @@ class VQFlow(nn.Module):
         if path.exists() and not path.is_dir():
             raise ValueError(f"path: expected a folder to save into, got the file {str(path)!r}")
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path / "config.json", {"format": 2, **self.spec})
-        atomic_torch_save(self.state_dict(), path / "weights.pt")
+        write_json(path / "config.json", {"format": 2, **self.spec})
+        save_torch(path / "weights.pt", self.state_dict())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VQFlow:
         """Rebuild a model saved by :meth:`save` (also accepts a run folder holding ``model/``)."""
-        from . import presets
-        from .checks import device
-
         if isinstance(map_location, (str, torch.device)):
-            map_location = device(map_location, name="map_location")
+            map_location = check_device(map_location, name="map_location")
         path = Path(path)
         if (path / "model" / "config.json").exists():
             path = path / "model"
@@ -580,11 +578,3 @@ class VQFlowDistribution(torch.distributions.Distribution):
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         return self.model.rsample(sample_shape)
-
-
-def build(features: int, flow: str = "maf", charts: int | None = 32, **options: Any) -> VQFlow:
-    """A VQ-Flow on ``R^features`` from option names: ``flow`` (the base flow), ``charts`` (``K``, or ``None``
-    for the plain flow) and the further ``options`` of :func:`vqflows.presets.build`, which documents them all."""
-    from .presets import build as _build
-
-    return _build(features, flow, charts, **options)

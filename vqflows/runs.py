@@ -18,10 +18,7 @@ no vqflows run wrote (no ``run.json``) is never written into.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import hashlib
-import io as _io
 import json
 import os
 import pickle
@@ -42,16 +39,29 @@ from .checks import spread
 from .config import FORMAT, MARKER, RUN_FILES, RunConfig, run_state
 from .config import MODELS as MODELS
 from .config import SettingError as SettingError
-from .io import claim, read_json, write_bytes, write_json, write_text
+from .io import claim, write_bytes
 from .model import VQFlow
+from .run_files import (
+    ASIDE,
+    STAGING,
+    check_data,
+    check_files,
+    clear,
+    data_record,
+    read_config,
+    remove_hidden,
+    run_record,
+    splits_digest,
+    swap_in,
+    write_history,
+    write_marker,
+    write_run_json,
+)
 from .selection import AUTO_FLOWS, CANDIDATES, select_charts
-from .training import History, check_threads, digest, fit, torch_threads
+from .training import History, check_threads, fit, torch_threads
 
 LOCK = ".lock"
 CHECKPOINT = "checkpoint.pt"
-#: Hidden folders inside a run folder: where ``overwrite`` builds the new run, and where it moves the
-#: old one aside while swapping them.
-STAGING, ASIDE = ".vqflows-new-", ".vqflows-old-"
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -149,7 +159,8 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
         model.check_training_data(splits.train, name=f"{config.dataset} (training split)",
                                   charts=min(CANDIDATES) if config.charts == "auto" and config.is_vq else None)
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
-        _fit(config, model, splits, progress=False, callback=callback, checkpoint=out / CHECKPOINT if resume else None)
+        _fit(config, model, splits, progress=False, callbacks=[callback] if callback else [],
+             checkpoint=out / CHECKPOINT if resume else None)
         return {}
 
     with _claim(out):
@@ -167,9 +178,9 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
                              f"(use resume to continue it or overwrite to start over)")
         if state == "unfinished" and resume:
             _check_resumable(out, config, splits)
-        _remove_hidden(out, STAGING)  # left by a run killed while building beside this one
+        remove_hidden(out, STAGING)  # left by a run killed while building beside this one
         if overwrite:
-            _remove_hidden(out, ASIDE)  # left by a swap that was killed half-way: being replaced now
+            remove_hidden(out, ASIDE)  # left by a swap that was killed half-way: being replaced now
         if not (overwrite and state != "new"):
             return _train_into(out, config, model, splits, fresh=state == "new", progress=progress,
                                callback=callback)
@@ -177,7 +188,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
         try:
             stage.mkdir()
             metrics = _train_into(stage, config, model, splits, fresh=True, progress=progress, callback=callback)
-            _swap(out, stage)
+            swap_in(out, stage)
         except RunInterrupted:
             raise RunInterrupted(f"interrupted: nothing replaced, the run in {out} is as it was "
                                  f"(overwrite starts the new run over)") from None
@@ -194,15 +205,16 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
     kept = {} if fresh else {name: (out / name).read_bytes() for name in (MARKER, "config.json", "data.json")
                              if (out / name).is_file()}
     try:
-        _write_json(out / MARKER, {"format": FORMAT, "state": "running"})  # first: the folder is a run from here on
-        _write_json(out / "config.json", config.to_dict())
+        write_run_json(out / MARKER, {"format": FORMAT, "state": "running"})  # first: the folder is a run from here on
+        write_run_json(out / "config.json", config.to_dict())
         if splits.path is not None:
-            _write_json(out / "data.json", {"path": splits.path, "sha256": splits.sha256,
+            write_run_json(out / "data.json", {"path": splits.path, "sha256": splits.sha256,
                                             "rows": sum(len(t) for t in (splits.train, splits.val, splits.test)),
                                             "features": splits.features})
-        _write_marker(out, "running", splits)
+        write_marker(out, "running", splits)
         t0 = time.perf_counter()
-        model, history, selection = _fit(config, model, splits, progress=progress, callback=callback,
+        model, history, selection = _fit(config, model, splits, progress=progress,
+                                         callbacks=[callback] if callback else [],
                                          checkpoint=out / CHECKPOINT)
         seconds = time.perf_counter() - t0  # with a selection: every candidate and the mixture's sizing
         model.to("cpu")
@@ -222,77 +234,24 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
         if isinstance(model, Classical):
             metrics.update(size_selected=model.size, size_selection=model.selection)
         model.save(out / "model")
-        _write_history(out, history)
+        write_history(out, history)
         if history.interrupted:
-            _write_json(out / "interrupted.json", metrics)
-            _write_marker(out, "interrupted", splits)
+            write_run_json(out / "interrupted.json", metrics)
+            write_marker(out, "interrupted", splits)
             raise KeyboardInterrupt
-        _write_marker(out, "finished", splits)
-        _write_json(out / "metrics.json", metrics)  # last: the folder is a finished run from here on
+        write_marker(out, "finished", splits)
+        write_run_json(out / "metrics.json", metrics)  # last: the folder is a finished run from here on
         for name in ("interrupted.json", CHECKPOINT):  # a finished run has nothing left to resume
             (out / name).unlink(missing_ok=True)
     except KeyboardInterrupt:
         raise RunInterrupted(_kept(out, history)) from None
     except BaseException:
         if fresh:
-            _clear(out)
+            clear(out)
         for name, data in kept.items():
             write_bytes(out / name, data)
         raise
     return metrics
-
-
-def _write_marker(out: Path, state: str, splits: datasets.Splits) -> None:
-    """``run.json``: the run's state and the SHA-256 of its config, data and (once saved) model files."""
-    files = ["config.json", *(["data.json"] if (out / "data.json").exists() else [])]
-    if state != "running":
-        files += [f"model/{p.name}" for p in sorted((out / "model").iterdir()) if p.is_file()]
-    _write_json(out / MARKER, {"format": FORMAT, "state": state,
-                               "sha256": {"data": _splits_digest(splits),
-                                          **{name: _file_digest(out / name) for name in files}}})
-
-
-def _splits_digest(splits: datasets.Splits) -> str:
-    return digest(splits.train, splits.val, splits.test)
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _remove_hidden(out: Path, prefix: str) -> None:
-    """Remove the hidden folders ``prefix*`` that a killed writer left in ``out`` (the caller holds the claim)."""
-    for p in out.glob(f"{prefix}*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _swap(out: Path, stage: Path) -> None:
-    """Put the finished run in ``stage`` in place of the run in ``out``, entry by entry (each a rename).
-
-    ``metrics.json`` leaves first and comes back last, so that the folder never reads as a finished
-    run while the two are mixed; the old run's files wait in a hidden folder until the swap is done.
-    Files of ``out`` that are not run files (the user's) stay.
-    """
-    aside = out / f"{ASIDE}{os.getpid()}"
-    aside.mkdir()
-    order = ["metrics.json", *(n for n in RUN_FILES if n != "metrics.json"), "model"]
-    moved: list[tuple[Path, Path]] = []
-    try:
-        for name in order:
-            if (out / name).exists():
-                os.replace(out / name, aside / name)
-                moved.append((out / name, aside / name))
-        for name in reversed(order):
-            if (stage / name).exists():
-                os.replace(stage / name, out / name)
-                moved.append((stage / name, out / name))
-    except BaseException:  # put everything back where it was: the old run stays
-        for source, target in reversed(moved):
-            with contextlib.suppress(OSError):
-                os.replace(target, source)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: Any
@@ -306,7 +265,7 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
         return estimator, History(chart_seconds=time.perf_counter() - t0), None
     candidates = auto_candidates(config, splits)
     if candidates is None:
-        return model, fit(model, splits.train, splits.val, **_fit_options(config), **options), None
+        return model, fit(model, splits.train, splits.val, config=config.training(), **options), None
     if sum(len(c) < 3 or c[2] for c in candidates) > 1:  # one trained candidate keeps its checkpoint
         options.pop("checkpoint", None)
 
@@ -314,7 +273,8 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
         torch.manual_seed(config.seed)
         return config.build_model(splits.train.shape[1], charts=k, partition=partition)
 
-    return select_charts(make, splits.train, splits.val, candidates=candidates, **_fit_options(config), **options)
+    return select_charts(make, splits.train, splits.val, candidates=candidates, config=config.training(),
+                         **options)
 
 
 def auto_candidates(config: RunConfig, splits: datasets.Splits | None = None) -> list[tuple] | None:
@@ -339,13 +299,6 @@ def auto_candidates(config: RunConfig, splits: datasets.Splits | None = None) ->
         raise ValueError("splits: expected the data to size the mixture on, got None")
     best = int(fit_baseline("gmm", splits.train, splits.val, seed=config.seed, patience=1).size)
     return [("gmm", k) for k in dict.fromkeys((best, *ks))]
-
-
-def _fit_options(config: RunConfig) -> dict[str, Any]:
-    return dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
-                chart_epochs=config.chart_epochs, seed=config.seed, device=config.device, objective=config.objective,
-                top=config.top, learn_weights=config.learn_weights, threads=config.threads or None,
-                membership=config.membership, compile=config.compile)
 
 
 def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:
@@ -383,22 +336,15 @@ def _kept(out: Path, history: History | None) -> str:
 _state = run_state
 
 
-def _clear(out: Path) -> None:
-    """Remove the files a run writes (never anything else the folder holds)."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "model", ignore_errors=True)
-
-
 def _check_resumable(out: Path, config: RunConfig, splits: datasets.Splits) -> None:
-    saved = _read_config(out / "config.json")
+    saved = read_config(out / "config.json")
     ignore = {"device", "threads"}
     differ = [k for k, v in config.to_dict().items() if k not in ignore and saved.to_dict()[k] != v]
     if differ:
         k = differ[0]
         raise ValueError(f"resume: expected the settings of the run in {str(out)!r}, got {k}={getattr(config, k)!r} "
                          f"where the run has {k}={getattr(saved, k)!r}")
-    _check_data(out, splits)
+    check_data(out, splits)
 
 
 @contextlib.contextmanager
@@ -415,38 +361,16 @@ def _claim(out: Path) -> Iterator[None]:
                 out.rmdir()  # only if empty
 
 
-def _read_config(path: Path) -> RunConfig:
-    """The :class:`RunConfig` stored in ``path``, every key and value checked."""
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        raise ValueError(f"{path}: expected a readable run config, got {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: expected a JSON object of run settings, got unreadable JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object of run settings, got {type(raw).__name__}")
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ValueError(f"{path}: expected only run settings ({', '.join(sorted(fields))}), "
-                         f"got unknown key(s) {', '.join(map(repr, unknown))}")
-    try:
-        base = RunConfig(model=raw.get("model", RunConfig.model))
-        return base.with_overrides({k: v for k, v in raw.items() if k != "model"})
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
 def load_run(path: str | os.PathLike) -> tuple[VQFlow | Classical, RunConfig]:
     """The model and config of the run folder ``path``; unreadable files raise ``ValueError`` naming them."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise ValueError(f"run: expected a run folder with config.json, got {str(path)!r}")
-    config = _read_config(path / "config.json")
+    config = read_config(path / "config.json")
     where = path / "model"
     if config.is_baseline:
         model = Classical.load(where)
-        _check_files(path)
+        check_files(path)
         return model, config
     try:
         model = VQFlow.load(where)
@@ -459,32 +383,8 @@ def load_run(path: str | os.PathLike) -> tuple[VQFlow | Classical, RunConfig]:
         detail = (str(e).strip().splitlines() or ["empty or truncated file"])[0][:120]
         raise ValueError(f"{where}: expected the weights and settings written by training, got unreadable files "
                          f"({type(e).__name__}: {detail})") from None
-    _check_files(path)
+    check_files(path)
     return model, config
-
-
-def _record(path: Path) -> dict:
-    """The run's ``run.json`` (``{}`` for a run written before it existed)."""
-    if not (path / MARKER).exists():
-        return {}
-    record = read_json(path / MARKER)
-    if not (isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("sha256", {}), dict)):
-        raise ValueError(f"{path / MARKER}: expected the record written by the run, got an unreadable file")
-    return record
-
-
-def _check_files(path: Path) -> None:
-    """Refuse a run whose config, data record or model files differ from those it wrote (``run.json``)."""
-    recorded = _record(path).get("sha256", {})
-    for name, sha in recorded.items():
-        if name == "data":
-            continue
-        now = _file_digest(path / name) if (path / name).is_file() else None
-        if now != sha:
-            change = "missing" if now is None else f"changed since training (sha256 {now[:12]}..."
-            raise ValueError(f"run: expected the files the run in {str(path)!r} wrote, got {name} {change}"
-                             f"{', recorded ' if now else ' (recorded '}{str(sha)[:12]}...); "
-                             f"train the run again rather than edit its files")
 
 
 def run_status(path: str | os.PathLike) -> str:
@@ -494,28 +394,6 @@ def run_status(path: str | os.PathLike) -> str:
     if (path / "metrics.json").exists():
         return "finished"
     return "interrupted" if (path / "interrupted.json").exists() else "unfinished"
-
-
-def _data_record(path: Path) -> dict | None:
-    """The data file a run was trained on (``data.json``: absolute path, sha256), or ``None`` for a built-in set."""
-    if not (path / "data.json").exists():
-        return None
-    try:
-        record = json.loads((path / "data.json").read_text())
-        if not (isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)):
-            raise TypeError(record)
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path / 'data.json'}: expected the data file's path and sha256, got unreadable data "
-                         f"({type(e).__name__})") from None
-    return record
-
-
-def _check_data(path: Path, splits: datasets.Splits) -> None:
-    """Refuse a data file whose bytes differ from those the run at ``path`` was trained on."""
-    record = _data_record(path)
-    if record is not None and splits.sha256 != record["sha256"]:
-        raise ValueError(f"dataset: expected the file the run was trained on (sha256 {record['sha256'][:12]}...), "
-                         f"got a changed file {splits.path!r} (sha256 {str(splits.sha256)[:12]}...)")
 
 
 def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
@@ -538,13 +416,13 @@ def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
     except ValueError:
         metrics = {}  # the numbers are recomputed below
     metrics = metrics if isinstance(metrics, dict) else {}
-    record = _data_record(path)
+    record = data_record(path)
     if record is not None:  # the absolute path: evaluation works from any directory
         config = dataclasses.replace(config, dataset=record["path"])
     splits = load_data(config)
-    _check_data(path, splits)
-    sha = _record(path).get("sha256", {}).get("data")
-    if sha is not None and sha != _splits_digest(splits):
+    check_data(path, splits)
+    sha = run_record(path).get("sha256", {}).get("data")
+    if sha is not None and sha != splits_digest(splits):
         raise ValueError(f"run: expected the points the run in {str(path)!r} was trained and tested on "
                          f"(sha256 {sha[:12]}...), got other points from {config.dataset!r} with seed {config.seed} "
                          f"and n {config.n}")
@@ -556,16 +434,3 @@ def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
     return metrics
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    write_json(path, obj)
-
-
-def _write_history(out: Path, history: History) -> None:
-    h = history.to_dict()
-    _write_json(out / "history.json", h)
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["epoch", "train_loss", "val_log_likelihood", "epoch_seconds"])
-    for row in zip(h["epoch"], h["train_loss"], h["val_log_likelihood"], h["epoch_seconds"]):
-        w.writerow(row)
-    write_text(out / "history.csv", buf.getvalue())

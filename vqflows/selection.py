@@ -28,7 +28,9 @@ import torch
 from .checks import as_points, positive_int
 from .config import CANDIDATES
 from .model import VQFlow
-from .training import History, fit
+from .training import History, TrainConfig, fit, resolve_device, torch_threads
+from .training.config import train_config
+from .training.fitting import fit_charts_and_frames
 
 #: Flows for which ``partition="auto"`` (the run default) chooses on validation between flows trained
 #: from the Gaussian mixture whose component count scores best on validation and from a K-component one
@@ -61,7 +63,7 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
             charts are fitted but whose flow is not trained (with ``"gmm"``: the fitted mixture itself);
             counts needing more distinct training points than there are (``manifold_dim + 1`` per chart)
             are skipped.
-        fit_options: passed to :func:`vqflows.fit` (``objective``, ``batch_size``, ``seed``, ...).
+            of :class:`~vqflows.training.TrainConfig` (``objective``, ``batch_size``, ``seed``, ...).
 
     Returns:
         ``(model, history, table)``: the chosen fitted model, its history, and one row per candidate
@@ -108,19 +110,14 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
 
 def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
     """The chart stage of :func:`~vqflows.fit` alone (charts, weights, frames); the flow stays as built."""
-    from .training import resolve_device, torch_threads
-
-    seed = fit_options.get("seed", 0)
-    device = resolve_device(fit_options.get("device") or model.log_weights.device)
+    config = train_config(fit_options.get("config"), {k: v for k, v in fit_options.items() if k in TrainConfig.names()})
+    device = resolve_device(config.device if config.device is not None else model.log_weights.device)
     model.to(device)
     x = as_points(train, model.features, name="train").to(device, model.log_weights.dtype)
     history = History()
-    t0 = time.perf_counter()
-    with torch_threads(fit_options.get("threads", 1)), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        history.chart_loss = model.fit_charts(x, seed=seed, epochs=fit_options.get("chart_epochs", 30))
-        model.fit_weights(x)
-    history.chart_seconds = time.perf_counter() - t0
+    with torch_threads(config.threads), torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        fit_charts_and_frames(model, x, config, history)
     model.eval()
     return history
 

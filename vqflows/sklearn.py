@@ -20,8 +20,12 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from .checks import as_points
 from .checks import seed as check_seed
-from .model import VQFlow, build
-from .training import History, check_threads, fit, torch_threads
+from .model import VQFlow
+from .recipes import build
+from .training import History, TrainConfig, check_threads, fit, torch_threads
+
+#: the training defaults, which the estimator's training parameters take
+_TRAIN = TrainConfig()
 
 
 class VQFlowDensity(BaseEstimator):
@@ -35,7 +39,7 @@ class VQFlowDensity(BaseEstimator):
         flow, charts, partition, latent, m, eps, transforms, manifold_dim, frames, flow_options:
             the model (``hidden`` units in each of the flow's two hidden layers).
         epochs, batch_size, lr, weight_decay, patience, chart_epochs, objective, top: training (the
-            defaults are :func:`vqflows.fit`'s and the command line's).
+            fields of :class:`~vqflows.training.TrainConfig` and its defaults; ``patience`` is early stopping's).
         validation_fraction: the share of ``X`` held out (seeded by ``seed``) for early stopping.
         seed: seeds the initial weights, the validation split and training.
         device: where to train; the fitted model is moved back to the CPU.
@@ -58,10 +62,12 @@ class VQFlowDensity(BaseEstimator):
 
     def __init__(self, *, flow: str = "maf", charts: int | None = 32, partition: str = "vqae", latent: int = 3,
                  m: int = 1, eps: float = 0.0, transforms: int = 5, hidden: int = 64, manifold_dim: int = 2,
-                 frames: bool = True, flow_options: dict | None = None, epochs: int = 100, batch_size: int = 512,
-                 lr: float = 2e-3, weight_decay: float = 0.0, patience: int = 10, chart_epochs: int = 30,
-                 objective: str = "mixture", top: int = 4, validation_fraction: float = 0.1, seed: int = 0,
-                 device: str = "cpu", threads: int | None = None, verbose: bool | None = None) -> None:
+                 frames: bool = True, flow_options: dict | None = None, epochs: int = _TRAIN.epochs,
+                 batch_size: int = _TRAIN.batch_size, lr: float = _TRAIN.lr, weight_decay: float = _TRAIN.weight_decay,
+                 patience: int = _TRAIN.early_stopping.patience, chart_epochs: int = _TRAIN.chart_epochs,
+                 objective: str = _TRAIN.objective, top: int = _TRAIN.top, validation_fraction: float = 0.1,
+                 seed: int = _TRAIN.seed, device: str = "cpu", threads: int | None = None,
+                 verbose: bool | None = None) -> None:
         self.flow = flow
         self.charts = charts
         self.partition = partition
@@ -108,10 +114,8 @@ class VQFlowDensity(BaseEstimator):
                           hidden_features=(self.hidden, self.hidden), manifold_dim=self.manifold_dim,
                           frames=self.frames, flow_options=self.flow_options)
             model.check_training_data(points, name="X")
-            history = fit(model, train, val, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          weight_decay=self.weight_decay, patience=self.patience, chart_epochs=self.chart_epochs,
-                          objective=self.objective, top=self.top, seed=self.seed, device=self.device,
-                          threads=self.threads, progress=self.verbose)
+            history = fit(model, train, val, config=TrainConfig.from_record(self.get_params(deep=False)),
+                          progress=self.verbose)
         if history.interrupted:
             raise KeyboardInterrupt
         self.model_: VQFlow = model.to("cpu").eval()

@@ -60,9 +60,10 @@ import torch
 
 from ..checks import one_of, positive_int
 from ..datasets.earth import EARTH_DATASETS, EarthSplits, load_earth
-from ..io import apply_overrides, claim, hardware, read_json, write_json, write_text
-from ..model import VQFlow, build
-from ..training import fit
+from ..io import apply_overrides, claim, hardware, read_json, save_torch, write_json, write_text
+from ..model import VQFlow
+from ..recipes import build
+from ..training import TrainConfig, fit
 from ..vmf import KDE_FLOORS, KDE_KAPPAS, VMFMixture, fit_kernel_flow, fit_vmf_kde, fit_vmf_mixture, kernel_vqflow
 from .common import comma_list, command, log_invocation
 from .runner import Report, Runner, Task, add_runner_arguments, runner_from_args
@@ -181,6 +182,10 @@ class EarthConfig:
         """A copy with ``key=value`` overrides (:func:`vqflows.io.apply_overrides`; ``lrs=0.002`` or ``lrs=[3e-3,1e-3]``)."""
         return apply_overrides(self, overrides)
 
+    def training(self, lr: float, seed: int, *, fit_charts: bool = True) -> TrainConfig:
+        """The training settings of one stage (learning rate ``lr``): the fields of the same names."""
+        return TrainConfig.from_record(self.to_dict(), lr=lr, seed=seed, fit_charts=fit_charts)
+
     def to_dict(self, model: str | None = None) -> dict:
         """The fields as JSON types; for ``model="vmf"`` (``"vmf-kde"``) only those the mixture (kernel density)
         uses, for ``vq-sphere`` those of its ``init``."""
@@ -252,10 +257,9 @@ def train_in_stages(model: VQFlow, splits: EarthSplits, config: EarthConfig, see
     """
     epochs, best = [], []
     for stage, lr in enumerate(config.lrs):
-        history = fit(model, splits.train, splits.val, epochs=config.epochs, batch_size=config.batch_size,
-                      lr=lr, weight_decay=config.weight_decay, patience=config.patience,
-                      chart_epochs=config.chart_epochs, seed=seed + 1000 * stage, fit_charts=stage == 0,
-                      objective=config.objective, top=config.top, progress=False)
+        history = fit(model, splits.train, splits.val,
+                      config=config.training(lr, seed + 1000 * stage, fit_charts=stage == 0),
+                      progress=False)
         epochs.append(history.epochs)
         best.append(history.best_epoch)
         if history.interrupted:
@@ -383,10 +387,8 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
 
 def save_kernel_flow(model: VQFlow, path: str | os.PathLike, config: EarthConfig) -> None:
     """Write a VQ-Flow built by :func:`vqflows.vmf.kernel_vqflow` (its recipe and weights) to ``path``."""
-    from ..io import atomic_torch_save
-
-    atomic_torch_save({"transforms": config.kernel_transforms,
-                       "hidden": [config.kernel_hidden] * config.kernel_depth, "state": model.state_dict()}, Path(path))
+    save_torch(Path(path), {"transforms": config.kernel_transforms,
+                            "hidden": [config.kernel_hidden] * config.kernel_depth, "state": model.state_dict()})
 
 
 def load_kernel_flow(path: str | os.PathLike) -> VQFlow:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import FRAME_KINDS, ChartFlow, ConditionalDensity, StandardNormal
+from .base import FRAME_KINDS, ChartFlow, StandardNormal
 from .standard import ZUKO_FLOWS, ZukoFlow
 
 #: Every base flow by name.
@@ -49,4 +49,4 @@ def build(name: str, features: int, context: int = 0, **options) -> ChartFlow:
         raise ValueError(f"flow_options: expected valid options of flow {name!r}, got {options!r} ({e})") from None
 
 
-__all__ = ["ChartFlow", "ConditionalDensity", "StandardNormal", "FRAME_KINDS", "ZukoFlow", "ZUKO_FLOWS", "FLOWS", "FLOW_OPTIONS", "build"]
+__all__ = ["ChartFlow", "StandardNormal", "FRAME_KINDS", "ZukoFlow", "ZUKO_FLOWS", "FLOWS", "FLOW_OPTIONS", "build"]

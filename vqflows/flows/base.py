@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["StandardNormal", "ChartFlow", "ConditionalDensity", "FRAME_KINDS"]
+__all__ = ["StandardNormal", "ChartFlow", "FRAME_KINDS"]
 
 #: Chart frame kinds: ``"whitening"`` (any affine map: full flows), ``"similarity"`` (rotation, shift and
 #: one scale: densities on a d-volume), ``"rotation"`` (a rotation about the origin: a fixed sphere).
@@ -135,7 +135,3 @@ class ChartFlow(nn.Module):
         Zero for full-dimensional flows, which are bijections of ``R^D``.
         """
         return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
-
-
-#: The former name of :class:`ChartFlow`.
-ConditionalDensity = ChartFlow

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .. import presets
 from ..charts import VQAutoencoder
 from ..checks import one_of, positive_int
 from ..flows import ZukoFlow
@@ -94,8 +95,6 @@ def build_image_flow(config: ImageFlowConfig, shape: tuple[int, int]) -> VQFlow:
         >>> model.log_prob(torch.randn(3, 64)).shape, model.spec["preset"]
         (torch.Size([3]), 'image-vq-maf')
     """
-    from .. import presets
-
     if not isinstance(config, ImageFlowConfig):
         raise ValueError(f"config: expected an ImageFlowConfig, got {type(config).__name__}")
     name = f"image-{'vq-' if config.charts else ''}{config.flow}"

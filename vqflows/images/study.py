@@ -40,7 +40,7 @@ import torch
 
 from ..checks import one_of, positive_int
 from ..io import apply_overrides, save_numpy, write_json
-from ..training import History, adam, cosine, train_flow
+from ..training import History, TrainConfig, cosine, train_flow
 from .data import DATASETS, ImageSplits
 from .dequantize import LogitDequantization, bits_per_dim
 from .fid import ClassifierFID, default_classifier_path
@@ -168,6 +168,13 @@ class StudyConfig:
                                latent=self.latent, transforms=self.transforms, hidden=self.hidden, frames=self.frames,
                                encoder=self.encoder, vq_channels=self.vq_channels, vq_hidden=self.vq_hidden)
 
+    def training(self, seed: int) -> TrainConfig:
+        """The flow's training settings for the trial seeded ``seed``: Adam with the schedule, no early
+        stopping (the curve is the object of study), each image in its chart (the paper's eq. 17)."""
+        return TrainConfig.from_record(dataclasses.asdict(self), seed=seed, early_stopping=None, objective="cells",
+                                       scheduler=cosine if self.schedule == "cosine" else None,
+                                       clip_grad=self.clip or None)
+
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
@@ -215,6 +222,71 @@ def evaluate_image_model(model, splits: ImageSplits, dequantizer: LogitDequantiz
             "levels": levels.to(torch.uint8).numpy()}
 
 
+class _Curve:
+    """The callback of one image run: FID and bits/dim before training and every ``eval_every`` epochs
+    (and at the last) into ``record["curve"]``, the record written to ``path`` after each evaluation."""
+
+    def __init__(self, model, splits: ImageSplits, dequantizer: LogitDequantization, fid: ClassifierFID,
+                 config: StudyConfig, *, seed: int, path: Path | None, log: Callable[[str], None] | None,
+                 name: str) -> None:
+        self.model, self.splits, self.dequantizer, self.fid, self.config = model, splits, dequantizer, fid, config
+        self.path, self.log, self.name = path, log, name
+        self.test_y, self.test_logdet = dequantizer(splits.test, torch.Generator().manual_seed(TEST_NOISE_SEED))
+        self.reference = fid.stats(splits.test)
+        self.samples = min(len(splits.test), config.fid_samples)
+        # the same latent draws at every evaluation, so that the curve shows the model changing, not the draws
+        self.sample_seed = 1_000_003 * (seed + 1)
+        self.per_epoch = math.ceil(splits.train.shape[0] / config.batch_size)
+        self.record: dict[str, Any] = {}
+        self.last: dict[str, Any] | None = None
+
+    def seconds(self, history: History) -> float:
+        return self.record["chart_seconds"] + sum(history.epoch_seconds)
+
+    def evaluate(self, epoch: int, history: History) -> None:
+        result = evaluate_image_model(self.model, self.splits, self.dequantizer, self.fid, test_y=self.test_y,
+                                      test_logdet=self.test_logdet, reference=self.reference,
+                                      samples=self.samples, seed=self.sample_seed)
+        self.last = result
+        curve = self.record["curve"]
+        train_loss = history.train_loss[-1] if history.train_loss else math.nan
+        for key, value in (("epoch", epoch), ("iteration", epoch * self.per_epoch), ("fid", result["fid"]),
+                           ("bits_per_dim", result["bits_per_dim"]), ("train_loss", train_loss),
+                           ("seconds", self.seconds(history)), ("nonfinite_samples", result["nonfinite_samples"])):
+            curve[key].append(value)
+        if self.log is not None:
+            self.log(f"{self.name}: epoch {epoch:3d}  FID {result['fid']:8.2f}  "
+                     f"bits/dim {result['bits_per_dim']:.4f}  ({self.seconds(history):.0f} s)")
+        if self.path is not None:
+            write_json(self.path, self.record, indent=1)
+
+    def on_train_begin(self, model, history: History) -> None:
+        self.evaluate(0, history)
+
+    def __call__(self, epoch: int, model, history: History) -> None:
+        if epoch % self.config.eval_every == 0 or epoch == self.config.epochs:
+            self.evaluate(epoch, history)
+
+    def finish(self, history: History, device: torch.device) -> dict[str, Any]:
+        """The finished record: the final values (with the Inception FID if asked), the samples saved."""
+        record, last = self.record, self.last
+        record["finished"] = True
+        record["train_seconds"] = sum(history.epoch_seconds)
+        record["final"] = {k: record["curve"][k][-1] for k in ("epoch", "iteration", "fid", "bits_per_dim")}
+        if self.config.inception:
+            t1 = time.perf_counter()
+            inception = inception_fid(self.splits, device)
+            record["final"]["inception_fid"] = inception.score(last["levels"],
+                                                               inception_reference(inception, self.splits))
+            record["inception_seconds"] = time.perf_counter() - t1
+        if self.path is not None:
+            samples_file = self.path.with_name(self.path.stem + "-samples.npy")
+            save_numpy(samples_file, last["levels"])
+            record["samples"] = samples_file.name
+            write_json(self.path, record, indent=1)
+        return record
+
+
 def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: ImageSplits, fid: ClassifierFID, *,
                     device: str | torch.device = "cpu", path: str | os.PathLike | None = None,
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -235,92 +307,34 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
         raise ValueError(f"splits: expected the {config.dataset!r} images of the config, got {splits.name!r}")
     device = torch.device(device)
     seed = config.seed + trial
-    path = Path(path) if path is not None else None
     torch.manual_seed(seed)
     model = build_image_flow(config.flow_config(model_name), splits.shape).to(device)
     dequantizer = LogitDequantization(splits.levels, alpha=config.alpha)
     noise = torch.Generator().manual_seed(seed)
-    test_y, test_logdet = dequantizer(splits.test, torch.Generator().manual_seed(TEST_NOISE_SEED))
-    reference = fid.stats(splits.test)
-    n_samples = min(len(splits.test), config.fid_samples)
-    # the same latent draws at every evaluation, so that the curve shows the model changing, not the draws
-    sample_seed = 1_000_003 * (seed + 1)
+    curve = _Curve(model, splits, dequantizer, fid, config, seed=seed, path=Path(path) if path is not None else None,
+                   log=log, name=f"{model_name} trial {trial}")
 
     t0 = time.perf_counter()
     y = dequantizer(splits.train, noise)[0].to(device)
     model.fit_charts(y, seed=seed, epochs=config.chart_epochs)
     model.fit_weights(y)
-    chart_seconds = time.perf_counter() - t0
-
-    record: dict[str, Any] = {
+    curve.record = {
         "model": model_name, "trial": trial, "seed": seed, "dataset": config.dataset, "config": config.to_dict(),
         "flow_config": config.flow_config(model_name).to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()), "finished": False, "device": str(device),
-        "chart_seconds": chart_seconds,
+        "chart_seconds": time.perf_counter() - t0,
         "curve": {k: [] for k in ("epoch", "iteration", "fid", "bits_per_dim", "train_loss", "seconds",
                                   "nonfinite_samples")},
     }
-    n = splits.train.shape[0]
-    per_epoch = math.ceil(n / config.batch_size)
-    last = None
-
-    def trained_seconds(history: History) -> float:
-        return chart_seconds + sum(history.epoch_seconds)
-
-    def evaluate(epoch: int, history: History) -> None:
-        nonlocal last
-        result = evaluate_image_model(model, splits, dequantizer, fid, test_y=test_y, test_logdet=test_logdet,
-                                      reference=reference, samples=n_samples, seed=sample_seed)
-        last = result
-        curve = record["curve"]
-        train_loss = history.train_loss[-1] if history.train_loss else math.nan
-        for key, value in (("epoch", epoch), ("iteration", epoch * per_epoch), ("fid", result["fid"]),
-                           ("bits_per_dim", result["bits_per_dim"]), ("train_loss", train_loss),
-                           ("seconds", trained_seconds(history)),
-                           ("nonfinite_samples", result["nonfinite_samples"])):
-            curve[key].append(value)
-        if log is not None:
-            log(f"{model_name} trial {trial}: epoch {epoch:3d}  FID {result['fid']:8.2f}  "
-                f"bits/dim {result['bits_per_dim']:.4f}  ({trained_seconds(history):.0f} s)")
-        if path is not None:
-            write_json(path, record, indent=1)
-
-    class Curve:
-        """FID and bits/dim before training and every ``eval_every`` epochs (and at the last)."""
-
-        def on_train_begin(self, m, history: History) -> None:
-            evaluate(0, history)
-
-        def __call__(self, epoch: int, m, history: History) -> None:
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
-                evaluate(epoch, history)
 
     def data(epoch: int) -> torch.Tensor:
         # a fresh draw of the dequantisation noise each epoch; epoch 1 reuses the charts' draw
         return y if epoch == 1 else dequantizer(splits.train, noise)[0].to(device)
 
-    history = train_flow(model, data, None, epochs=config.epochs, batch_size=config.batch_size,
-                         optimizer=adam(config.lr), scheduler=cosine if config.schedule == "cosine" else None,
-                         clip_grad=config.clip or None, early_stopping=None, callbacks=[Curve()], seed=seed,
-                         objective="cells")  # each image in its chart (the paper's eq. 17)
+    history = train_flow(model, data, None, config=config.training(seed), callbacks=[curve])
     if history.interrupted:
         raise KeyboardInterrupt
-    train_seconds = sum(history.epoch_seconds)
-
-    record["finished"] = True
-    record["train_seconds"] = train_seconds
-    record["final"] = {k: record["curve"][k][-1] for k in ("epoch", "iteration", "fid", "bits_per_dim")}
-    if config.inception:
-        t1 = time.perf_counter()
-        inception = inception_fid(splits, device)
-        record["final"]["inception_fid"] = inception.score(last["levels"], inception_reference(inception, splits))
-        record["inception_seconds"] = time.perf_counter() - t1
-    if path is not None:
-        samples_file = path.with_name(path.stem + "-samples.npy")
-        save_numpy(samples_file, last["levels"])
-        record["samples"] = samples_file.name
-        write_json(path, record, indent=1)
-    return record
+    return curve.finish(history, device)
 
 
 @functools.lru_cache(maxsize=2)

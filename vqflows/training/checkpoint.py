@@ -1,0 +1,158 @@
+"""The checkpoint of a training: written after every epoch, read back only into the same fit.
+
+A checkpoint holds tensors and plain data only, so that it is read with ``weights_only=True``
+(unpickling anything else could run code), and a *fingerprint* of the fit that wrote it: the
+settings, the SHA-256 of the training and validation points and of the model when training began.
+A checkpoint written by another fit is refused with a one-line ``ValueError`` naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import io
+from ..model import VQFlow
+from .config import TrainConfig
+from .history import History
+from .state import LoopState
+
+#: What a checkpoint holds: tensors and plain data only, so that it loads with ``weights_only=True``.
+CHECKPOINT_KEYS = ("epoch", "done", "model", "best", "since_best", "optimizer", "scheduler", "logits", "generator",
+                   "torch_rng", "history", "fingerprint")
+#: Settings that do not change what a fit computes, left out of its fingerprint.
+_NOT_FINGERPRINTED = ("device", "threads", "compile")
+
+
+def digest(*parts: Any) -> str:
+    """SHA-256 (hex) of tensors (dtype, shape and bytes), mappings of them (e.g. a ``state_dict``) and plain values."""
+    h = hashlib.sha256()
+
+    def feed(part: Any) -> None:
+        if isinstance(part, Tensor):
+            t = part.detach().cpu().contiguous().reshape(-1)
+            h.update(f"tensor {t.dtype} {tuple(part.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(part, Mapping):
+            h.update(f"map {len(part)};".encode())
+            for k, v in part.items():
+                h.update(f"{k!r}:".encode())
+                feed(v)
+        else:
+            h.update(f"{part!r};".encode())
+
+    for part in parts:
+        feed(part)
+    return h.hexdigest()
+
+
+def fingerprint(config: TrainConfig, model: VQFlow, train: Tensor | Callable[[int], Tensor],
+                val: Tensor | None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the settings, the points and the model as it is now."""
+    settings = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):  # the early-stopping rule, field by field: a refusal names the one that differs
+            settings.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key not in _NOT_FINGERPRINTED:
+            settings[key] = value
+    settings["dtype"] = str(model.log_weights.dtype)
+    points = digest(train) if isinstance(train, Tensor) else getattr(train, "__qualname__", type(train).__qualname__)
+    return {"settings": settings, "train": points, "val": None if val is None else digest(val),
+            "model": digest(model.state_dict())}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The training state in the checkpoint ``path`` (on the CPU), read with ``weights_only=True``.
+
+    A file holding anything but tensors and plain data is refused unread (unpickling it could run
+    code), as are empty, truncated or foreign files: each with a one-line ``ValueError``.
+    """
+    path = Path(path)
+    again = f"remove {str(path)!r} to start over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise ValueError(f"checkpoint: expected a checkpoint written by training, got an unreadable file "
+                             f"{str(path)!r} (UnpicklingError); {again}") from None
+        raise ValueError(f"checkpoint: expected tensors and plain data written by training, got {str(path)!r} "
+                         f"holding other objects (refused unread: loading it could run code); {again}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        raise ValueError(f"checkpoint: expected a checkpoint written by training, got an empty, truncated or "
+                         f"unreadable file {str(path)!r} ({type(e).__name__}); {again}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"checkpoint: expected a checkpoint written by training, got {str(path)!r} without "
+                         f"{', '.join(missing)}; {again}")
+    return state
+
+
+def check_fingerprint(path: Path, saved: Any, now: dict) -> None:
+    """Refuse a checkpoint written by a fit with other settings, data or initial model than this one."""
+    head = f"checkpoint: expected the checkpoint of this fit, got {str(path)!r}"
+    tail = "; remove it to start over"
+    if not isinstance(saved, dict):
+        raise ValueError(f"{head} without a readable fingerprint{tail}")
+    for key in dict.fromkeys([*now, *saved]):
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            name = next(k for k in dict.fromkeys([*b, *a]) if a.get(k) != b.get(k))
+            raise ValueError(f"{head} written with {name}={a.get(name)!r} where this fit has "
+                             f"{name}={b.get(name)!r}{tail}")
+        what = {"model": "another initial model", "train": "other training points",
+                "val": "other validation points"}.get(key, f"another {key}")
+        raise ValueError(f"{head} written for {what} (sha256 {str(a)[:12]}..., here {str(b)[:12]}...){tail}")
+
+
+class Checkpoint:
+    """The callback writing the loop's whole state to ``path`` (atomically, on rank 0) after every epoch.
+
+    A training that finds the file when it starts resumes from it (:func:`resume`) and ends as an
+    uninterrupted run would have, bit for bit.
+    """
+
+    def __init__(self, path: Path, state: LoopState, fingerprint: dict[str, Any]) -> None:
+        self.path, self.state, self.fingerprint = Path(path), state, fingerprint
+
+    def __call__(self, epoch: int, model: VQFlow, history: History) -> None:
+        s = self.state
+        if not s.ranks.lead:
+            return
+        history.flow_seconds = time.perf_counter() - s.t1
+        io.save_torch(self.path, {
+            "epoch": epoch, "done": history.stopped_early or epoch == s.config.epochs, "model": model.state_dict(),
+            "best": s.best, "since_best": s.since_best, "optimizer": s.opt.state_dict(),
+            "scheduler": s.sched.state_dict() if s.sched is not None else None,
+            "logits": s.logits.detach() if s.logits is not None else None, "generator": s.gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "history": history.to_dict(), "fingerprint": self.fingerprint})
+
+
+def resume(state: LoopState, path: Path, fingerprint: dict[str, Any]) -> None:
+    """Load the checkpoint ``path`` into the loop's ``state``, which goes on after the saved epoch;
+    a checkpoint of another fit (``fingerprint`` differs) is refused."""
+    saved = read_checkpoint(path)
+    check_fingerprint(path, saved["fingerprint"], fingerprint)
+    state.model.load_state_dict(saved["model"])
+    state.opt.load_state_dict(saved["optimizer"])
+    state.sched_state = saved.get("scheduler")
+    if state.logits is not None:
+        state.logits.data.copy_(saved["logits"])
+    state.gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    state.best, state.since_best = saved["best"], saved["since_best"]
+    state.start = state.config.epochs + 1 if saved["done"] else saved["epoch"] + 1
+    state.history = History.from_dict(saved["history"])
+    state.history.resumed_at = saved["epoch"]
+
+
+__all__ = ["Checkpoint", "resume", "read_checkpoint", "check_fingerprint", "fingerprint", "digest", "CHECKPOINT_KEYS"]

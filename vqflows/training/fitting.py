@@ -1,0 +1,134 @@
+"""Fitting a VQ-Flow in three stages: the charts, then chart weights and frames, then the flow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..checks import as_points
+from ..model import VQFlow
+from .callbacks import Callback, bar
+from .checkpoint import fingerprint
+from .config import TrainConfig, check_threads, default_early_stopping, train_config
+from .history import History
+from .loop import run_loop
+from .runtime import Ranks, resolve_device, show_progress, torch_threads
+
+
+def fit(model: VQFlow, train, val=None, config: TrainConfig | None = None, *, callbacks: Iterable[Callback] = (),
+        checkpoint: str | Path | None = None, progress: bool | None = None, **overrides: Any) -> History:
+    """Fit ``model`` to ``train`` ``(N, D)``: the charts, then chart weights and frames, then the flow.
+
+    The flow trains in :func:`~vqflows.train_flow` until ``epochs`` or until the early-stopping rule
+    stops it, and ends with the best weights; on Ctrl-C it also restores them and returns with
+    ``history.interrupted = True``. A non-finite loss raises :class:`~vqflows.training.TrainingError`
+    naming the epoch. The caller's random state and torch's thread count are left as they were.
+
+    >>> import vqflows
+    >>> splits = vqflows.datasets.load("helix", n=400)
+    >>> model = vqflows.build(3, "maf", charts=4, transforms=1, hidden_features=(8,))
+    >>> vqflows.fit(model, splits.train, splits.val, epochs=2, chart_epochs=1).epochs
+    2
+
+    Arguments:
+        model: the VQ-Flow to fit (trained in place, on ``device``).
+        train: training points ``(N, D)`` (a tensor or an array).
+        val: validation points ``(M, D)`` for early stopping; ``None`` holds out a seeded 10% of ``train``.
+        config: the settings (:class:`~vqflows.training.TrainConfig`; default: its defaults).
+        callbacks: called after every epoch as ``callback(epoch, model, history)`` (see
+            :mod:`vqflows.training.callbacks`).
+        checkpoint: a file written atomically after every epoch (tensors and plain data, read back
+            with ``weights_only=True``); if it exists when ``fit`` starts, training resumes from it and
+            ends as an uninterrupted run would have. It records a fingerprint of the fit (its
+            settings, ``epochs`` included, the training and validation points and the initial model):
+            a checkpoint of another fit is refused with a ``ValueError`` naming what differs, as is a
+            damaged one or one holding other objects.
+        progress: progress bars on stderr: ``True``, ``False``, or ``None`` (the default) for bars only
+            when a person is watching: stderr is a terminal, or the code runs in a notebook
+            (:func:`~vqflows.training.interactive`).
+        **overrides: fields of :class:`~vqflows.training.TrainConfig` replacing ``config``'s, e.g.
+            ``epochs=5, lr=1e-3``; an unknown name raises ``ValueError`` naming the accepted ones.
+
+    Returns:
+        The :class:`~vqflows.training.History` of the fit.
+
+    Raises:
+        ValueError: bad input (points of the wrong shape, fewer points than charts, constant data, an
+            unknown setting, ...).
+        TrainingError: a non-finite training loss.
+    """
+    config = train_config(config, overrides, val=val)
+    check_threads(config.threads)
+    config = config.replace(early_stopping=default_early_stopping(model, config.early_stopping))
+    progress = show_progress(progress)
+    train, val = _points(model, train, val, config.seed)
+    device = resolve_device(config.device if config.device is not None else model.log_weights.device)
+    model.to(device)
+    dtype = model.log_weights.dtype
+    train, val = train.to(device, dtype), val.to(device, dtype)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    resume = checkpoint is not None and checkpoint.exists()
+    # what a checkpoint must match to be resumed: the settings, the points and the initial model
+    fit_print = fingerprint(config, model, train, val) if checkpoint is not None else None
+    with torch_threads(config.threads), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        history = History()
+        if not resume:
+            fit_charts_and_frames(model, train, config, history, progress=progress)
+        return run_loop(model, train, val, config, callbacks=callbacks, checkpoint=checkpoint, progress=progress,
+                        history=history, resume_from=resume, fit_print=fit_print)
+
+
+def _points(model: VQFlow, train, val, seed: int) -> tuple[Tensor, Tensor]:
+    """The checked training and validation points (without ``val``, a seeded 10% of ``train``)."""
+    train = as_points(train, model.features, name="train", min_points=2)
+    if train.shape[0] < model.K:
+        raise ValueError(f"train: expected at least {model.K} points, one per chart (the model has {model.K} charts; "
+                         f"build it with fewer, e.g. charts={_fitting_charts(train.shape[0])}), got {train.shape[0]}")
+    dtype = model.log_weights.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"model: expected a float32 or float64 model to train, got {str(dtype).removeprefix('torch.')} "
+                         f"(half precision cannot fit the charts and frames; train with model.float(), then convert)")
+    # the points are data, not part of a graph: training must not backpropagate into the caller's tensors
+    train = model.check_training_data(train.detach(), name="train")
+    if val is not None:
+        return train, model._input(val.detach() if isinstance(val, Tensor) else val, name="val")
+    perm = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))
+    cut = max(1, train.shape[0] // 10)
+    return train[perm[cut:]], train[perm[:cut]]
+
+
+def _fitting_charts(points: int) -> int:
+    """A chart count of the usual kind (a power of two) that ``points`` training points can hold."""
+    return 1 << (max(points, 1).bit_length() - 1)
+
+
+def fit_charts_and_frames(model: VQFlow, train: Tensor, config: TrainConfig, history: History, *,
+                          progress: bool = False) -> None:
+    """The first two stages: the charts (unless ``config.fit_charts`` is false), then the chart weights
+    and frames (to the cells, or to responsibilities with ``membership="soft"``); every rank takes rank 0's."""
+    t0 = time.perf_counter()
+    ranks = Ranks()
+    if config.fit_charts:
+        shown = bar(config.chart_epochs, "charts") if progress and model.partition is not None and ranks.lead else None
+
+        def show(epoch: int, loss: float) -> None:
+            shown.update(1)
+            shown.set_postfix(loss=f"{loss:.3f}")
+
+        history.chart_loss = model.fit_charts(train, seed=config.seed, epochs=config.chart_epochs,
+                                              progress=show if shown is not None else None)
+        if shown is not None:
+            shown.close()
+    soft = None if config.membership == "hard" else model.responsibilities(train, config.top)
+    model.fit_weights(train, soft)
+    ranks.share_state(model)
+    history.chart_seconds = time.perf_counter() - t0
+
+
+__all__ = ["fit", "fit_charts_and_frames"]
