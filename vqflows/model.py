@@ -13,7 +13,6 @@ C context (code) dimension, m charts per point.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -24,14 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import presets
+from . import persistence
 from .charts import chart_weights, membership, nearest
 from .checks import as_points, fits_in_memory, one_of, positive_int, training_points
-from .checks import device as check_device
 from .checks import seed as check_seed
+from .distribution import VQFlowDistribution
 from .flows.base import ChartFlow
 from .frames import TRIM_LEVEL, ChartFrames
-from .io import save_torch, write_json
 
 LOG_PROB_MODES = ("mixture", "charts", "top")
 ENCODE_MODES = ("map", "expected", "sample")
@@ -491,90 +489,12 @@ class VQFlow(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``config.json`` (the recipe: preset and arguments) and ``weights.pt`` (a ``state_dict``)
         into the folder ``path``, each atomically."""
-        if self.spec is None:
-            raise ValueError("model: expected one built by vqflows.build or vqflows.presets.create (whose recipe "
-                             "can be saved), got one composed by hand; save its state_dict() instead")
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-            raise ValueError(f"path: expected a folder to save into, got {path!r}")
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"path: expected a folder to save into, got the file {str(path)!r}")
-        path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "config.json", {"format": 2, **self.spec})
-        save_torch(path / "weights.pt", self.state_dict())
-        return path
+        return persistence.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VQFlow:
         """Rebuild a model saved by :meth:`save` (also accepts a run folder holding ``model/``)."""
-        if isinstance(map_location, (str, torch.device)):
-            map_location = check_device(map_location, name="map_location")
-        path = Path(path)
-        if (path / "model" / "config.json").exists():
-            path = path / "model"
-        if not (path / "config.json").exists() or not (path / "weights.pt").exists():
-            raise ValueError(f"path: expected a folder with config.json and weights.pt, got {str(path)!r}")
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"config.json: expected a JSON model recipe, got unreadable text in {str(path)!r}") from e
-        if not isinstance(config, dict):
-            raise ValueError(f"config.json: expected a JSON object, got {type(config).__name__}")
-        spec = config if config.get("format") == 2 else {"preset": None, "args": config}  # the flat layout of 0.1
-        try:
-            model = presets.from_spec({"preset": spec.get("preset"), "args": spec.get("args")})
-        except TypeError as e:
-            raise ValueError(f"config.json: expected the arguments of its recipe, got {e}") from e
-        try:
-            state = torch.load(path / "weights.pt", map_location=map_location, weights_only=True)
-        except Exception as e:  # torch raises several kinds for empty, truncated or foreign files
-            raise ValueError(f"weights.pt: expected a state_dict saved by vqflows, got an unreadable file in "
-                             f"{str(path)!r} ({type(e).__name__})") from e
-        floats = [t.dtype for t in state.values() if isinstance(t, Tensor) and t.is_floating_point()]
-        if floats:  # the model comes back in the dtype it was saved in
-            model.to(floats[0])
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise ValueError(f"weights.pt: expected weights matching config.json, got a mismatch in {str(path)!r}") from e
-        return model.to(map_location).eval()
+        return persistence.load(path, map_location=map_location)
 
     def extra_repr(self) -> str:
         return f"charts={self.K}, m={self.m}, eps={self.eps}, local_frames={self.local_frames}"
-
-
-class VQFlowDistribution(torch.distributions.Distribution):
-    """A fitted :class:`VQFlow` seen as a :class:`torch.distributions.Distribution` (``event_shape (D,)``).
-
-    Example:
-        >>> from vqflows import build
-        >>> dist = build(2, "maf", charts=3).distribution()
-        >>> dist.sample((4,)).shape, dist.log_prob(torch.zeros(5, 2)).shape
-        (torch.Size([4, 2]), torch.Size([5]))
-    """
-
-    arg_constraints: dict = {}
-    support = torch.distributions.constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, model: VQFlow) -> None:
-        self.model = model
-        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([model.features]), validate_args=False)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        if not isinstance(value, Tensor):
-            try:
-                value = torch.as_tensor(np.asarray(value))
-            except (TypeError, ValueError, RuntimeError) as e:
-                raise ValueError(f"value: expected a numeric array of shape (..., {self.model.features}), "
-                                 f"got {type(value).__name__}") from e
-        if value.dim() == 0 or value.shape[-1] != self.model.features:
-            raise ValueError(f"value: expected shape (..., {self.model.features}), got {tuple(value.shape)}")
-        shape = value.shape[:-1]
-        return self.model.log_prob(value.reshape(-1, self.model.features)).reshape(shape)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.model.sample(sample_shape)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.model.rsample(sample_shape)
