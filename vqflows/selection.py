@@ -63,6 +63,7 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
             charts are fitted but whose flow is not trained (with ``"gmm"``: the fitted mixture itself);
             counts needing more distinct training points than there are (``manifold_dim + 1`` per chart)
             are skipped.
+        fit_options: passed to :func:`vqflows.fit`: ``config``, ``callbacks``, ``progress`` or settings
             of :class:`~vqflows.training.TrainConfig` (``objective``, ``batch_size``, ``seed``, ...).
 
     Returns:
