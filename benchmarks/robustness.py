@@ -339,15 +339,15 @@ def interrupt_rows(runs: Path) -> None:
             "--set", "n=10000", *TINY_MODEL]
     t0 = time.perf_counter()
     p, o, e = start(args, TMP, "int")
-    seen = wait_for(lambda: (out / "checkpoint.pt").exists(), p)
+    seen = wait_for(lambda: any(out.glob("checkpoint*.pt")), p)
     if seen:
         p.send_signal(signal.SIGINT)
     r = finish(p, o, e, t0)
     files = sorted(f.name for f in out.iterdir()) if out.exists() else []
     weights = out / "model" / "weights.pt"
-    row("7. Ctrl-C after the first epoch", cmd(args) + "  (SIGINT once checkpoint.pt appears)",
+    row("7. Ctrl-C after the first epoch", cmd(args) + "  (SIGINT once a checkpoint appears)",
         f"{r}; folder: {', '.join(files)}",
-        seen and r.rc == 130 and "resume" in r.line and weights.exists() and (out / "checkpoint.pt").exists()
+        seen and r.rc == 130 and "resume" in r.line and weights.exists() and any(out.glob("checkpoint*.pt"))
         and "Traceback" not in r.err)
 
     before = sha(weights)
@@ -360,7 +360,7 @@ def interrupt_rows(runs: Path) -> None:
     files = sorted(f.name for f in out.iterdir())
     row("7. rerun with `--resume`", cmd([*args, "--resume"]), f"{r}; folder: {', '.join(files)}",
         r.rc == 0 and (out / "metrics.json").exists() and not (out / "interrupted.json").exists()
-        and not (out / "checkpoint.pt").exists())
+        and not any(out.glob("checkpoint*.pt")))
 
     full = runs / "full"
     plain = [a if a != str(out) else str(full) for a in args]

@@ -237,3 +237,34 @@ def test_cli_refuses_a_planted_or_damaged_checkpoint(tmp_path, capsys):
         assert content != "other" or "written with epochs=5 where this fit has epochs=4" in err, err
         assert not marker.exists() and not (out / ".lock").exists()
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_cli_resume_of_a_selection_that_trains_two_candidates(tmp_path, monkeypatch, capsys):
+    """The default vq-maf (partition=auto) trains flows from two mixtures when the validated count is not
+    ``charts``: each keeps its own checkpoint, so Ctrl-C in the second one resumes to the uninterrupted run."""
+    two = [*CLI, "charts=16"]
+    whole = tmp_path / "whole"
+    assert main(["train", "--out", str(whole), *two]) == 0
+    selection = json.loads((whole / "metrics.json").read_text())["chart_selection"]
+    assert sum(row["trained"] for row in selection) == 2, selection
+    out = tmp_path / "cut"
+    save, seen = vqflows.io.save_torch, []
+
+    def hooked(path, obj):
+        saved = save(path, obj)
+        if Path(path).name.startswith("checkpoint") and Path(path).name not in seen:
+            seen.append(Path(path).name)
+        if len(seen) == 2 and Path(path).name == seen[1] and obj["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the second candidate, right after its epoch 2
+        return saved
+
+    monkeypatch.setattr(vqflows.io, "save_torch", hooked)
+    assert main(["train", "--out", str(out), *two]) == 130
+    assert capsys.readouterr().err.strip().endswith("--resume")
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.glob("checkpoint*.pt")) == sorted(seen)
+    assert main(["train", "--out", str(out), "--resume", *two]) == 0
+    _same_runs(whole, out)
+    assert not list(out.glob("checkpoint*.pt"))
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (whole, out))
+    assert [r["val_log_likelihood"] for r in a["chart_selection"]] == [r["val_log_likelihood"] for r in b["chart_selection"]]

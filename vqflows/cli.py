@@ -123,7 +123,7 @@ def _cmd_train(args, argv: list[str]) -> int:
                   f"to start the new run over: {shlex.join(['vqflows', *argv])}", file=sys.stderr)
             return 130
         kept = str(e).rsplit("; ", 1)[0]  # what the folder kept (how to go on is said here, as a command)
-        how = ("to continue from the last finished epoch" if (out / "checkpoint.pt").exists()
+        how = ("to continue from the last finished epoch" if any(out.glob("checkpoint*.pt"))
                else "to start it over")
         print(f"vqflows train: {kept}; {how}: {_resume_command(argv)}", file=sys.stderr)
         return 130

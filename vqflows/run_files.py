@@ -80,10 +80,18 @@ def swap_in(out: Path, stage: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def checkpoints(out: Path) -> list[Path]:
+    """The run's checkpoint files: ``checkpoint.pt``, or one per trained candidate of a selection
+    (:func:`vqflows.selection.candidate_checkpoint`)."""
+    return sorted(out.glob("checkpoint*.pt"))
+
+
 def clear(out: Path) -> None:
     """Remove the files a run writes (never anything else the folder holds)."""
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    for path in checkpoints(out):
+        path.unlink(missing_ok=True)
     shutil.rmtree(out / "model", ignore_errors=True)
 
 

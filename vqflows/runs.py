@@ -46,6 +46,7 @@ from .run_files import (
     STAGING,
     check_data,
     check_files,
+    checkpoints,
     clear,
     data_record,
     read_config,
@@ -241,8 +242,8 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
             raise KeyboardInterrupt
         write_marker(out, "finished", splits)
         write_run_json(out / "metrics.json", metrics)  # last: the folder is a finished run from here on
-        for name in ("interrupted.json", CHECKPOINT):  # a finished run has nothing left to resume
-            (out / name).unlink(missing_ok=True)
+        for path in [out / "interrupted.json", *checkpoints(out)]:  # a finished run has nothing left to resume
+            path.unlink(missing_ok=True)
     except KeyboardInterrupt:
         raise RunInterrupted(_kept(out, history)) from None
     except BaseException:
@@ -257,7 +258,7 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
 def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: Any
          ) -> tuple[VQFlow, History, list[dict] | None]:
     """Train ``model`` (or, with ``charts="auto"`` or ``partition="auto"``, choose the chart count and the
-    partition on validation: one model per candidate, a checkpoint only when one of them trains); returns the trained
+    partition on validation: one model per candidate, each training with its own checkpoint); returns the trained
     model, its history and the selection table."""
     if config.is_baseline:  # fitted and sized on validation, no training
         t0 = time.perf_counter()
@@ -266,8 +267,6 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
     candidates = auto_candidates(config, splits)
     if candidates is None:
         return model, fit(model, splits.train, splits.val, config=config.training(), **options), None
-    if sum(len(c) < 3 or c[2] for c in candidates) > 1:  # one trained candidate keeps its checkpoint
-        options.pop("checkpoint", None)
 
     def make(k: int, partition: str | None = None) -> VQFlow:
         torch.manual_seed(config.seed)
@@ -328,7 +327,7 @@ def _kept(out: Path, history: History | None) -> str:
             what = f"the charts with an untrained flow (no flow epoch finished) in {out / 'model'}"
     else:
         what = f"no weights, only the settings in {out / 'config.json'}"
-    how = ("resume continues from the last finished epoch" if (out / CHECKPOINT).exists()
+    how = ("resume continues from the last finished epoch" if checkpoints(out)
            else "resume or overwrite starts it over")
     return f"interrupted: kept {what}; {how}"
 

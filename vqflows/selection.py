@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,8 +81,8 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
         else:
             specs.append((None, positive_int(c, name="candidates"), True))
     ks = [k for _, k, _ in specs]
-    if sum(trained for _, _, trained in specs) > 1:
-        fit_options.pop("checkpoint", None)  # a checkpoint belongs to one training
+    checkpoint = fit_options.pop("checkpoint", None)
+    several = sum(trained for _, _, trained in specs) > 1
     train = as_points(train, name="train")
     distinct = int(torch.unique(train, dim=0).shape[0])
     best: tuple[float, VQFlow, History] | None = None
@@ -92,7 +93,9 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
         if distinct < (model.manifold_dim + 1) * k:  # what vqflows.checks.training_points asks of the data
             continue
         if trained:
-            history = fit(model, train, val, **fit_options)
+            own = {} if checkpoint is None else {"checkpoint": candidate_checkpoint(checkpoint, partition, k) if several
+                                                 else checkpoint}  # a checkpoint belongs to one training
+            history = fit(model, train, val, **fit_options, **own)
         else:
             history = _fit_charts_only(model, train, fit_options)
         score = validation_score(model, val)
@@ -107,6 +110,14 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
         raise ValueError(f"candidates: expected a chart count with enough distinct training points (manifold "
                          f"dimension + 1 per chart), got {ks} for {distinct} distinct points")
     return best[1], best[2], table
+
+
+def candidate_checkpoint(checkpoint, partition: str | None, charts: int) -> Path:
+    """The checkpoint file of one candidate of a selection that trains several: beside ``checkpoint``, named
+    by the candidate (``checkpoint.pt`` -> ``checkpoint-gmm-32.pt``), so that an interrupted selection
+    resumes each training where it stopped (a finished candidate's file holds its final state)."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}-{partition or 'charts'}-{charts}{path.suffix}")
 
 
 def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
