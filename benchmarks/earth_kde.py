@@ -5,10 +5,10 @@ For each dataset and seed, on the split of :func:`vqflows.datasets.earth.load_ea
 
 * ``vmf``: EM mixture, components from ``EarthConfig().components`` chosen on validation;
 * ``vmf-kde``: a kernel at every training point, κ from 25 log-spaced values in [20, 2·10⁵] and a floor
-  from {0, 0.01, 0.05, 0.1}, both on validation (:func:`vqflows.vmf.fit_vmf_kde`);
+  from {0, 0.01, 0.05, 0.1}, both on validation (:func:`vqflows.vmf_kde.fit_vmf_kde`);
 * ``start``: the kernel density that ``vq-sphere`` starts from, fixed or adaptive (α in
   ``EarthConfig().kernel_alphas``), chosen on validation: the VQ-Flow at epoch 0;
-* ``vq-sphere``: that VQ-Flow after training (:func:`vqflows.vmf.fit_kernel_flow`), with the floor of
+* ``vq-sphere``: that VQ-Flow after training (:func:`vqflows.kernel_flow.fit_kernel_flow`), with the floor of
   ``FLOOR_WEIGHTS`` chosen on validation, as in ``vqflows benchmark --earth``;
 * with ``--fixed-start`` also ``vq-sphere (α=0)``: the same, started at the plain kernel density.
 
@@ -31,7 +31,9 @@ import torch
 
 from vqflows.datasets.earth import EARTH_DATASETS, load_earth
 from vqflows.experiments.earth import FLOOR_WEIGHTS, EarthConfig, choose_floor, with_floor
-from vqflows.vmf import fit_kernel_flow, fit_vmf_kde, fit_vmf_mixture
+from vqflows.kernel_flow import fit_kernel_flow
+from vqflows.vmf import fit_vmf_mixture
+from vqflows.vmf_kde import fit_vmf_kde
 
 #: Published test NLL of Riemannian flow matching (Chen & Lipman 2023), mean ± std over 5 seeds.
 FLOW_MATCHING = {"volcano": (-7.93, 1.67), "earthquake": (-0.28, 0.08), "flood": (0.42, 0.05), "fire": (-1.86, 0.11)}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vqflows.datasets.earth import latlon_to_xyz, load_earth, xyz_to_latlon
-from vqflows.experiments import earth, earth_report
+from vqflows.experiments import earth, earth_cli, earth_report
 from vqflows.flows.sphere import sphere_quadrature
 from vqflows.vmf import VMFMixture, fit_vmf_mixture, vmf_sample
 
@@ -131,13 +131,13 @@ def test_build_model_rows():
 
 
 def test_main_rejects_bad_arguments(data_dir, tmp_path, capsys):
-    assert earth.main(["--datasets", "volcano,moon", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 2
+    assert earth_cli.main(["--datasets", "volcano,moon", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 2
     assert "datasets: expected one of 'volcano', 'earthquake', 'flood', 'fire', got 'moon'" in capsys.readouterr().err
-    assert earth.main(["--models", "vq-maf", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 2
+    assert earth_cli.main(["--models", "vq-maf", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 2
     assert "models: expected one of" in capsys.readouterr().err
-    assert earth.main(["--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert earth_cli.main(["--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "data-dir: expected the folder" in capsys.readouterr().err
-    assert earth.main(["--seeds", "0", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 2
+    assert earth_cli.main(["--seeds", "0", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 2
     assert "seeds: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
@@ -150,7 +150,7 @@ def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
     argv = ["--earth", "--datasets", "volcano", "--seeds", "2", "--models", "vmf,vmf-kde,vq-sphere,cef",
             "--data-dir", str(data_dir), "--out", str(out), "--jobs", "1", "--epochs", "2", "--quiet",
             "--set", *overrides]
-    assert earth.main(argv) == 0
+    assert earth_cli.main(argv) == 0
 
     runs = {}
     for path in sorted((out / "runs").glob("volcano/*/seed-*/result.json")):
@@ -199,7 +199,7 @@ def test_benchmark_end_to_end_table_matches_runs(data_dir, tmp_path):
 
     # a second invocation reuses every finished run
     before = {k: (out / "runs" / "volcano" / k[0] / f"seed-{k[1]}" / "result.json").stat().st_mtime_ns for k in runs}
-    assert earth.main(argv + ["--no-figures"]) == 0
+    assert earth_cli.main(argv + ["--no-figures"]) == 0
     after = {k: (out / "runs" / "volcano" / k[0] / f"seed-{k[1]}" / "result.json").stat().st_mtime_ns for k in runs}
     assert before == after
     assert json.loads((out / "table.json").read_text())["report"]["skipped"] == 8

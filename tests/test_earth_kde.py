@@ -13,17 +13,15 @@ import torch
 from vqflows.datasets.earth import latlon_to_xyz, load_earth
 from vqflows.flows.sphere import VMFChartFlow, sphere_quadrature
 from vqflows.geometry import rotation_to
-from vqflows.vmf import (
+from vqflows.kernel_flow import fit_kernel_flow, kernel_vqflow
+from vqflows.vmf import VMFMixture, vmf_sample
+from vqflows.vmf_kde import (
     KDE_FLOORS,
     KDE_KAPPAS,
     VMFKernelDensity,
-    VMFMixture,
     adaptive_kappas,
-    fit_kernel_flow,
     fit_vmf_kde,
-    kernel_vqflow,
     leave_one_out_log_density,
-    vmf_sample,
 )
 
 DATA_DIR = Path(os.environ.get("VQFLOWS_EARTH_DIR", "/work/shared/data/earth"))

@@ -24,6 +24,7 @@ import torch
 
 from ..geometry import latlon_to_xyz, xyz_to_latlon
 from .base import Splits, _rng, split_sizes
+from .files import is_number
 
 # The lat/lon conversions live in :mod:`vqflows.geometry` and are part of this module's interface.
 __all__ = [
@@ -77,7 +78,7 @@ def read_latlon(path: str | os.PathLike) -> np.ndarray:
         fields = [f.strip() for f in stripped.split(",")]
         if not seen_first:
             seen_first = True
-            if not any(_is_number(f) for f in fields):
+            if not any(is_number(f) for f in fields):
                 continue
         where = f"{path}, line {number}"
         if len(fields) != 2:
@@ -173,14 +174,6 @@ def load_earth(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
     name = name_or_path if isinstance(name_or_path, str) and name_or_path in EARTH_DATASETS else path.stem
     return EarthSplits(name, train, val, test, latlon=latlon,
                        indices=dict(zip(("train", "val", "test"), parts)), path=path)
-
-
-def _is_number(field: str) -> bool:
-    try:
-        float(field)
-    except ValueError:
-        return False
-    return True
 
 
 def _looks_like_path(s: str) -> bool:

@@ -128,7 +128,8 @@ def _read(path: Path, min_points: int) -> tuple[torch.Tensor, str]:
 INDEX_HEADERS = ("", "Unnamed: 0")
 
 
-def _number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
+    """Whether a CSV cell reads as a number (``float`` accepts it)."""
     try:
         float(cell)
     except ValueError:
@@ -151,7 +152,7 @@ def _read_csv(path: Path, text: str, delimiter: str | None = ",") -> np.ndarray:
 
     number, first = rows[0]
     cells = _split(first, delimiter)
-    numeric = [_number(c) for c in cells]
+    numeric = [is_number(c) for c in cells]
     index = cells[0] in INDEX_HEADERS and len(cells) > 1  # pandas' header above its row index: names follow
     if all(numeric):
         if len(cells) >= 2 and len(rows) > 1 and all(c.isdigit() for c in cells) \
@@ -190,5 +191,5 @@ def _locate(where: str, rows: list[tuple[int, str]], columns: int, delimiter: st
             raise ValueError(f"{where}: line {number}: expected {columns} {'comma' if delimiter else 'space'}-separated values, "
                              f"got {len(cells)}")
         for j, cell in enumerate(cells):
-            if not _number(cell):
+            if not is_number(cell):
                 raise ValueError(f"{where}: line {number}, column {j + 1}: expected a number, got {cell!r}")

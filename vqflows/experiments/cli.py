@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 on success, 1 if some runs failed, 2 on bad arguments, 130 on Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--earth" in argv:
-        from .earth import main as study
+        from .earth_cli import main as study  # deferred: each study imports only its own modules
     elif any(a == "--images" or a.startswith("--images=") for a in argv):
         from .images import main as study
     else:

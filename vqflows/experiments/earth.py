@@ -18,12 +18,12 @@ with ``p`` a density w.r.t. the area measure of the unit sphere (uniform: ``ln 4
 * ``vmf``: a von Mises–Fisher mixture fitted by EM, its number of components chosen on validation
   (:func:`vqflows.vmf.fit_vmf_mixture`): the classical anchor.
 * ``vmf-kde``: a vMF kernel at every training point, one concentration from
-  :data:`~vqflows.vmf.KDE_KAPPAS` and a uniform-floor weight from :data:`~vqflows.vmf.KDE_FLOORS`, both
-  chosen on validation (:func:`vqflows.vmf.fit_vmf_kde`). Its floor is part of its fit, so it has no
+  :data:`~vqflows.vmf_kde.KDE_KAPPAS` and a uniform-floor weight from :data:`~vqflows.vmf_kde.KDE_FLOORS`, both
+  chosen on validation (:func:`vqflows.vmf_kde.fit_vmf_kde`). Its floor is part of its fit, so it has no
   ``+floor`` row.
 
 ``vq-sphere`` starts, by default (``init="kernels"``), from the kernel density it generalises
-(:func:`vqflows.vmf.fit_kernel_flow`): one chart per training point, each an exact vMF chart
+(:func:`vqflows.kernel_flow.fit_kernel_flow`): one chart per training point, each an exact vMF chart
 (:class:`~vqflows.flows.sphere.VMFChartFlow`) with its own concentration, a fixed or adaptive kernel
 density chosen on validation among ``kernel_alphas``, and a shared flow started at the identity and
 trained leave-one-out; it is never below that kernel density on validation. ``init="kmeans"`` is the
@@ -37,19 +37,18 @@ what is chosen on validation.
 Layout of ``--out``: ``runs/<dataset>/<model>/seed-<s>/`` (``result.json`` with the numbers and the
 resolved config, and the fitted model), ``table.md``, ``table.csv``, ``table.json``, ``summary.md`` and
 ``figures/<dataset>.png|pdf`` (written by :mod:`.earth_report`). A rerun skips the runs whose ``result.json``
-holds the same config. The runs go to the shared job runner (:mod:`.runner`: ``--jobs``, ``--scheduler``).
+holds the same config. The runs go to the shared job runner (:mod:`.runner`: ``--jobs``, ``--scheduler``); the
+command line, ``vqflows benchmark --earth``, is :mod:`.earth_cli`.
 
 Letters: N points, K charts.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,14 +58,15 @@ from typing import Any
 import torch
 
 from ..checks import one_of, positive_int
-from ..datasets.earth import EARTH_DATASETS, EarthSplits, load_earth
-from ..io import apply_overrides, claim, hardware, read_json, save_torch, write_json, write_text
+from ..datasets.earth import EarthSplits, earth_path, load_earth, read_latlon
+from ..io import apply_overrides, read_json, save_torch, write_json
+from ..kernel_flow import fit_kernel_flow, kernel_vqflow
 from ..model import VQFlow
 from ..recipes import build
 from ..training import TrainConfig, fit
-from ..vmf import KDE_FLOORS, KDE_KAPPAS, VMFMixture, fit_kernel_flow, fit_vmf_kde, fit_vmf_mixture, kernel_vqflow
-from .common import comma_list, command, log_invocation
-from .runner import Report, Runner, Task, add_runner_arguments, runner_from_args
+from ..vmf import VMFMixture, fit_vmf_mixture
+from ..vmf_kde import KDE_FLOORS, KDE_KAPPAS, fit_vmf_kde
+from .runner import Report, Runner, Task
 
 #: Table rows of this package, in display order, and what their density is taken w.r.t.
 MODELS = {
@@ -107,7 +107,7 @@ class EarthConfig:
         objective, top: the flows' training objective (:func:`vqflows.fit`): the mixture over each point's
             ``top`` nearest charts (the default), or ``"cells"``, the paper's hard-cell training.
         components: vMF mixture sizes tried, the best kept on validation.
-        init: ``vq-sphere``'s start: ``"kernels"`` (the kernel density, :func:`vqflows.vmf.fit_kernel_flow`)
+        init: ``vq-sphere``'s start: ``"kernels"`` (the kernel density, :func:`vqflows.kernel_flow.fit_kernel_flow`)
             or ``"kmeans"`` (k-means charts and stereographic RealNVPs from a random start).
         kernel_alphas: the adaptivity exponents of the kernel densities tried on validation (0: one
             concentration for all kernels).
@@ -386,7 +386,7 @@ def run_one(run: EarthRun, folder: Path) -> dict[str, Any]:
 
 
 def save_kernel_flow(model: VQFlow, path: str | os.PathLike, config: EarthConfig) -> None:
-    """Write a VQ-Flow built by :func:`vqflows.vmf.kernel_vqflow` (its recipe and weights) to ``path``."""
+    """Write a VQ-Flow built by :func:`vqflows.kernel_flow.kernel_vqflow` (its recipe and weights) to ``path``."""
     save_torch(Path(path), {"transforms": config.kernel_transforms,
                             "hidden": [config.kernel_hidden] * config.kernel_depth, "state": model.state_dict()})
 
@@ -427,8 +427,6 @@ def run_folder(out: str | os.PathLike, run: EarthRun) -> Path:
 def plan(datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int], data_dir: str | os.PathLike,
          configs: dict[str, EarthConfig]) -> list[EarthRun]:
     """Every dataset × model × seed, the most expensive first (so that two workers finish together)."""
-    from ..datasets.earth import earth_path, read_latlon
-
     sizes = {d: round(0.8 * len(read_latlon(earth_path(d, data_dir)))) for d in datasets}
     runs = [EarthRun(d, m, s, str(data_dir), configs[m], sizes[d] * _COST[m])
             for d in datasets for m in models for s in seeds]
@@ -448,88 +446,3 @@ def run_grid(runs: Sequence[EarthRun], out: str | os.PathLike, runner: Runner | 
 def collect(runs: Sequence[EarthRun], out: str | os.PathLike) -> list[dict[str, Any]]:
     """The ``result.json`` of every finished run made with its current config."""
     return [read_json(run_folder(out, r) / "result.json") for r in runs if r.done(run_folder(out, r))]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vqflows benchmark --earth",
-                                description="Test NLL on the Earth datasets (S²) against the published table.")
-    p.add_argument("--earth", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--datasets", default=",".join(EARTH_DATASETS), help="comma-separated (default: all four)")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds/splits, 0..n-1 (default 5)")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated among {', '.join(MODELS)}")
-    p.add_argument("--data-dir", default=os.environ.get("VQFLOWS_EARTH_DIR", "../shared/data/earth"),
-                   help="folder holding the four CSV files")
-    p.add_argument("--out", default="results/earth", help="output folder (runs, tables, figures, summary.md)")
-    p.add_argument("--epochs", type=int, default=None, help="most epochs per learning-rate stage")
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                   help="hyperparameter overrides for every row (key=value) or one (model.key=value), "
-                        "e.g. points_per_chart=32 vq-cef.hidden=32 'lrs=[0.003]'")
-    p.add_argument("--no-figures", action="store_true", help="skip the world maps")
-    add_runner_arguments(p, jobs=2)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``vqflows benchmark --earth``: run (or resume) the grid, then write the tables, maps and summary."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    try:
-        datasets = comma_list(args.datasets, "datasets", lambda d: one_of(d, EARTH_DATASETS, name="datasets"))
-        models = comma_list(args.models, "models", lambda m: one_of(m, MODELS, name="models"))
-        positive_int(args.seeds, name="seeds")
-        runner = runner_from_args(args)
-        configs = resolve_configs(models, args.set, args.epochs)
-        if not Path(args.data_dir).is_dir():
-            raise ValueError(f"data-dir: expected the folder holding the Earth CSV files, got {args.data_dir!r}")
-        runs = plan(datasets, models, list(range(args.seeds)), args.data_dir, configs)
-        with claim(args.out):
-            return _run(args, argv, runner, runs, datasets, models, configs)
-    except ValueError as e:
-        print(f"vqflows benchmark --earth: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace, argv: list[str], runner: Runner, runs: list[EarthRun], datasets: list[str],
-         models: list[str], configs: dict[str, EarthConfig]) -> int:
-    from . import earth_report
-
-    wall = time.perf_counter()
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    out = Path(args.out)
-    start = hardware()
-    done = run_grid(runs, out, runner)
-    report = {"total": done.total, "skipped": done.skipped, "trained": done.count(), "seconds": done.seconds,
-              "failures": [f"{label}: {error}" for label, error in done.failures], "interrupted": done.interrupted}
-    results = collect(runs, out)
-    t = earth_report.table(results, datasets, models)
-    write_text(out / "table.md", earth_report.markdown(t))
-    write_text(out / "table.csv", earth_report.csv_text(t))
-    figures = []
-    if not (args.no_figures or done.interrupted):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(args.jobs, threads))  # the workers are done: the maps may use their cores
-        figures = earth_report.draw_maps(t, results, out, args.data_dir)
-        torch.set_num_threads(threads)
-    end = hardware()
-    invocations = log_invocation(out / "invocations.json", {
-        "command": command(argv), "started": started, "seconds": time.perf_counter() - wall,
-        "grid_seconds": done.seconds, "trained": done.count(), "skipped": done.skipped,
-        "failed": len(done.failures), "interrupted": done.interrupted, "workers": args.jobs,
-        "load_start": start["load_average"], "load_end": end["load_average"]})
-    write_json(out / "table.json", {**t, "configs": {m: c.to_dict(m) for m, c in configs.items()},
-                                    "command": command(argv), "report": report, "invocations": invocations,
-                                    "hardware": {"start": start, "end": end}, "runs": results}, indent=1)
-    summary = earth_report.summary_markdown(t, command=command(argv), report=report, start=start, end=end,
-                                            workers=args.jobs, configs=configs, results=results, figures=figures,
-                                            out=out, invocations=invocations)
-    write_text(out / "summary.md", summary)
-    if not args.quiet:
-        print(earth_report.markdown(t))
-        print(f"wrote {out / 'summary.md'} ({done.seconds:.0f} s)")
-    if done.interrupted:
-        return 130
-    return 1 if done.failures else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

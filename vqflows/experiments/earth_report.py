@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..datasets.earth import load_earth
+from ..datasets.earth import latlon_to_xyz, load_earth
 from .earth import FLOOR_WEIGHTS, MODELS, OWN_FLOOR, EarthConfig, load_fitted
 from .stats import summarize
 
@@ -179,12 +179,10 @@ def world_map(log_prob, test_latlon: np.ndarray, path: str | os.PathLike, *, tit
     the unit sphere, evaluated at the cell centres. Cells are ``degrees`` wide; the colour scale spans
     the top 12 nats.
     """
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is only needed for figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..datasets.earth import latlon_to_xyz
+    import matplotlib.pyplot as plt  # deferred: matplotlib is only needed for figures
 
     lon = np.arange(-180 + degrees / 2, 180, degrees)
     lat = np.arange(-90 + degrees / 2, 90, degrees)
