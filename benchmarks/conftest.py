@@ -1,10 +1,23 @@
-"""Print each timing's figures (``benchmark.extra_info``: ratios, throughput, peak memory) after the run."""
+"""The timing harness: every module of this folder is collected (``python -m pytest benchmarks``), and each
+timing's figures (``benchmark.extra_info``: ratios, throughput, peak memory) are printed after the run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+HERE = Path(__file__).resolve().parent
 _FIGURES: list[tuple[str, dict]] = []
+
+
+def pytest_collect_file(file_path: Path, parent):
+    """Collect ``timing.py``, ``scaling.py``, ``gpu.py``, ... as test modules when the folder is collected
+    (a file named on the command line is collected by pytest itself)."""
+    if (file_path.suffix == ".py" and file_path.parent == HERE and file_path.name != "conftest.py"
+            and not file_path.name.startswith("test_") and not parent.session.isinitpath(file_path)):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,9 @@
 """The defaults sweep: VQ-MAF on the six 3-D sets under several training objectives and batch sizes.
 
     python benchmarks/defaults.py run --out DIR [--arms essential|secondary|NAME,...] [--seeds 0,1,2] [--jobs 2]
-    python benchmarks/defaults.py report --out DIR          # tables from DIR/results.jsonl
-    python benchmarks/defaults.py timing [--epochs 6]       # per-epoch cost, arms interleaved in one process
+    python benchmarks/defaults.py report --out DIR            # tables from DIR/results.jsonl
     python benchmarks/defaults.py purity [--charts 4,8,16,32] # cell purity of VQ-AE and k-means partitions alone
+    python -m pytest benchmarks/defaults.py                   # per-epoch cost of the arms and of the check (harness)
 
 Each training is one job (arm × dataset × seed) in a process pool with one torch thread per worker;
 finished jobs are appended to ``DIR/results.jsonl`` and skipped when the command is run again.
@@ -11,6 +11,11 @@ Per job: the test gap to the oracle, the top-m scoring lower bound's gap to the 
 seconds per flow epoch, chart-cell purity, and per epoch the exact early-stopping score beside the
 top-T bounds (T = 1, 2, 4, 8) on the same 512 validation points, so that any early-stopping rule built
 on them can be replayed offline against the exact one.
+
+The costs are timings of the harness (pytest-benchmark, collected with the rest of ``benchmarks/``):
+``test_objective_epochs`` interleaves the arms' epochs in one process (with the exact check, and the
+steps alone) and reports each arm's ratio to ``cells-b128``; ``test_early_stopping_check`` times the
+check alone on 512 validation points, exact against the top-4 and top-8 bounds.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's vqflows, not an installed one
 
+import pytest
 import torch
 
 SETS = ("spherical", "helix", "lissajous", "knotted", "twisted-eight", "interlocked-circles")
@@ -117,15 +123,6 @@ def cell_purity(model, x: torch.Tensor, k_nn: int = 10, share: float = 0.05) -> 
     return {"mixed_cells": mixed / max(counted, 1), "mixed_points": mixed_points / len(x), "cells_counted": counted}
 
 
-def _time(fn, repeats: int = 3) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def train_one(arm_name: str, dataset: str, seed: int) -> dict:
     """One training of VQ-MAF under ``arm_name``; returns its record."""
     torch.set_num_threads(1)
@@ -155,10 +152,6 @@ def train_one(arm_name: str, dataset: str, seed: int) -> dict:
     test = splits.test
     with torch.no_grad():
         exact_test, bounds_test = top_bounds(model, test)
-    # cost of the early-stopping check on 512 points: exact (all K charts) against the top-4 bound
-    with torch.no_grad():
-        check_exact = _time(lambda: model.log_prob(val_es))
-        check_top4 = _time(lambda: model.mixture_loss(val_es, model.top_charts(val_es, 4)))
     return {
         "arm": arm_name, "dataset": dataset, "seed": seed, **arm.__dict__,
         "test_ll": metrics["test_log_likelihood"], "oracle": metrics["oracle_log_likelihood"],
@@ -167,7 +160,7 @@ def train_one(arm_name: str, dataset: str, seed: int) -> dict:
         "epoch_seconds": history.epoch_seconds, "chart_seconds": history.chart_seconds,
         "flow_seconds_per_epoch": sum(history.epoch_seconds) / max(history.epochs, 1),
         "train_seconds": history.chart_seconds + sum(history.epoch_seconds), "wall_seconds": wall,
-        "check_exact_seconds": check_exact, "check_top4_seconds": check_top4, "trace": trace,
+        "trace": trace,
         "purity": cell_purity(model, splits.train), "weights_entropy": float(-(model.weights * model.log_weights).sum()),
     }
 
@@ -277,7 +270,7 @@ def report(args) -> None:
               f" | {statistics.fmean(r['train_seconds'] for r in rs):.1f} |")
     if base:
         print(f"\n(cells-b128 mean {statistics.fmean(base) * 1e3:.0f} ms per flow epoch in the pool; "
-              f"per-epoch ratios side by side: `timing`)")
+              f"per-epoch ratios side by side: `python -m pytest benchmarks/defaults.py`)")
 
     print("\n## Scoring lower bound: test top-T mixture minus the full mixture (nats, mean over runs)\n")
     print("| arm | " + " | ".join(f"top-{t}" for t in BOUND_TOPS) + " |")
@@ -323,57 +316,6 @@ def report(args) -> None:
         print(f"| {a} | " + " | ".join(_fmt([r["purity"]["mixed_cells"] for r in rs if r["dataset"] == d])
                                         for d in SETS) + " |")
 
-    t = [r for r in rows if r["arm"] in ESSENTIAL]
-    if t:
-        print("\n## Check cost on 512 validation points (s, mean over runs)\n")
-        for a in arms:
-            rs = [r for r in rows if r["arm"] == a]
-            print(f"- {a}: exact {statistics.fmean(r['check_exact_seconds'] for r in rs) * 1e3:.1f} ms, "
-                  f"top-4 {statistics.fmean(r['check_top4_seconds'] for r in rs) * 1e3:.1f} ms, "
-                  f"flow epoch {statistics.fmean(r['flow_seconds_per_epoch'] for r in rs) * 1e3:.0f} ms")
-
-
-def timing(args) -> None:
-    """Per-epoch cost of each arm on one set, epochs interleaved arm by arm in one process (one thread)."""
-    torch.set_num_threads(1)
-    import vqflows
-    from vqflows.training import EarlyStopping, train_flow
-
-    splits = vqflows.datasets.load(args.dataset, seed=0)
-    arms = _arm_list(args.arms)
-    models = {}
-    for a in arms:
-        arm = ARMS[a]
-        torch.manual_seed(0)
-        m = vqflows.build(3, "maf", charts=arm.charts, partition=arm.partition)
-        m.fit_charts(splits.train, seed=0)
-        m.fit_weights(splits.train)
-        models[a] = m
-    times: dict[str, list[float]] = {a: [] for a in arms}
-    steps: dict[str, list[float]] = {a: [] for a in arms}
-    for _ in range(args.epochs):
-        for a in arms:
-            arm = ARMS[a]
-            for es, store in ((EarlyStopping(10**6, 512, top=None), times), (None, steps)):
-                h = train_flow(models[a], splits.train, splits.val if es else None, epochs=1, batch_size=arm.batch_size,
-                               lr=arm.lr, early_stopping=es, objective=arm.objective, top=arm.top,
-                               learn_weights=arm.learn_weights)
-                store[a].append(h.epoch_seconds[0])
-    val = _val_subset(splits.val, 512, 0)
-    with torch.no_grad():
-        checks = {a: (_time(lambda m=models[a]: m.log_prob(val), 5),
-                      _time(lambda m=models[a]: m.log_joint(val, m.top_charts(val, 4)), 5),
-                      _time(lambda m=models[a]: m.log_joint(val, m.top_charts(val, 8)), 5)) for a in arms}
-    ref = statistics.median(times[arms[0]])
-    print(f"{args.dataset}, {args.epochs} epochs each, interleaved; median seconds per epoch (min)")
-    print(f"| arm | epoch with exact check | ratio to {arms[0]} | steps alone | ratio | exact check | top-4 bound | top-8 bound |")
-    print("|---|---|---|---|---|---|---|---|")
-    ref_s = statistics.median(steps[arms[0]])
-    for a in arms:
-        print(f"| {a} | {statistics.median(times[a]) * 1e3:.0f} ms ({min(times[a]) * 1e3:.0f}) | "
-              f"{statistics.median(times[a]) / ref:.2f} | {statistics.median(steps[a]) * 1e3:.0f} ms | "
-              f"{statistics.median(steps[a]) / ref_s:.2f} | {checks[a][0] * 1e3:.1f} ms | {checks[a][1] * 1e3:.1f} ms | {checks[a][2] * 1e3:.1f} ms |")
-
 
 def purity(args) -> None:
     """Cell purity of the two partitioners alone (no flow trained): mixed-cell fraction per set and K."""
@@ -403,6 +345,77 @@ def purity(args) -> None:
             print(f"| {part} | {k} | " + " | ".join(cells) + " |", flush=True)
 
 
+# ------------------------------------------------------------------ timings (collected by the harness)
+#: The arms timed side by side per set, the first one the reference of the ratios.
+TIMED = {"helix": ("cells-b128", "mix4-b128", "mix4-b256", "mix4-b512", "mix2-b512", "cells-b512"),
+         "spherical": ("cells-b128", "mix4-b128", "mix4-b512", "cells-b512")}
+TIMED_EPOCHS = 5
+
+
+def _charted(arm_name: str, splits):
+    """VQ-MAF of ``arm_name`` with its charts, weights and frames fitted on the training split (seed 0)."""
+    import vqflows
+
+    arm = ARMS[arm_name]
+    torch.manual_seed(0)
+    model = vqflows.build(3, "maf", charts=arm.charts, partition=arm.partition)
+    model.fit_charts(splits.train, seed=0)
+    model.fit_weights(splits.train)
+    return model
+
+
+@pytest.mark.parametrize("dataset", list(TIMED))
+def test_objective_epochs(benchmark, dataset):
+    """Per-epoch cost of each arm, epochs interleaved arm by arm in one process (one thread): an epoch
+    with the exact early-stopping check on 512 validation points, and the steps alone; ratios to the
+    first arm (``cells-b128``, the old default)."""
+    import vqflows
+    from vqflows.training import EarlyStopping, train_flow
+
+    torch.set_num_threads(1)
+    splits = vqflows.datasets.load(dataset, seed=0)
+    arms = TIMED[dataset]
+    models = {a: _charted(a, splits) for a in arms}
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    steps: dict[str, list[float]] = {a: [] for a in arms}
+
+    def interleaved() -> None:
+        for _ in range(TIMED_EPOCHS):
+            for a in arms:
+                arm = ARMS[a]
+                for es, store in ((EarlyStopping(10**6, 512, top=None), times), (None, steps)):
+                    h = train_flow(models[a], splits.train, splits.val if es else None, epochs=1,
+                                   batch_size=arm.batch_size, lr=arm.lr, early_stopping=es, objective=arm.objective,
+                                   top=arm.top, learn_weights=arm.learn_weights)
+                    store[a].append(h.epoch_seconds[0])
+
+    benchmark.pedantic(interleaved, rounds=1, iterations=1)
+    ref, ref_steps = statistics.median(times[arms[0]]), statistics.median(steps[arms[0]])
+    for a in arms:
+        benchmark.extra_info.update({f"{a}_epoch_ms": statistics.median(times[a]) * 1e3,
+                                     f"ratio_{a}_epoch": statistics.median(times[a]) / ref,
+                                     f"{a}_steps_ms": statistics.median(steps[a]) * 1e3,
+                                     f"ratio_{a}_steps": statistics.median(steps[a]) / ref_steps})
+
+
+@pytest.mark.parametrize("check", ["exact", "top-4", "top-8"])
+def test_early_stopping_check(benchmark, check):
+    """The early-stopping check alone on 512 validation points (spherical, K = 32, ``mix4-b512``): the exact
+    mixture over all charts against the top-4 and top-8 bounds."""
+    import vqflows
+
+    torch.set_num_threads(1)
+    splits = vqflows.datasets.load("spherical", seed=0)
+    model = _charted("mix4-b512", splits)
+    val = _val_subset(splits.val, 512, 0)
+    score = {"exact": lambda: model.log_prob(val),
+             "top-4": lambda: model.log_joint(val, model.top_charts(val, 4)),
+             "top-8": lambda: model.log_joint(val, model.top_charts(val, 8))}[check]
+    with torch.no_grad():
+        benchmark.pedantic(score, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["check_ms"] = benchmark.stats.stats.median * 1e3
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -414,15 +427,11 @@ def main(argv=None) -> None:
     r.add_argument("--jobs", type=int, default=2)
     q = sub.add_parser("report")
     q.add_argument("--out", required=True)
-    t = sub.add_parser("timing")
-    t.add_argument("--dataset", default="helix")
-    t.add_argument("--arms", default="cells-b128,mix4-b128,mix4-b512,cells-b512")
-    t.add_argument("--epochs", type=int, default=6)
     u = sub.add_parser("purity")
     u.add_argument("--charts", default="4,8,16,32")
     u.add_argument("--seeds", default="0,1")
     args = p.parse_args(argv)
-    {"run": run, "report": report, "timing": timing, "purity": purity}[args.cmd](args)
+    {"run": run, "report": report, "purity": purity}[args.cmd](args)
 
 
 if __name__ == "__main__":

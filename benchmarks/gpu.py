@@ -1,23 +1,25 @@
-"""GPU against CPU: flow-epoch time and mixture-density throughput of VQ-MAF, side by side in one run.
+"""GPU beside CPU in the timing harness: flow-epoch time and mixture-density throughput of VQ-MAF.
 
-    python benchmarks/gpu.py                 # both devices when CUDA is available, else the CPU column only
-    python benchmarks/gpu.py --points 1000000 --rounds 5
+    python -m pytest -m gpu benchmarks/gpu.py               # needs a CUDA device (skipped without one)
 
-Prints one table: seconds per training epoch (hard cells and the mixture objective) on ``--points``
-helix points, and ``log_prob`` throughput (points/s, K = 32, all charts) under inference, median of
-``--rounds`` interleaved rounds. One CPU thread, as the CLI uses.
+Seconds per training epoch (hard cells and the mixture objective) on 200,000 helix points at batch
+512, and ``log_prob`` throughput (points/s, K = 32, all charts) on 100,000 points under inference,
+medians of 3 rounds interleaved device by device, so that load on a shared machine hits both columns
+alike. One CPU thread, as the command line uses.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import pytest
 import torch
 
 import vqflows
 from vqflows.training import train_flow
+
+POINTS, SCORE_POINTS, BATCH, ROUNDS = 200_000, 100_000, 512, 3
 
 
 def _sync(device: torch.device) -> None:
@@ -33,10 +35,11 @@ def _model(device: torch.device, x: torch.Tensor) -> vqflows.VQFlow:
     return model
 
 
-def _epoch(model, x, objective: str, batch: int) -> float:
+def _epoch(model, x, objective: str) -> float:
+    """Wall seconds of one epoch, the device synchronised on both sides."""
     _sync(x.device)
     t = time.perf_counter()
-    train_flow(model, x, None, epochs=1, batch_size=batch, objective=objective, early_stopping=None)
+    train_flow(model, x, None, epochs=1, batch_size=BATCH, objective=objective, early_stopping=None)
     _sync(x.device)
     return time.perf_counter() - t
 
@@ -50,36 +53,29 @@ def _throughput(model, x) -> float:
     return x.shape[0] / (time.perf_counter() - t)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--points", type=int, default=200_000)
-    p.add_argument("--score-points", type=int, default=100_000)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--rounds", type=int, default=3)
-    args = p.parse_args()
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_gpu_beside_cpu(benchmark):
+    """Epoch seconds (cells, mixture) and scoring throughput on the CPU and the GPU, and the GPU's speed-ups."""
     torch.set_num_threads(1)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    data = vqflows.datasets.get("helix").sample(args.points, seed=0)
+    devices = (torch.device("cpu"), torch.device("cuda"))
+    data = vqflows.datasets.get("helix").sample(POINTS, seed=0)
     models = {d: _model(d, data.to(d)) for d in devices}
     rows = {d: {"cells": [], "mixture": [], "score": []} for d in devices}
-    for _ in range(args.rounds):
-        for d in devices:  # interleaved, so that load on a shared machine hits both columns alike
-            x = data.to(d)
-            rows[d]["cells"].append(_epoch(models[d], x, "cells", args.batch))
-            rows[d]["mixture"].append(_epoch(models[d], x, "mixture", args.batch))
-            rows[d]["score"].append(_throughput(models[d], x[:args.score_points]))
-    name = {d: (torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu, 1 thread") for d in devices}
-    print(f"VQ-MAF, K = 32, helix; {args.points:,} training points, batch {args.batch}; median of {args.rounds}")
-    print(f"| | {' | '.join(name[d] for d in devices)} |")
-    print(f"|---|{'---:|' * len(devices)}")
-    for key, label, fmt in (("cells", "epoch, hard cells (s)", "{:.2f}"), ("mixture", "epoch, mixture top-4 (s)", "{:.2f}"),
-                            ("score", "log_prob throughput (points/s)", "{:,.0f}")):
-        print(f"| {label} | {' | '.join(fmt.format(statistics.median(rows[d][key])) for d in devices)} |")
-    if len(devices) == 2:
-        cpu, gpu = devices
-        print(f"\nGPU speed-up: epoch {statistics.median(rows[cpu]['cells']) / statistics.median(rows[gpu]['cells']):.1f}×, "
-              f"scoring {statistics.median(rows[gpu]['score']) / statistics.median(rows[cpu]['score']):.1f}×")
 
+    def interleaved() -> None:
+        for _ in range(ROUNDS):
+            for d in devices:
+                x = data.to(d)
+                rows[d]["cells"].append(_epoch(models[d], x, "cells"))
+                rows[d]["mixture"].append(_epoch(models[d], x, "mixture"))
+                rows[d]["score"].append(_throughput(models[d], x[:SCORE_POINTS]))
 
-if __name__ == "__main__":
-    main()
+    benchmark.pedantic(interleaved, rounds=1, iterations=1)
+    med = {d.type: {k: statistics.median(v) for k, v in rows[d].items()} for d in devices}
+    benchmark.extra_info["gpu"] = torch.cuda.get_device_name(0)
+    for dev, figures in med.items():
+        benchmark.extra_info.update({f"{dev}_epoch_cells_s": figures["cells"], f"{dev}_epoch_mixture_s": figures["mixture"],
+                                     f"{dev}_log_prob_points_per_s": figures["score"]})
+    benchmark.extra_info.update(gpu_speedup_epoch=med["cpu"]["cells"] / med["cuda"]["cells"],
+                                gpu_speedup_scoring=med["cuda"]["score"] / med["cpu"]["score"])

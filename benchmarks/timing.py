@@ -1,10 +1,13 @@
 """Timing harness of vqflows (pytest-benchmark): epoch time, log_prob throughput and peak memory, the
-chart stage, start-up, and the ratios that matter, with a history across commits.
+chart stage, start-up, and the ratios that matter, with a history across commits. Its sibling modules
+(``scaling.py``, ``gpu.py``, ``defaults.py``) are collected with it:
 
     pip install -e ".[bench]"
-    python -m pytest benchmarks/timing.py --benchmark-autosave            # run; saves .benchmarks/<machine>/NNNN_<commit>.json
-    python -m pytest benchmarks/timing.py --benchmark-compare             # run and compare with the last saved run
-    python -m pytest -m slow benchmarks/timing.py -k compile              # torch.compile (opt-in, slow to compile)
+    python -m pytest benchmarks --benchmark-autosave                      # run; saves .benchmarks/<machine>/NNNN_<commit>.json
+    python -m pytest benchmarks --benchmark-compare                       # run and compare with the last saved run
+    python -m pytest benchmarks/timing.py -k startup                      # one module, some timings
+    python -m pytest -m slow benchmarks                                   # the long ones (torch.compile, data-parallel)
+    python -m pytest -m gpu benchmarks                                    # GPU beside CPU (needs CUDA)
     pytest-benchmark compare --group-by=name                              # the history, side by side
 
 Every figure is measured with one torch thread. Absolute seconds swing by tens of percent on a shared
@@ -235,7 +238,8 @@ def test_flow_steps_against_zuko_and_a_hand_written_maf(benchmark, helix):
         model = _fitted(helix, charts).train()
         k = model.top_charts(x, 1)[:, 0]
         params = [p for p in model.flow.parameters() if p.requires_grad]
-        contenders[name] = _step_epoch(params, lambda i, m=model, k=k: m.loss(x[i], k[i]).mean(), len(x))
+        contenders[name] = _step_epoch(params, lambda i, m=model, k=k: vqflows.training.cell_loss(m, x[i], k[i]).mean(),
+                                       len(x))
     torch.manual_seed(0)
     zmaf = zuko.flows.MAF(3, 0, transforms=5, hidden_features=(64, 64))
     contenders["zuko"] = _step_epoch(zmaf.parameters(), lambda i: -zmaf().log_prob(x[i]).mean(), len(x))
