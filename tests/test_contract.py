@@ -2,9 +2,9 @@
 
 Every preset is built at the size a user gets (32 charts for the VQ presets on 3-D data; small image
 models), its charts, weights and frames fitted and its flow moved away from the identity, then checked:
-shapes and dtypes, the all-charts density against a per-chart loop, sample/rsample (with gradients),
-the inverse round trip, log|det J| against autograd, save/load, and ``repr``. Run on another device or
-dtype with ``--device cuda`` / ``--dtype float32`` (exactness tolerances are for float64).
+shapes and dtypes, the all-charts density and its lower bounds against a per-chart loop, sample/rsample
+(with gradients), the inverse round trip, log|det J| against autograd, save/load, and ``repr``. Run on
+another device or dtype with ``--device cuda`` / ``--dtype float32`` (exactness tolerances are for float64).
 """
 
 from __future__ import annotations
@@ -89,6 +89,17 @@ def test_log_prob_equals_a_per_chart_loop(fitted, dtype):
     mixture = torch.logsumexp(looped + model.log_weights, dim=-1)
     torch.testing.assert_close(model.log_prob(xs), mixture, rtol=0, atol=_tol(dtype))
     torch.testing.assert_close(model.log_prob(xs, chunk=5), model.log_prob(xs), rtol=0, atol=_tol(dtype))
+    # the lower bounds sum some of those charts: each point's nearest ones, or those containing it
+    joint = looped + model.log_weights
+    for top in (1, 4):
+        near = model.chart_distances(xs).topk(min(top, model.K), dim=-1, largest=False).indices
+        bound = model.log_prob_bound(xs, top=top)
+        torch.testing.assert_close(bound, torch.logsumexp(joint.gather(1, near), dim=-1), rtol=0, atol=_tol(dtype))
+        assert bool((bound <= mixture + _tol(dtype)).all())
+    member = model.log_prob_bound(xs, "member")
+    torch.testing.assert_close(member, torch.logsumexp(joint.masked_fill(~model.membership(xs), -math.inf), dim=-1),
+                               rtol=0, atol=_tol(dtype))
+    assert bool((member <= mixture + _tol(dtype)).all())
 
 
 def test_sample_and_rsample(fitted):

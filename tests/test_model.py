@@ -10,6 +10,7 @@ import torch
 import vqflows
 from vqflows import VQFlow, build, datasets, fit
 from vqflows.charts import VQAutoencoder, chart_weights, membership
+from vqflows.training.objective import cell_loss
 
 FULL_FLOWS = ["realnvp", "maf", "nsf"]
 
@@ -41,7 +42,7 @@ def test_chart_log_prob_matches_autograd_jacobian(flow):
     xs = x[:5]
     for k in range(model.K):
         kk = torch.full((len(xs),), k)
-        lp = model._chart_log_prob(xs, kk)
+        lp = model.chart_log_prob(xs)[:, k]
         for i in range(len(xs)):
             f = lambda v: model.chart_map(v[None], kk[:1])[0][0]
             J = torch.autograd.functional.jacobian(f, xs[i])
@@ -74,17 +75,24 @@ def test_all_charts_pass_equals_per_chart_loop(flow):
     assert torch.allclose(model.chart_log_prob(x[:40], chunk=7), batched, atol=1e-12)
 
 
-def test_mixture_and_charts_modes():
+def test_mixture_and_its_lower_bounds():
     model, x = _fitted("maf", charts=5, m=2, eps=0.1)
     lp_all = model.chart_log_prob(x) + model.log_weights
-    mix = model.log_prob(x, "mixture")
+    mix = model.log_prob(x)
     assert torch.allclose(mix, torch.logsumexp(lp_all, -1))
     member = model.membership(x)
     assert (member.sum(-1) >= 2).all()
-    charts = model.log_prob(x, "charts")
+    charts = model.log_prob_bound(x, "member")
     ref = torch.logsumexp(lp_all.masked_fill(~member, -math.inf), -1)
     assert torch.allclose(charts, ref)
     assert (charts <= mix + 1e-12).all()
+    for top in (1, 2, 3):
+        near = model.log_prob_bound(x, top=top)
+        nearest = model.top_charts(x, top)
+        assert torch.allclose(near, torch.logsumexp(lp_all.gather(1, nearest), -1))
+        assert (near <= mix + 1e-12).all()
+    assert torch.allclose(model.log_prob_bound(x, top=5), mix)  # every chart: the exact mixture
+    assert torch.equal(model.log_prob_bound(x), model.log_prob_bound(x, "nearest", top=4))
 
 
 def test_nearest_code_agrees_with_brute_force():
@@ -120,13 +128,13 @@ def test_one_chart_is_the_plain_flow():
     h0 = fit(plain, x[:200], x[200:], epochs=3, seed=0, chart_epochs=2)
     assert one.contexts.shape == (1, 0) and float(one.weights) == 1.0
     assert torch.allclose(one.log_prob(x), plain.log_prob(x), atol=1e-6)
-    assert torch.allclose(one.log_prob(x, "charts"), one.log_prob(x, "mixture"))
+    assert torch.allclose(one.log_prob_bound(x, "member"), one.log_prob(x))
     assert h1.train_loss == pytest.approx(h0.train_loss, rel=1e-6)
 
 
 @pytest.mark.parametrize("partition", ["vqae", "kmeans"])
 def test_fitted_2d_model_integrates_to_one(partition):
-    """A fitted VQ-Flow on the 2-D rings: mixture mode integrates to 1 ± 0.02, charts mode to ≤ 1."""
+    """A fitted VQ-Flow on the 2-D rings: the mixture integrates to 1 ± 0.02, the member-chart bound to ≤ 1."""
     s = datasets.load("rings", n=1600, seed=0)
     torch.manual_seed(0)
     model = build(2, "maf", 6, partition=partition, transforms=3, hidden_features=(32, 32))
@@ -137,8 +145,8 @@ def test_fitted_2d_model_integrates_to_one(partition):
     cell = float(g[1] - g[0]) ** 2
     model = model.double()
     with torch.no_grad():
-        mix = model.log_prob(grid, "mixture").exp().sum() * cell
-        charts = model.log_prob(grid, "charts").exp().sum() * cell
+        mix = model.log_prob(grid).exp().sum() * cell
+        charts = model.log_prob_bound(grid, "member").exp().sum() * cell
     assert abs(float(mix) - 1.0) < 0.02
     assert float(charts) <= 1.0 + 0.005
     # and it learned something: far better than a broad Gaussian on held-out points
@@ -159,7 +167,8 @@ def test_encode_modes_agree_for_hard_charts_and_differ_for_soft():
     soft, _ = _fitted("maf", charts=4, m=2)
     ze = soft.encode(x[:30], "expected")
     z_all = torch.stack([soft.chart_map(x[:30], torch.full((30,), k))[0] for k in range(4)], 1)
-    post = torch.softmax(soft._member_log_joint(x[:30]), -1)
+    joint = soft.chart_log_prob(x[:30]) + soft.log_weights
+    post = torch.softmax(joint.masked_fill(~soft.membership(x[:30]), -math.inf), -1)
     assert torch.allclose(ze, (post[..., None] * z_all).sum(1), atol=1e-10)
 
 
@@ -190,7 +199,7 @@ def test_seeded_runs_are_identical():
 def test_every_flow_parameter_gets_a_gradient():
     model, x = _fitted("maf", charts=3)
     k = model.assign(x[:64])
-    model.loss(x[:64], k).mean().backward()
+    cell_loss(model, x[:64], k).mean().backward()
     for name, p in model.flow.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
@@ -213,7 +222,9 @@ def test_training_reports_non_finite_loss():
     (lambda m: m.log_prob(torch.zeros(4, 2)), r"expected shape \(N, 3\), got \(4, 2\)"),
     (lambda m: m.log_prob(torch.tensor([[0.0, float("nan"), 1.0]])), "finite"),
     (lambda m: m.log_prob(torch.zeros(3)), r"expected shape \(N, 3\)"),
-    (lambda m: m.log_prob(torch.zeros(2, 3), mode="foo"), "mode: expected one of 'mixture', 'charts'"),
+    (lambda m: m.log_prob_bound(torch.zeros(2, 3), "top"), "charts: expected one of 'nearest', 'member'"),
+    (lambda m: m.log_prob_bound(torch.zeros(2, 3), "member", top=2), "top: expected None with charts='member'"),
+    (lambda m: m.log_prob_bound(torch.zeros(2, 3), top=0), "top: expected an integer >= 1"),
     (lambda m: m.encode(torch.zeros(2, 3), mode="best"), "mode: expected one of"),
     (lambda m: fit(m, torch.randn(3, 3), epochs=1), "at least 4 points"),
     (lambda m: m.sample(0), "n: expected an integer >= 1"),

@@ -99,7 +99,8 @@ def test_encode_and_sample_are_batched(fitted):
     z = model.encode(x, chunk=7)
     torch.testing.assert_close(z, model.encode(x))
     torch.testing.assert_close(model.log_prob(x, chunk=5), model.log_prob(x))
-    torch.testing.assert_close(model.log_prob(x, "charts", chunk=3), model.log_prob(x, "charts"))
+    torch.testing.assert_close(model.log_prob_bound(x, "member", chunk=3), model.log_prob_bound(x, "member"))
+    torch.testing.assert_close(model.log_prob_bound(x, top=2, chunk=3), model.log_prob_bound(x, top=2))
 
 
 def _preset_args(name):

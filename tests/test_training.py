@@ -11,6 +11,7 @@ import torch
 import vqflows
 from vqflows import EarlyStopping, build, datasets, fit, train_flow
 from vqflows.training import TrainConfig, cosine
+from vqflows.training.objective import cell_loss, mixture_loss, nearest_penalty
 
 
 def _data(n=600, seed=0):
@@ -30,10 +31,16 @@ def test_mixture_loss_over_all_charts_is_the_exact_negative_log_likelihood():
     model.fit_weights(train.double())
     x = train[:50].double()
     every = torch.arange(model.K).expand(50, -1)
-    torch.testing.assert_close(model.mixture_loss(x, every), -model.log_prob(x, grad=True))
+    torch.testing.assert_close(mixture_loss(model, x, every), -model.log_prob(x, grad=True))
     top = model.top_charts(x, 2)
     assert top.shape == (50, 2) and torch.equal(top[:, 0], model.assign(x))
-    assert (model.mixture_loss(x, top) >= -model.log_prob(x) - 1e-12).all()  # fewer charts: an upper bound
+    assert (mixture_loss(model, x, top) >= -model.log_prob(x) - 1e-12).all()  # fewer charts: an upper bound
+    torch.testing.assert_close(mixture_loss(model, x, top), -model.log_prob_bound(x, top=2), rtol=0, atol=1e-12)
+    # the hard-cell loss is -log p(x | k) in the point's chart (a full flow has no penalty)
+    k = model.assign(x)
+    torch.testing.assert_close(cell_loss(model, x, k), -model.chart_log_prob(x).gather(1, k[:, None])[:, 0],
+                               rtol=0, atol=1e-12)
+    assert torch.equal(nearest_penalty(model, x), torch.zeros(50, dtype=torch.float64))
 
 
 def test_mixture_objective_trains_and_learns_weights():

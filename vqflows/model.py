@@ -31,7 +31,8 @@ from .distribution import VQFlowDistribution
 from .flows.base import ChartFlow
 from .frames import TRIM_LEVEL, ChartFrames
 
-LOG_PROB_MODES = ("mixture", "charts", "top")
+#: Which charts :meth:`VQFlow.log_prob_bound` sums: each point's nearest ones, or those containing it.
+BOUND_CHARTS = ("nearest", "member")
 ENCODE_MODES = ("map", "expected", "sample")
 #: Rows of the flattened ``(N K)`` pass scored at once: large enough to keep the flow's kernels busy, small
 #: enough that the buffers stay in the cache (chosen by measurement: ``test_log_prob_throughput`` in ``benchmarks/timing.py``, on the
@@ -118,8 +119,10 @@ class VQFlow(nn.Module):
     def _ref(self) -> Tensor:
         return self.log_weights
 
-    def _input(self, x, name: str = "x", min_points: int = 0) -> Tensor:
-        """``x`` (tensor of any float dtype, numpy array or nested list) as ``(N, D)`` in the model's dtype and device."""
+    def check_points(self, x, *, name: str = "x", min_points: int = 0) -> Tensor:
+        """``x`` (a tensor of any float dtype, a NumPy array or a nested list) as ``(N, D)`` in the model's dtype
+        and device, checked to hold ``min_points`` rows or more on the flow's support; ``ValueError`` naming
+        ``name`` and the fix otherwise. Every method taking points does this first."""
         x = as_points(x, self.features, name=name, min_points=min_points, dtype=self._ref.dtype).to(self._ref.device)
         return self.flow.check_support(x, name=name)
 
@@ -136,7 +139,7 @@ class VQFlow(nn.Module):
             name: what the points are called in error messages.
             charts: the chart count to check for (default: the model's ``K``).
         """
-        x = self._input(x, name=name, min_points=max(self.K if charts is None else charts, 2))
+        x = self.check_points(x, name=name, min_points=max(self.K if charts is None else charts, 2))
         return training_points(x, charts=self.K if charts is None else charts, manifold_dim=self.manifold_dim,
                                name=name)
 
@@ -152,18 +155,18 @@ class VQFlow(nn.Module):
     def membership(self, x) -> Tensor:
         """Which charts contain each point of ``x``, ``(N, D) -> (N, K)`` bool."""
         with torch.no_grad():
-            return membership(self.chart_distances(self._input(x)), self.m, self.eps)
+            return membership(self.chart_distances(self.check_points(x)), self.m, self.eps)
 
     def assign(self, x) -> Tensor:
         """Nearest chart of each point of ``x``, ``(N, D) -> (N,)`` long."""
         with torch.no_grad():
-            return nearest(self.chart_distances(self._input(x)))
+            return nearest(self.chart_distances(self.check_points(x)))
 
     def top_charts(self, x, m: int) -> Tensor:
         """The ``m`` nearest charts of each point of ``x``, nearest first, ``(N, D) -> (N, m)`` long."""
         m = min(positive_int(m, name="m"), self.K)
         with torch.no_grad():
-            return self.chart_distances(self._input(x)).topk(m, dim=-1, largest=False).indices
+            return self.chart_distances(self.check_points(x)).topk(m, dim=-1, largest=False).indices
 
     def responsibilities(self, x, m: int = 4, temperature: float | None = None) -> Tensor:
         r"""Soft chart membership from the chart distances, ``(N, D) -> (N, K)``, rows summing to 1.
@@ -174,7 +177,7 @@ class VQFlow(nn.Module):
         almost evenly, one at its centre stays mostly in its own chart. These are the weights that
         :meth:`fit_weights` takes for responsibility-weighted frames; ``m=1`` gives the hard cells.
         """
-        x = self._input(x)
+        x = self.check_points(x)
         m = min(positive_int(m, name="m"), self.K)
         with torch.no_grad():
             d = self.chart_distances(x)
@@ -198,7 +201,7 @@ class VQFlow(nn.Module):
         ``seed`` seeds the stage, ``epochs`` is the VQ autoencoder's training length (k-means ignores it)
         and ``progress``, if given, is called as ``progress(epoch, loss)`` after every epoch.
         """
-        x = self._input(x, min_points=max(self.K, 2))
+        x = self.check_points(x, min_points=max(self.K, 2))
         if self.partition is None:
             return []
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
@@ -215,7 +218,7 @@ class VQFlow(nn.Module):
         ``responsibilities`` ``(N, K)`` (rows summing to 1) replace the hard membership for the weights
         and the frames: ``p_k = mean_i r_ik`` and responsibility-weighted frame moments.
         """
-        x = self._input(x, min_points=max(self.K, 2))
+        x = self.check_points(x, min_points=max(self.K, 2))
         if getattr(self.partition, "mixture", False):  # a Gaussian mixture: its weights and whitening frames
             if self.flow.frame != "whitening":
                 raise ValueError(f"partition: expected a full-dimensional flow for Gaussian-mixture charts, "
@@ -251,14 +254,8 @@ class VQFlow(nn.Module):
         x, frame_ladj = self.frames.inverse(y, k)
         return x, ladj + frame_ladj
 
-    def _chart_terms(self, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log p(x_i | k_i), penalty_i)`` row by row, one pass of the flow: ``(M, D), (M,) -> (M,), (M,)``."""
-        y, ladj = self.frames(x, k)
-        z, flow_ladj, penalty = self.flow.forward_and_penalty(y, self._context(k))
-        return self.flow.base.log_prob(z) + (ladj + flow_ladj), penalty
-
-    def _chart_log_prob(self, x: Tensor, k: Tensor) -> Tensor:
-        """``log p(x_i | k_i)`` row by row: ``(M, D), (M,) -> (M,)``."""
+    def _row_log_prob(self, x: Tensor, k: Tensor) -> Tensor:
+        """``log p(x_i | k_i)`` row by row, without the penalty: ``(M, D), (M,) -> (M,)``."""
         z, ladj = self.chart_map(x, k)
         return self.flow.base.log_prob(z) + ladj
 
@@ -273,7 +270,7 @@ class VQFlow(nn.Module):
 
         ``grad``: keep the autograd graph (default: when the model trains or ``x`` requires a gradient).
         """
-        x = self._input(x)
+        x = self.check_points(x)
         positive_int(chunk, name="chunk")
         with torch.set_grad_enabled(self._graph(x, grad)):
             return self._all_charts(x, chunk)
@@ -286,19 +283,14 @@ class VQFlow(nn.Module):
         for xs in x.split(rows):
             n = xs.shape[0]
             k = torch.arange(self.K, device=xs.device).repeat(n)
-            out.append(self._chart_log_prob(xs.repeat_interleave(self.K, 0), k).view(n, self.K))
+            out.append(self._row_log_prob(xs.repeat_interleave(self.K, 0), k).view(n, self.K))
         return torch.cat(out) if out else x.new_zeros(0, self.K)
 
-    def log_prob(self, x, mode: str = "mixture", *, chunk: int = CHUNK, grad: bool | None = None,
-                 top: int = 4) -> Tensor:
-        r"""Exact log-density in data coordinates, ``(N, D) -> (N,)``.
+    def log_prob(self, x, *, chunk: int = CHUNK, grad: bool | None = None) -> Tensor:
+        r"""Exact log-density in data coordinates, ``log Σ_{k=1}^{K} p_k p(x | k)``, ``(N, D) -> (N,)``.
 
-        ``"mixture"``: ``log Σ_{k=1}^{K} p_k p(x | k)`` — a normalised density, consistent with
-        :meth:`sample`, the one to report. ``"charts"``: ``log Σ_{k : x ∈ U_k} p_k p(x | k)``
-        (equations 18/20), a lower bound that evaluates only the charts containing ``x``. ``"top"``:
-        ``log Σ_{k ∈ top(x)} p_k p(x | k)`` over the ``top`` nearest charts, the lower bound that the
-        mixture objective trains (``top/K`` of the cost; after mixture training it comes close to the
-        mixture, as the results' "cheap scoring" table measures). ``top`` is the number of charts.
+        The mixture over all K charts: a normalised density, consistent with :meth:`sample`, the one
+        to report. :meth:`log_prob_bound` gives cheaper lower bounds that sum only some charts.
 
         ``x`` may be a tensor of any floating dtype, a numpy array or a list; it is converted to the
         model's dtype and device. The autograd graph is kept only when it can be wanted — the model
@@ -307,30 +299,54 @@ class VQFlow(nn.Module):
         Points whose log-density is not finite in the model's dtype (e.g. ``|x| ~ 1e30``) raise
         ``ValueError``.
         """
-        one_of(mode, LOG_PROB_MODES, name="mode")
-        x = self._input(x)
+        x = self.check_points(x)
         positive_int(chunk, name="chunk")
-        positive_int(top, name="top")
         with torch.set_grad_enabled(self._graph(x, grad)):
-            out = self._log_prob(x, mode, chunk, top)
+            out = torch.logsumexp(self._all_charts(x, chunk) + self.log_weights, dim=-1)
+        return self._finite(x, out)
+
+    def log_prob_bound(self, x, charts: str = "nearest", *, top: int | None = None, chunk: int = CHUNK,
+                       grad: bool | None = None) -> Tensor:
+        r"""A lower bound of :meth:`log_prob` that sums only some charts of each point, ``(N, D) -> (N,)``.
+
+        ``charts="nearest"``: ``log Σ_{k ∈ top(x)} p_k p(x | k)`` over each point's ``top`` nearest
+        charts (default 4), the bound that the mixture objective trains (``top/K`` of the cost; after
+        mixture training it comes close to the mixture, as the results' "cheap scoring" table
+        measures). ``charts="member"``: ``log Σ_{k : x ∈ U_k} p_k p(x | k)`` over the charts that
+        contain ``x`` (equations 18/20), with no ``top``. Either is at most :meth:`log_prob`, and
+        equal to it when every chart is summed.
+
+        ``x``, ``chunk`` and ``grad`` are :meth:`log_prob`'s, as is the ``ValueError`` for points
+        whose value is not finite.
+        """
+        one_of(charts, BOUND_CHARTS, name="charts")
+        if charts == "member" and top is not None:
+            raise ValueError(f"top: expected None with charts='member' (it sums each point's own charts), got {top!r}")
+        x = self.check_points(x)
+        positive_int(chunk, name="chunk")
+        top = positive_int(4 if top is None else top, name="top")
+        with torch.set_grad_enabled(self._graph(x, grad)):
+            out = self._nearest_bound(x, chunk, top) if charts == "nearest" else self._member_bound(x, chunk)
+        return self._finite(x, out)
+
+    def _nearest_bound(self, x: Tensor, chunk: int, top: int) -> Tensor:
+        m = min(top, self.K)
+        parts = [torch.logsumexp(self.log_joint(xs, self.chart_distances(xs).topk(m, dim=-1, largest=False).indices)[0],
+                                 dim=-1) for xs in x.split(max(1, chunk // m))] if len(x) else []
+        return torch.cat(parts) if parts else x.new_zeros(0)
+
+    def _member_bound(self, x: Tensor, chunk: int) -> Tensor:
+        rows = max(1, chunk // max(self.m, 1))
+        return torch.cat([torch.logsumexp(self._member_log_joint(xs), dim=-1) for xs in x.split(rows)]) \
+            if len(x) else x.new_zeros(0)
+
+    def _finite(self, x: Tensor, out: Tensor) -> Tensor:
         bad = ~torch.isfinite(out)
         if bool(bad.any()):
             worst = float(x[bad].abs().max())
             raise ValueError(f"x: expected points whose log-density is finite in {str(self._ref.dtype).removeprefix('torch.')}, "
                              f"got {int(bad.sum())} row(s) that overflow (largest |value| {worst:.3g})")
         return out
-
-    def _log_prob(self, x: Tensor, mode: str = "mixture", chunk: int = CHUNK, top: int = 4) -> Tensor:
-        if mode == "mixture":
-            return torch.logsumexp(self._all_charts(x, chunk) + self.log_weights, dim=-1)
-        if mode == "top":
-            m = min(top, self.K)
-            parts = [torch.logsumexp(self.log_joint(xs, self.chart_distances(xs).topk(m, dim=-1, largest=False).indices)[0],
-                                     dim=-1) for xs in x.split(max(1, chunk // m))] if len(x) else []
-            return torch.cat(parts) if parts else x.new_zeros(0)
-        rows = max(1, chunk // max(self.m, 1))
-        return torch.cat([torch.logsumexp(self._member_log_joint(xs), dim=-1) for xs in x.split(rows)]) \
-            if len(x) else x.new_zeros(0)
 
     def forward(self, x) -> Tensor:
         """``log p(x)`` (mixture), so that wrappers that call the module (DDP, ``torch.compile``) work."""
@@ -341,47 +357,31 @@ class VQFlow(nn.Module):
         member = membership(self.chart_distances(x), self.m, self.eps)
         i, k = member.nonzero(as_tuple=True)
         joint = torch.full(member.shape, -math.inf, dtype=x.dtype, device=x.device)
-        joint[i, k] = self._chart_log_prob(x[i], k) + self.log_weights[k]
+        joint[i, k] = self._row_log_prob(x[i], k) + self.log_weights[k]
         return joint
 
     def log_joint(self, x: Tensor, charts: Tensor, log_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``log p_k + log p(x | k)`` and the flow's penalty at the given charts, one pass for all:
-        ``(N, D), (N, m) -> (N, m), (N, m)``. ``log_weights`` ``(K,)`` replaces the model's (e.g. learned ones)."""
+        ``(N, D), (N, m) -> (N, m), (N, m)``. ``x`` are the model's points (:meth:`check_points`);
+        ``log_weights`` ``(K,)`` replaces the model's (e.g. learned ones). The penalty is the training
+        loss's term beyond ``-log p`` (zero for full flows); the losses of :mod:`vqflows.training.objective`
+        are built on this pass."""
         n, m = charts.shape
         lw = self.log_weights if log_weights is None else log_weights
-        log_p, penalty = self._chart_terms(x.repeat_interleave(m, 0), charts.reshape(-1))
+        k = charts.reshape(-1)
+        y, ladj = self.frames(x.repeat_interleave(m, 0), k)
+        z, flow_ladj, penalty = self.flow.forward_and_penalty(y, self._context(k))
+        log_p = self.flow.base.log_prob(z) + (ladj + flow_ladj)
         return log_p.view(n, m) + lw[charts], penalty.view(n, m)
-
-    def loss(self, x: Tensor, k: Tensor) -> Tensor:
-        """Hard-cell training loss of points ``(N, D)`` in their charts ``(N,)``: ``-log p(x|k)`` plus the
-        flow's penalty, ``(N,)`` (paper eq. 17)."""
-        log_p, penalty = self._chart_terms(x, k)
-        return penalty - log_p
-
-    def mixture_loss(self, x: Tensor, charts: Tensor, log_weights: Tensor | None = None) -> Tensor:
-        r"""Mixture training loss ``-log Σ_{k ∈ charts(x)} p_k p(x | k)`` plus the responsibility-weighted
-        penalty, ``(N, D), (N, m) -> (N,)``; with all K charts it is the exact negative log-likelihood.
-        ``log_weights`` ``(K,)`` replaces the model's chart weights (e.g. the ones being learned)."""
-        joint, penalty = self.log_joint(x, charts, log_weights)
-        nll = -torch.logsumexp(joint, dim=-1)
-        if penalty.requires_grad or bool(penalty.any()):
-            nll = nll + (torch.softmax(joint, dim=-1).detach() * penalty).sum(-1)
-        return nll
 
     def reconstruction(self, x) -> Tensor:
         """Squared distance from each point of ``x`` ``(N, D)`` to its nearest chart's model manifold, ``(N,)``
         (0 for full flows)."""
-        x = self._input(x)
+        x = self.check_points(x)
         with torch.set_grad_enabled(self._graph(x, None)):
             k = nearest(self.chart_distances(x))
             y, _ = self.frames(x, k)
             return self.flow.reconstruction(y, self._context(k)) * self.frames.scale2(k)
-
-    def penalty(self, x: Tensor) -> Tensor:
-        """The training loss's penalty beyond ``-log p`` on each point of ``x``'s nearest chart, ``(N,)``
-        (zero for full flows); early stopping subtracts it so that it watches what training minimises."""
-        k = nearest(self.chart_distances(x))
-        return self._chart_terms(x, k)[1]
 
     # ------------------------------------------------------ sampling, inference
     def _draw(self, shape: Sequence[int] | int | torch.Size, generator: torch.Generator | None,
@@ -459,7 +459,7 @@ class VQFlow(nn.Module):
         ``return_charts`` also returns the charts.
         """
         one_of(mode, ENCODE_MODES, name="mode")
-        x = self._input(x)
+        x = self.check_points(x)
         with torch.set_grad_enabled(self._graph(x, None)):
             parts = [self._encode(xs, mode, generator) for xs in x.split(max(1, chunk // max(self.m, 1)))] \
                 if len(x) else []

@@ -91,7 +91,7 @@ def evaluate(model: VQFlow | Classical, splits: datasets.Splits, top: int = 4, *
             out["oracle_log_likelihood"] = float(splits.dataset.log_prob(splits.test).mean())
             out["gap_to_oracle"] = out["oracle_log_likelihood"] - out["test_log_likelihood"]
         return out
-    x = model._input(splits.test)
+    x = model.check_points(splits.test)
     joint = model.chart_log_prob(x) + model.log_weights  # (N, K): log p_k + log p(x | k)
     mixture = torch.logsumexp(joint, dim=-1)
     if not bool(torch.isfinite(mixture).all()):
@@ -106,7 +106,7 @@ def evaluate(model: VQFlow | Classical, splits: datasets.Splits, top: int = 4, *
         "gap_to_oracle": None,
     }
     if val:
-        out["val_log_likelihood"] = float(model.log_prob(splits.val, "mixture").mean())
+        out["val_log_likelihood"] = float(model.log_prob(splits.val).mean())
     if splits.dataset is not None:
         oracle = float(splits.dataset.log_prob(splits.test).mean())
         out["oracle_log_likelihood"] = oracle

@@ -32,6 +32,7 @@ from .model import VQFlow
 from .training import History, TrainConfig, fit, resolve_device, torch_threads
 from .training.config import train_config
 from .training.fitting import fit_charts_and_frames
+from .training.objective import nearest_penalty
 
 #: Flows for which ``partition="auto"`` (the run default) chooses on validation between flows trained
 #: from the Gaussian mixture whose component count scores best on validation and from a K-component one
@@ -46,7 +47,7 @@ def validation_score(model: VQFlow, val: torch.Tensor) -> float:
     model.eval()
     ll = float(model.log_prob(val).mean())
     if model.flow.manifold_dim < model.features:
-        ll -= float(model.penalty(model._input(val)).mean())
+        ll -= float(nearest_penalty(model, model.check_points(val)).mean())
     return ll
 
 

@@ -210,7 +210,7 @@ def evaluate_image_model(model, splits: ImageSplits, dequantizer: LogitDequantiz
     model.eval()
     device = model.log_weights.device
     per_batch = max(1, rows // model.K)
-    log_p = torch.cat([model.log_prob(b.to(device), "mixture", chunk=rows).double().cpu()
+    log_p = torch.cat([model.log_prob(b.to(device), chunk=rows).double().cpu()
                        for b in test_y.split(per_batch)])
     bpd = float(bits_per_dim(log_p, test_logdet.double(), splits.features, splits.levels).mean())
     y = model.sample(samples, seed=seed).cpu()

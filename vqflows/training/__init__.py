@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .checkpoint import digest, read_checkpoint
     from .fitting import fit
     from .loop import train_flow
+    from .objective import cell_loss, mixture_loss, nearest_penalty
     from .optim import adam, cosine
     from .runtime import interactive, resolve_device, torch_threads
 
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
 #: (:class:`TrainConfig`, :class:`EarlyStopping`, :class:`History`) load without torch
 _LAZY = {"fit": ".fitting", "train_flow": ".loop", "adam": ".optim", "cosine": ".optim",
          "resolve_device": ".runtime", "torch_threads": ".runtime", "interactive": ".runtime", "digest": ".checkpoint",
-         "read_checkpoint": ".checkpoint"}
+         "read_checkpoint": ".checkpoint", "cell_loss": ".objective", "mixture_loss": ".objective",
+         "nearest_penalty": ".objective"}
 
 
 def __getattr__(name: str):
@@ -63,4 +65,4 @@ def __dir__() -> list[str]:
 
 __all__ = ["fit", "train_flow", "TrainConfig", "EarlyStopping", "History", "TrainingError", "adam", "cosine",
            "resolve_device", "torch_threads", "interactive", "check_threads", "digest", "read_checkpoint", "OBJECTIVES", "MEMBERSHIPS",
-           "CHECK_TOP", "default_early_stopping"]
+           "CHECK_TOP", "default_early_stopping", "cell_loss", "mixture_loss", "nearest_penalty"]

@@ -97,7 +97,7 @@ def _points(model: VQFlow, train, val, seed: int) -> tuple[Tensor, Tensor]:
     # the points are data, not part of a graph: training must not backpropagate into the caller's tensors
     train = model.check_training_data(train.detach(), name="train")
     if val is not None:
-        return train, model._input(val.detach() if isinstance(val, Tensor) else val, name="val")
+        return train, model.check_points(val.detach() if isinstance(val, Tensor) else val, name="val")
     perm = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))
     cut = max(1, train.shape[0] // 10)
     return train[perm[cut:]], train[perm[:cut]]

@@ -6,6 +6,10 @@
   ``-log Σ_{k ∈ top(x)} p_k p(x | k)``, with the weights ``p_k`` learned beside the flow
   (``learn_weights``) — the model that is trained is the one that is scored. With ``top = K`` it is the
   exact negative log-likelihood; with fewer charts it is an upper bound of it.
+
+Both are functions of the model (:func:`cell_loss`, :func:`mixture_loss`), built on one pass of its
+flow at the given charts (:meth:`~vqflows.model.VQFlow.log_joint`), which also yields the flow's
+penalty (:func:`nearest_penalty`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,32 @@ from torch import Tensor, nn
 from ..charts import membership
 from ..frames import trim_threshold
 from ..model import VQFlow
+
+
+def cell_loss(model: VQFlow, x: Tensor, k: Tensor) -> Tensor:
+    """Hard-cell training loss of points ``(N, D)`` in their charts ``(N,)``: ``-log p(x | k)`` plus the
+    flow's penalty, ``(N,)`` (paper eq. 17)."""
+    # zero log-weights: the joint is the conditional density log p(x | k) itself
+    log_p, penalty = model.log_joint(x, k[:, None], model.log_weights.new_zeros(model.K))
+    return penalty[:, 0] - log_p[:, 0]
+
+
+def mixture_loss(model: VQFlow, x: Tensor, charts: Tensor, log_weights: Tensor | None = None) -> Tensor:
+    r"""Mixture training loss ``-log Σ_{k ∈ charts(x)} p_k p(x | k)`` plus the responsibility-weighted
+    penalty, ``(N, D), (N, m) -> (N,)``; with all K charts it is the exact negative log-likelihood.
+    ``log_weights`` ``(K,)`` replaces the model's chart weights (e.g. the ones being learned)."""
+    joint, penalty = model.log_joint(x, charts, log_weights)
+    nll = -torch.logsumexp(joint, dim=-1)
+    if penalty.requires_grad or bool(penalty.any()):
+        nll = nll + (torch.softmax(joint, dim=-1).detach() * penalty).sum(-1)
+    return nll
+
+
+def nearest_penalty(model: VQFlow, x: Tensor) -> Tensor:
+    """The training loss's penalty beyond ``-log p`` of the model's points ``x`` ``(N, D)`` on each one's
+    nearest chart, ``(N,)`` (zero for full flows); early stopping subtracts it so that it watches what
+    training minimises."""
+    return model.log_joint(x, model.assign(x)[:, None])[1][:, 0]
 
 
 class Objective(nn.Module):
@@ -33,8 +63,8 @@ class Objective(nn.Module):
 
     def forward(self, x: Tensor, charts: Tensor) -> Tensor:
         if self.kind == "cells":
-            return self.model.loss(x, charts)
-        return self.model.mixture_loss(x, charts, self.log_weights())
+            return cell_loss(self.model, x, charts)
+        return mixture_loss(self.model, x, charts, self.log_weights())
 
 
 @torch.no_grad()
@@ -87,11 +117,11 @@ def check_score(model: VQFlow, val: Tensor, top: Tensor | None) -> tuple[float, 
     (``log Σ_{k ∈ top(x)} p_k p(x | k)``); ``None`` scores the exact mixture.
     """
     if top is None:
-        ll = float(model._log_prob(val).mean())
-        return ll, ll - float(model.penalty(val).mean())
-    joint, pen = model.log_joint(val, top)  # top[:, 0] is the nearest chart: its penalty is model.penalty's
+        ll = float(torch.logsumexp(model.chart_log_prob(val) + model.log_weights, dim=-1).mean())
+        return ll, ll - float(nearest_penalty(model, val).mean())
+    joint, pen = model.log_joint(val, top)  # top[:, 0] is the nearest chart: its penalty is nearest_penalty's
     bound = float(torch.logsumexp(joint, -1).mean())
     return bound, bound - float(pen[:, 0].mean())
 
 
-__all__ = ["Objective", "assign_charts", "epoch_charts", "check_score"]
+__all__ = ["cell_loss", "mixture_loss", "nearest_penalty", "Objective", "assign_charts", "epoch_charts", "check_score"]
