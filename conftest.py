@@ -9,6 +9,25 @@ def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device of the model contract tests (default: cpu)")
     parser.addoption("--dtype", default="float64", choices=("float32", "float64"),
                      help="dtype of the model contract tests (default: float64, where exactness is checked)")
+    parser.addoption("--robustness-table", default=None, metavar="PATH",
+                     help="tests/test_robustness.py: run every row of the bad-input table, slow ones included, "
+                          "and write the table into PATH (between its table markers, or as the whole file)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "robustness_slow: a row group of the bad-input table that starts processes "
+                                       "(slow, unless --robustness-table asks for the whole table)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Row groups of the bad-input table that start processes are ``slow``, unless ``--robustness-table``
+    asks for the whole table."""
+    if config.getoption("--robustness-table"):
+        return
+    for item in items:
+        if item.get_closest_marker("robustness_slow"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

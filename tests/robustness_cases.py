@@ -1,16 +1,17 @@
-"""Rerun the table of bad inputs a new user meets, each row exactly as a user would, and print what happens.
+"""The table of bad inputs a new user meets, declared once: each row is redone exactly as a user would, and
+records what happens and whether that is the right behaviour.
 
-    python benchmarks/robustness.py > robustness.md
+``tests/test_robustness.py`` runs every group of rows and asserts each row; with ``--robustness-table PATH``
+the same run writes the table (into ``PATH`` between its table markers, or as the whole file):
 
-Python API rows run in this process; command-line rows run ``python -m vqflows ...`` in temporary folders
-with tiny settings (``--epochs 2 --set n=600 charts=4 chart_epochs=2 hidden=16 transforms=2``), so the whole
-table takes a few minutes on two busy CPU cores. Memory rows run in their own process and report its peak
-resident set size (``ru_maxrss``). Output: a Markdown table
+    python -m pytest tests/test_robustness.py --robustness-table docs/robustness.md
 
-    | what a user does | command / call | what happens now | right behaviour? |
-
-with the exit code and the one-line message (or the result) of every case, then the script's wall time.
-Temporary paths are printed as ``<tmp>``. Nothing outside the temporary folder is written.
+Python API rows run in the test process on small fitted models; command-line rows run ``python -m vqflows
+...`` in a temporary folder with tiny settings (``--epochs 2 --set n=600 charts=4 chart_epochs=2 hidden=16
+transforms=2``). Memory rows run in their own process and report its peak resident set size
+(``ru_maxrss``). A row is ``| what a user does | command / call | what happens now | right behaviour? |``,
+with the exit code and the one-line message (or the result) of every case. Temporary paths show as
+``<tmp>``. Nothing outside the temporary folder is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -30,36 +30,61 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+import vqflows
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's vqflows, in process and in every child
-
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-import vqflows  # noqa: E402
-
 TINY_MODEL = ["charts=4", "chart_epochs=2", "hidden=16", "transforms=2"]
 TINY = ["--epochs", "2", "--quiet", "--set", "n=600", *TINY_MODEL]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-
-ROWS: list[tuple[str, str, str, bool]] = []
-TMP = Path(tempfile.mkdtemp(prefix="vqflows-robustness-"))
 #: Row 2 counts scoring as bounded when it adds less than this to the process's peak memory.
 GRAPH_FREE_MB = 1024
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table, and where it was declared (its group and its place in the group)."""
+    what: str
+    command: str
+    happened: str
+    ok: bool
+    group: str
+    position: int
+
+    @property
+    def number(self) -> int:
+        return int(self.what.split(".")[0])
+
+
+class _State:
+    """The temporary folder of one run of the table, the rows recorded so far, and the shared run folder."""
+    tmp: Path = Path("/nonexistent")
+    group: str = ""
+    rows: list[Row] = []
+    base: Path | None = None
+
+
+STATE = _State()
+
+
+def begin(tmp: Path) -> None:
+    """Start a run of the table in the (empty) folder ``tmp``."""
+    STATE.tmp, STATE.rows, STATE.base = Path(tmp), [], None
 
 
 def show(text: Any) -> str:
     """``text`` for a table cell: temporary paths as ``<tmp>``, one line, pipes escaped."""
     s = str(text)
-    for p in sorted({str(TMP), str(TMP.resolve())}, key=len, reverse=True):
+    for p in sorted({str(STATE.tmp), str(STATE.tmp.resolve())}, key=len, reverse=True):
         s = s.replace(p, "<tmp>")
     return " ".join(s.split()).replace("|", "\\|")
 
 
-def row(what: str, command: str, happened: str, ok: bool) -> None:
-    ROWS.append((what, show(command), show(happened), ok))
-    print(f"[{len(ROWS):2d}] {'yes' if ok else 'NO '} {what}: {show(happened)[:160]}", file=sys.stderr, flush=True)
+def row(what: str, command: str, happened: str, ok: bool, group: str | None = None) -> None:
+    group = STATE.group if group is None else group
+    position = sum(r.group == group for r in STATE.rows)
+    STATE.rows.append(Row(what, show(command), show(happened), bool(ok), group, position))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -93,16 +118,16 @@ def cmd(args: list[str]) -> str:
     return "vqflows " + " ".join(args)
 
 
-def vqflows_cli(args: list[str], cwd: Path = TMP, timeout: float = 600) -> Result:
+def vqflows_cli(args: list[str], cwd: Path | None = None, timeout: float = 600) -> Result:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "vqflows", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "vqflows", *args], cwd=cwd or STATE.tmp, env=ENV, capture_output=True, text=True,
                        timeout=timeout)
     return Result(p.returncode, p.stdout, p.stderr, time.perf_counter() - t0)
 
 
 def start(args: list[str], cwd: Path, name: str) -> tuple[subprocess.Popen, Path, Path]:
     """A ``vqflows`` process in its own session, with Ctrl-C delivered as in a terminal (SIGINT at its default)."""
-    out, err = TMP / f"{name}.out", TMP / f"{name}.err"
+    out, err = STATE.tmp / f"{name}.out", STATE.tmp / f"{name}.err"
     p = subprocess.Popen([sys.executable, "-m", "vqflows", *args], cwd=cwd, env=ENV, stdout=out.open("w"),
                          stderr=err.open("w"), start_new_session=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -269,7 +294,7 @@ def memory_rows() -> None:
     """Row 2: scoring 100,000 points with K = 32 after ``vqflows.fit``, in a process of its own per variant."""
     got = {}
     for variant in ("plain", "no_grad"):
-        p = subprocess.run([sys.executable, "-c", MEMORY_CHILD, variant], cwd=TMP, env=ENV, capture_output=True,
+        p = subprocess.run([sys.executable, "-c", MEMORY_CHILD, variant], cwd=STATE.tmp, env=ENV, capture_output=True,
                            text=True, timeout=900)
         got[variant] = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else p.stderr
     call = ("model = vqflows.build(features=3, flow='maf', charts=32); vqflows.fit(model, train, val, epochs=1, "
@@ -292,26 +317,50 @@ def memory_rows() -> None:
         row(f"2. `log_prob` on 100,000 points, K = 32 ({how})", shown, text, ok)
 
 
-def cli_rows() -> None:
-    runs = TMP / "r"
-    runs.mkdir()
+def runs_dir() -> Path:
+    """The folder of the command-line rows' run folders."""
+    (STATE.tmp / "r").mkdir(exist_ok=True)
+    return STATE.tmp / "r"
 
-    # 5: repeated --set accumulate; this run is also the one later rows load
-    base = runs / "base"
+
+def data_dir() -> Path:
+    """The folder of the rows' data files."""
+    (STATE.tmp / "data").mkdir(exist_ok=True)
+    return STATE.tmp / "data"
+
+
+def base_run() -> Path:
+    """Row 5: repeated ``--set`` flags accumulate. Its run folder is the one later rows load, evaluate and
+    sample from; it is trained once per run of the table."""
+    if STATE.base is not None:
+        return STATE.base
+    base = runs_dir() / "base"
     args = ["train", "--dataset", "helix", "--out", str(base), "--epochs", "2", "--quiet",
             "--set", "n=600", "hidden=16", "transforms=2", "--set", "charts=4", "--set", "chart_epochs=2"]
     r = vqflows_cli(args)
     cfg = read_json(base / "config.json") if (base / "config.json").exists() else {}
     picked = {k: cfg.get(k) for k in ("n", "hidden", "transforms", "charts", "chart_epochs")}
     row("5. several `--set` flags", cmd(args), f"{r}; config.json has {picked}",
-        r.rc == 0 and picked == {"n": 600, "hidden": 16, "transforms": 2, "charts": 4, "chart_epochs": 2})
+        r.rc == 0 and picked == {"n": 600, "hidden": 16, "transforms": 2, "charts": 4, "chart_epochs": 2},
+        group="set-flags")
+    if r.rc != 0:
+        raise RuntimeError(f"row 5's run, which later rows use, failed: {show(r)}")
+    STATE.base = base
+    return base
 
-    # 6: two writers on one folder
-    twin = runs / "x"
+
+def set_flags_rows() -> None:
+    """Row 5."""
+    base_run()
+
+
+def two_writers_rows() -> None:
+    """Row 6: two writers on one run folder."""
+    twin = runs_dir() / "x"
     args = ["train", "--dataset", "helix", "--out", str(twin), "--epochs", "20", "--quiet",
             "--set", "n=4000", *TINY_MODEL]
     t0 = time.perf_counter()
-    procs = [start(args, TMP, f"twin{i}") for i in range(2)]
+    procs = [start(args, STATE.tmp, f"twin{i}") for i in range(2)]
     results = sorted((finish(*p, t0) for p in procs), key=lambda res: res.rc)
     codes = [res.rc for res in results]
     refused = results[-1]
@@ -322,23 +371,16 @@ def cli_rows() -> None:
         f"{'present' if (twin / 'metrics.json').exists() else 'MISSING'}, .lock "
         f"{'left behind' if (twin / '.lock').exists() else 'removed'}", ok)
 
-    interrupt_rows(runs)
-    chart_stage_row(runs)
-    benchmark_rows()
-    bad_file_rows(runs, base)
-    divergence_rows(runs)
-    user_file_rows(base)
-    input_rows(runs, base)
 
-
-def interrupt_rows(runs: Path) -> None:
+def interrupt_rows() -> None:
     """Row 7: Ctrl-C after the first epoch, a plain rerun, a resume, and the resumed run against an
     uninterrupted one."""
+    runs = runs_dir()
     out = runs / "int"
     args = ["train", "--dataset", "helix", "--out", str(out), "--epochs", "8", "--quiet",
             "--set", "n=10000", *TINY_MODEL]
     t0 = time.perf_counter()
-    p, o, e = start(args, TMP, "int")
+    p, o, e = start(args, STATE.tmp, "int")
     seen = wait_for(lambda: any(out.glob("checkpoint*.pt")), p)
     if seen:
         p.send_signal(signal.SIGINT)
@@ -374,13 +416,13 @@ def interrupt_rows(runs: Path) -> None:
         f"(resumed) vs {mb.get('test_log_likelihood')} (uninterrupted)", r.rc == 0 and same)
 
 
-def chart_stage_row(runs: Path) -> None:
+def chart_stage_rows() -> None:
     """Row 8: Ctrl-C while the charts are being fitted."""
-    out = runs / "charts"
+    out = runs_dir() / "charts"
     args = ["train", "--dataset", "helix", "--out", str(out), "--epochs", "2", "--quiet",
             "--set", "n=20000", "chart_epochs=200", "hidden=16", "transforms=2"]
     t0 = time.perf_counter()
-    p, o, e = start(args, TMP, "charts")
+    p, o, e = start(args, STATE.tmp, "charts")
     seen = wait_for(lambda: (out / "config.json").exists(), p)
     time.sleep(1.0)  # config.json is written just before the chart stage begins
     early = p.poll() is None and not (out / "model").exists()
@@ -394,23 +436,23 @@ def chart_stage_row(runs: Path) -> None:
         seen and early and r.rc == 130 and says_none == (not has_weights) and "Traceback" not in r.err)
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def benchmark_rows() -> None:
     """Row 9: kill -9 of a running benchmark, then the same command again."""
-    out = TMP / "bench"
+    import psutil
+
+    def _descendants(pid: int) -> list[psutil.Process]:
+        try:
+            return psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def _alive(proc: psutil.Process) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    out = STATE.tmp / "bench"
     args = ["benchmark", "--table", "1", "--datasets", "helix", "--models", "maf,vq-maf", "--trials", "3",
             "--epochs", "4", "--set", "n=2000", *TINY_MODEL, "--jobs", "2", "--no-figures", "--quiet",
             "--out", str(out)]
@@ -419,7 +461,7 @@ def benchmark_rows() -> None:
     def finished() -> list[Path]:
         return sorted((out / "runs").glob("*/*/*/metrics.json"))
 
-    p, o, e = start(args, TMP, "bench")
+    p, o, e = start(args, STATE.tmp, "bench")
     seen = wait_for(lambda: len(finished()) >= 1, p)
     children = _descendants(p.pid)
     names = sorted({c.name() for c in children if _alive(c)})
@@ -448,10 +490,9 @@ def benchmark_rows() -> None:
         r.rc == 0 and trained == total - done_before and len(finished()) == total)
 
 
-def bad_file_rows(runs: Path, base: Path) -> None:
+def bad_file_rows() -> None:
     """Row 10: broken files and arguments."""
-    data = TMP / "data"
-    data.mkdir()
+    runs, base, data = runs_dir(), base_run(), data_dir()
     (data / "empty.npy").write_bytes(b"")
     np.save(data / "no-rows.npy", np.zeros((0, 3), dtype=np.float32))
     for name, label in (("empty.npy", "an empty (0-byte) `.npy`"), ("no-rows.npy", "a `.npy` holding a (0, 3) array")):
@@ -505,9 +546,10 @@ def bad_file_rows(runs: Path, base: Path) -> None:
     row("10. `sample --out` into a missing folder", cmd(args), str(r), r.one_line_error)
 
 
-def divergence_rows(runs: Path) -> None:
+def divergence_rows() -> None:
     """Row 11: constant data, and learning rates that are too large."""
-    const = TMP / "data" / "const.npy"
+    runs = runs_dir()
+    const = data_dir() / "const.npy"
     np.save(const, np.ones((600, 3), dtype=np.float32))
     args = ["train", "--dataset", str(const), "--out", str(runs / "const"), *TINY]
     r = vqflows_cli(args)
@@ -546,9 +588,10 @@ def _splits_of(run: Path) -> tuple[int, int, int]:
     return len(s.train), len(s.val), len(s.test)
 
 
-def user_file_rows(base: Path) -> None:
+def user_file_rows() -> None:
     """Rows 12-14: the user's own points, evaluation from elsewhere and after the file changed, text samples."""
-    user = TMP / "user"
+    base = base_run()
+    user = STATE.tmp / "user"
     user.mkdir()
     helix = vqflows.datasets.get("helix")
     trained = {}
@@ -571,7 +614,7 @@ def user_file_rows(base: Path) -> None:
         row(f"12. `--dataset my.npy` with {rows:,} rows", f"cd <tmp>/user && {cmd(args)}", happened, ok)
 
     run = user / "r400"
-    elsewhere = TMP / "elsewhere"
+    elsewhere = STATE.tmp / "elsewhere"
     elsewhere.mkdir()
     args = ["evaluate", str(run), "--json"]
     r = vqflows_cli(args, cwd=elsewhere)
@@ -590,7 +633,7 @@ def user_file_rows(base: Path) -> None:
     row("13. `vqflows evaluate` after the data file changed", f"(rewrite my400.npy) {cmd(args)}", str(r),
         r.one_line_error and "changed" in r.line)
 
-    where = TMP / "samples"
+    where = STATE.tmp / "samples"
     where.mkdir()
     args = ["sample", str(base), "-n", "50", "--out", "s.txt"]
     r = vqflows_cli(args, cwd=where)
@@ -608,7 +651,8 @@ def value_error_row(what: str, call: str, fn: Callable[[], Any], *fragments: str
     row(what, call, shown, not ok and one_line_value_error(out) and all(f in str(out) for f in fragments))
 
 
-def cli_error_row(what: str, args: list[str], *fragments: str, gone: Path | None = None, cwd: Path = TMP) -> Result:
+def cli_error_row(what: str, args: list[str], *fragments: str, gone: Path | None = None,
+                  cwd: Path | None = None) -> Result:
     """A command-line row whose right behaviour is exit 2 with one line holding ``fragments`` (and ``gone``
     not created)."""
     r = vqflows_cli(args, cwd=cwd)
@@ -618,22 +662,65 @@ def cli_error_row(what: str, args: list[str], *fragments: str, gone: Path | None
     return r
 
 
-def input_rows(runs: Path, base: Path) -> None:
-    """Rows 15-20: data a model cannot describe, CSV files as they come, arguments out of range, sizes beyond
-    memory, and what used to end in a traceback."""
+_TINY_ARGS = {"transforms": 2, "hidden_features": (16, 16)}
+_QUICK = {"epochs": 2, "chart_epochs": 2}
+
+
+def _csv_points() -> tuple[np.ndarray, str]:
+    points = vqflows.datasets.get("helix").sample(600, seed=3).numpy()
+    return points, "\n".join(",".join(f"{v:.6f}" for v in p) for p in points) + "\n"
+
+
+def input_cli_rows() -> None:
+    """Rows 15-19 on the command line: data a model cannot describe, a CSV with a text cell, flow options
+    out of range, sizes beyond memory."""
+    runs, base, data = runs_dir(), base_run(), data_dir()
+    cli_error_row("15. a sphere model on data off the unit sphere",
+                  ["train", "--model", "vq-sphere", "--out", str(runs / "sphere"), *TINY],
+                  "expected points on the unit sphere", gone=runs / "sphere")
+
+    # 16: degenerate data, at the defaults (32 charts) on the command line
+    rng = np.random.default_rng(0)
+    np.savetxt(data / "two.csv", np.repeat(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]), 150, axis=0), delimiter=",")
+    np.savetxt(data / "wide.csv", rng.normal(size=(200, 1000)), delimiter=",", fmt="%.5f")
+    for name, label, fragment in (("two.csv", "2 distinct points x 300 rows", "2 distinct point(s)"),
+                                  ("wide.csv", "a 200 x 1000 CSV (more columns than rows)", "fewer columns")):
+        cli_error_row(f"16. train at the defaults on {label}",
+                      ["train", "--dataset", str(data / name), "--out", str(runs / name), "--quiet"], fragment,
+                      gone=runs / name)
+
+    # 17: a CSV whose first line has a text cell
+    _, body = _csv_points()
+    (data / "text-cell.csv").write_text("0.5,n/a,1.0\n" + body)
+    cli_error_row("17. a CSV whose first row has one non-numeric cell",
+                  ["train", "--dataset", str(data / "text-cell.csv"), "--out", str(runs / "text-cell"), *TINY],
+                  "line 1, column 2: expected a number, got 'n/a'", gone=runs / "text-cell")
+
+    # 18: flow options out of range
+    cli_error_row("18. `--set flow_options.foo=1`",
+                  ["train", "--out", str(runs / "options"), *TINY, "flow_options.foo=1"],
+                  "flow_options: expected options of flow 'maf' among", gone=runs / "options")
+
+    # 19: sizes beyond memory, refused before anything is allocated
+    cli_error_row("19. `--set n=1000000000`", ["train", "--out", str(runs / "huge"), *TINY, "n=1000000000"],
+                  "fits in memory", "GB", gone=runs / "huge")
+    cli_error_row("19. `sample -n 2000000000`", ["sample", str(base), "-n", "2000000000", "--out",
+                                                   str(STATE.tmp / "huge.npy")], "fits in memory", "GB",
+                  gone=STATE.tmp / "huge.npy")
+
+
+def input_api_rows() -> None:
+    """Rows 15-18 and 20 through the Python API: sphere models, degenerate data, CSV files as they come,
+    arguments out of range, and calls that used to end in a traceback."""
     import warnings
 
     from vqflows.sklearn import VQFlowDensity
 
-    data = TMP / "data"
+    data = data_dir()
     helix = vqflows.datasets.load("helix", n=600, seed=0)
-    tiny = {"transforms": 2, "hidden_features": (16, 16)}
-    quick = {"epochs": 2, "chart_epochs": 2}
+    tiny, quick = _TINY_ARGS, _QUICK
 
     # 15: sphere models and points off the sphere
-    cli_error_row("15. a sphere model on data off the unit sphere",
-                  ["train", "--model", "vq-sphere", "--out", str(runs / "sphere"), *TINY],
-                  "expected points on the unit sphere", gone=runs / "sphere")
     sphere = vqflows.build(3, "sphere", charts=4, **tiny)
     value_error_row("15. `log_prob` of a sphere model off the sphere", "vqflows.build(3, 'sphere', charts=4)"
                     ".log_prob(helix_points)", lambda: sphere.log_prob(helix.test), "unit sphere")
@@ -652,15 +739,8 @@ def input_rows(runs: Path, base: Path) -> None:
         "vqflows.fit(sphere, unit_vectors); sphere.log_prob(unit_vectors * (1 + 5e-4))",
         out if ok else error_text(out), ok and "finite" in out and "NOT" not in out)
 
-    # 16: degenerate data, at the defaults (32 charts) on the command line
+    # 16: degenerate data
     rng = np.random.default_rng(0)
-    np.savetxt(data / "two.csv", np.repeat(np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]), 150, axis=0), delimiter=",")
-    np.savetxt(data / "wide.csv", rng.normal(size=(200, 1000)), delimiter=",", fmt="%.5f")
-    for name, label, fragment in (("two.csv", "2 distinct points x 300 rows", "2 distinct point(s)"),
-                                  ("wide.csv", "a 200 x 1000 CSV (more columns than rows)", "fewer columns")):
-        cli_error_row(f"16. train at the defaults on {label}",
-                      ["train", "--dataset", str(data / name), "--out", str(runs / name), "--quiet"], fragment,
-                      gone=runs / name)
     value_error_row("16. `fit` with as many charts as points", "vqflows.fit(vqflows.build(3, charts=32), 32_points)",
                     lambda: vqflows.fit(vqflows.build(3, "maf", charts=32, **tiny), helix.train[:32], **quick),
                     "use charts=8 or fewer")
@@ -671,12 +751,7 @@ def input_rows(runs: Path, base: Path) -> None:
                     "constant column(s) [2]")
 
     # 17: CSV files as they come
-    points = vqflows.datasets.get("helix").sample(600, seed=3).numpy()
-    body = "\n".join(",".join(f"{v:.6f}" for v in p) for p in points) + "\n"
-    (data / "text-cell.csv").write_text("0.5,n/a,1.0\n" + body)
-    cli_error_row("17. a CSV whose first row has one non-numeric cell",
-                  ["train", "--dataset", str(data / "text-cell.csv"), "--out", str(runs / "text-cell"), *TINY],
-                  "line 1, column 2: expected a number, got 'n/a'", gone=runs / "text-cell")
+    points, body = _csv_points()
 
     def read(name: str, text: str, expect: int, warned: str | None) -> tuple[str, bool]:
         (data / name).write_bytes(text.encode("utf-8"))
@@ -700,9 +775,6 @@ def input_rows(runs: Path, base: Path) -> None:
         row(f"17. read {label}", f"vqflows.datasets.read_points('{name}')  # {len(points)} points", happened, good)
 
     # 18: arguments out of range
-    cli_error_row("18. `--set flow_options.foo=1`",
-                  ["train", "--out", str(runs / "options"), *TINY, "flow_options.foo=1"],
-                  "flow_options: expected options of flow 'maf' among", gone=runs / "options")
     model = vqflows.build(3, "maf", charts=4, **tiny)
     vqflows.fit(model, helix.train, helix.val, **quick)
     value_error_row("18. `decode` with chart -1", "model.decode(torch.zeros(2, 3), -1)",
@@ -712,7 +784,7 @@ def input_rows(runs: Path, base: Path) -> None:
     masked = np.ma.masked_array(helix.test[:5].numpy(), mask=np.eye(5, 3, dtype=bool))
     value_error_row("18. `log_prob` of a masked array with masked entries", "model.log_prob(np.ma.masked_array(x, mask))",
                     lambda: model.log_prob(masked), "masked")
-    here = TMP / "cwd"
+    here = STATE.tmp / "cwd"
     here.mkdir()
     before = os.getcwd()
     os.chdir(here)
@@ -724,15 +796,8 @@ def input_rows(runs: Path, base: Path) -> None:
         + f"; current folder holds {sorted(p.name for p in here.iterdir())}",
         not ok and one_line_value_error(out) and not any(here.iterdir()))
 
-    # 19: sizes beyond memory, refused before anything is allocated
-    cli_error_row("19. `--set n=1000000000`", ["train", "--out", str(runs / "huge"), *TINY, "n=1000000000"],
-                  "fits in memory", "GB", gone=runs / "huge")
-    cli_error_row("19. `sample -n 2000000000`", ["sample", str(base), "-n", "2000000000", "--out",
-                                                   str(TMP / "huge.npy")], "fits in memory", "GB",
-                  gone=TMP / "huge.npy")
-
     # 20: what used to end in a traceback
-    saved = model.save(TMP / "saved")
+    saved = model.save(STATE.tmp / "saved")
     for what, call, fn, fragment in (
             ("a meta-device input", "model.log_prob(torch.empty(4, 3, device='meta'))",
              lambda: model.log_prob(torch.empty(4, 3, device="meta")), "meta device"),
@@ -771,13 +836,18 @@ def input_rows(runs: Path, base: Path) -> None:
         value_error_row("20. `VQFlow.load(map_location='cuda')` without CUDA",
                         "vqflows.VQFlow.load(path, map_location='cuda')",
                         lambda: vqflows.VQFlow.load(saved, map_location="cuda"), "no CUDA device")
-    (TMP / "afile").write_text("mine")
+
+
+def traceback_cli_rows() -> None:
+    """Row 20 on the command line: ``sample --out`` under a file or naming a folder, and a full disk."""
+    base = base_run()
+    (STATE.tmp / "afile").write_text("mine")
     cli_error_row("20. `sample --out` under a file", ["sample", str(base), "-n", "5", "--out",
-                                                        str(TMP / "afile" / "s.npy")], "is a file, not a folder")
-    (TMP / "adir.npy").mkdir()
+                                                        str(STATE.tmp / "afile" / "s.npy")], "is a file, not a folder")
+    (STATE.tmp / "adir.npy").mkdir()
     cli_error_row("20. `sample --out` naming a folder", ["sample", str(base), "-n", "5", "--out",
-                                                           str(TMP / "adir.npy"), "--overwrite"], "got the folder")
-    precious = TMP / "precious.npy"
+                                                           str(STATE.tmp / "adir.npy"), "--overwrite"], "got the folder")
+    precious = STATE.tmp / "precious.npy"
     precious.write_bytes(b"mine")
     child = textwrap.dedent(f"""
         import errno, os, sys
@@ -791,12 +861,13 @@ def input_rows(runs: Path, base: Path) -> None:
         io.os.fdopen = lambda fd, mode="r", *a, **k: Full(fd) if "w" in mode else real(fd, mode)
         sys.exit(cli.main(["sample", {str(base)!r}, "-n", "5", "--out", {str(precious)!r}, "--overwrite"]))
     """)
-    p = subprocess.run([sys.executable, "-c", child], cwd=TMP, env=ENV, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", child], cwd=STATE.tmp, env=ENV, capture_output=True, text=True, timeout=300)
     r = Result(p.returncode, p.stdout, p.stderr, 0.0)
-    kept = precious.read_bytes() == b"mine" and not list(TMP.glob(".precious.npy.*"))
+    kept = precious.read_bytes() == b"mine" and not list(STATE.tmp.glob(".precious.npy.*"))
     row("20. a full disk while writing (every write raises ENOSPC)",
         cmd(["sample", str(base), "-n", "5", "--out", str(precious), "--overwrite"]) + "  (writes made to fail)",
         f"{r}; existing file {'unchanged' if kept else 'CHANGED'}", r.one_line_error and kept)
+
 
 
 def revision() -> str:
@@ -811,28 +882,64 @@ def revision() -> str:
     return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
-def main() -> int:
-    t0 = time.perf_counter()
+#: The groups of rows, in the table's order within a row number: name -> (function, slow). Slow groups
+#: start processes (the command line, memory in a fresh process) and are left out of the default test run.
+GROUPS: dict[str, tuple[Callable[[], None], bool]] = {
+    "api": (api_rows, False),
+    "memory": (memory_rows, True),
+    "set-flags": (set_flags_rows, True),
+    "two-writers": (two_writers_rows, True),
+    "interrupt": (interrupt_rows, True),
+    "chart-stage": (chart_stage_rows, True),
+    "kill-benchmark": (benchmark_rows, True),
+    "bad-files": (bad_file_rows, True),
+    "divergence": (divergence_rows, True),
+    "user-files": (user_file_rows, True),
+    "input-cli": (input_cli_rows, True),
+    "input-api": (input_api_rows, False),
+    "traceback-cli": (traceback_cli_rows, True),
+}
+
+
+def run_group(name: str) -> list[Row]:
+    """Run one group of rows (after :func:`begin`) and return its rows; torch's thread count is restored."""
+    threads = torch.get_num_threads()
+    STATE.group = name
     try:
-        api_rows()
-        memory_rows()
-        cli_rows()
+        GROUPS[name][0]()
     finally:
-        shutil.rmtree(TMP, ignore_errors=True)
-    seconds = time.perf_counter() - t0
-    print("| what a user does | command / call | what happens now | right behaviour? |")
-    print("|---|---|---|---|")
-    for what, command, happened, ok in sorted(ROWS, key=lambda r: int(r[0].split(".")[0])):
-        print(f"| {what} | `{command}` | {happened} | {'yes' if ok else '**no**'} |")
-    bad = sum(not ok for *_, ok in ROWS)
-    print()
-    print(f"{len(ROWS) - bad} of {len(ROWS)} cases show the right behaviour"
-          + (f"; {bad} do not." if bad else "."))
-    print(f"vqflows from {revision()}.")
-    print(f"Wall time of `python benchmarks/robustness.py`: {seconds:.0f} s "
-          f"(Python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPU cores).")
-    return 0 if not bad else 1
+        torch.set_num_threads(threads)
+        STATE.group = ""
+    return [r for r in STATE.rows if r.group == name]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def table(rows: list[Row], seconds: float, missing: list[str]) -> str:
+    """The Markdown table of ``rows`` in declaration order, the count of right behaviours, the checkout and
+    the wall time of the run."""
+    order = list(GROUPS)
+    lines = ["| what a user does | command / call | what happens now | right behaviour? |", "|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r.number, order.index(r.group), r.position)):
+        lines.append(f"| {r.what} | `{r.command}` | {r.happened} | {'yes' if r.ok else '**no**'} |")
+    bad = sum(not r.ok for r in rows)
+    lines += ["", f"{len(rows) - bad} of {len(rows)} cases show the right behaviour" + (f"; {bad} do not." if bad else ".")]
+    if missing:
+        lines.append(f"Groups not run: {', '.join(missing)}.")
+    lines += [f"vqflows from {revision()}.",
+              f"Wall time of the rows: {seconds:.0f} s (Python {sys.version.split()[0]}, torch {torch.__version__}, "
+              f"{os.cpu_count()} CPU cores)."]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- robustness table: begin -->", "<!-- robustness table: end -->"
+
+
+def write_table(path: Path, text: str) -> None:
+    """Put ``text`` between the table markers of ``path``, or make ``path`` the table when it has none."""
+    path = Path(path)
+    page = path.read_text() if path.exists() else ""
+    if BEGIN in page and END in page:
+        head, rest = page.split(BEGIN, 1)
+        page = f"{head}{BEGIN}\n\n{text}\n{END}{rest.split(END, 1)[1]}"
+    else:
+        page = text
+    path.write_text(page)
