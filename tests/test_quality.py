@@ -67,3 +67,21 @@ def test_cef_recovers_the_sphere_from_a_plane():
           f"held-out {r['held_out']:.3f} nats (true mixture {r['true']:.3f}), {r['seconds']:.1f} s")
     assert r["error_over_radius"] < 0.01
     assert abs(r["held_out"] - r["true"]) < 0.15
+
+
+@pytest.mark.slow
+def test_default_is_at_least_the_better_classical_estimate(tmp_path):
+    """The classical table of docs/results.md in small (helix, seed 0, 6,000 points): the default
+    ``vq-maf`` (``partition="auto"``: flows started at the validated Gaussian mixture) ends below the
+    kernel density's gap to the oracle and no worse than the validated mixture's. The full table:
+    ``vqflows benchmark --table 1 --models gmm,kde,vq-maf --trials 1``."""
+    from vqflows.runs import RunConfig, train_run
+
+    torch.set_num_threads(1)
+    gaps = {}
+    for model in ("gmm", "kde", "vq-maf"):
+        config = RunConfig(dataset="helix", model=model, seed=0).with_overrides({"n": 6000})
+        gaps[model] = train_run(config, tmp_path / model)["gap_to_oracle"]
+    print(gaps)
+    assert gaps["vq-maf"] < gaps["kde"]
+    assert gaps["vq-maf"] <= gaps["gmm"] + 0.005
