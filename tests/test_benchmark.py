@@ -14,7 +14,7 @@ from scipy import stats as sstats
 from sklearn.model_selection import KFold
 from sklearn.neighbors import KernelDensity
 
-from vqflows.experiments import cli, kde, paper
+from vqflows.experiments import cli, grid, kde
 from vqflows.experiments.stats import Summary, best_rows, summarize, t_interval
 from vqflows.experiments.tables import Table
 from vqflows.io import apply_overrides
@@ -103,9 +103,9 @@ def test_sample_score_counts_nonfinite_samples():
 # ------------------------------------------------------------------------------------ grid
 def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path):
     base = RunConfig(dataset="helix", model="maf", n=200, epochs=1, transforms=1, hidden=8)
-    bad = paper.PaperRun(apply_overrides(base, {"lr": 1e8, "batch_size": 10}), tmp_path / "bad")  # diverges
-    good = paper.PaperRun(base, tmp_path / "good")
-    report = paper.run_grid([bad, good])
+    bad = grid.PaperRun(apply_overrides(base, {"lr": 1e8, "batch_size": 10}), tmp_path / "bad")  # diverges
+    good = grid.PaperRun(base, tmp_path / "good")
+    report = grid.run_grid([bad, good])
     assert report.count("trained") == 1 and len(report.failures) == 1
     error = json.loads((tmp_path / "bad" / "error.json").read_text())
     assert error["action"] == "trained" and "learning rate" in error["error"] and "Traceback" in error["traceback"]
@@ -124,9 +124,9 @@ def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
         (out / "config.json").write_text(json.dumps(config.to_dict()))
         return {}
 
-    monkeypatch.setattr(paper, "train_run", fake_train)
-    jobs = paper.plan(tmp_path, ["helix"], ["maf"], range(3), RunConfig())
-    report = paper.run_grid(jobs)
+    monkeypatch.setattr(grid, "train_run", fake_train)
+    jobs = grid.plan(tmp_path, ["helix"], ["maf"], range(3), RunConfig())
+    report = grid.run_grid(jobs)
     assert report.interrupted and report.count("trained") == 1 and len(calls) == 2
     assert [j.state() for j in jobs] == ["done", "train", "train"]
 

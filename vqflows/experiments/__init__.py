@@ -7,7 +7,8 @@ alone. Every study runs on one job runner (:mod:`.runner`): this process, a loca
 workers (``--jobs N``), or a Dask cluster (``--scheduler ADDRESS``, :class:`~.runner.Runner`).
 
 - :mod:`.runner` — :class:`~.runner.Task`, :class:`~.runner.Runner`, :class:`~.runner.Report`;
-- :mod:`.paper` — Tables 1 and 2: the dataset × model × trial grid (:class:`~.paper.PaperRun`);
+- :mod:`.paper` — Tables 1 and 2 (``vqflows benchmark``) on :mod:`.grid`, the dataset × model × trial grid
+  (:class:`~.grid.PaperRun`);
 - :mod:`.ablation` — Figure 6: number of charts K and partition on the helix;
 - :mod:`.earth` — densities on S² from the Earth-science event sets against the published table;
 - :mod:`.images` — the image study: FID and bits/dim over training (:mod:`vqflows.images` computes);
@@ -22,8 +23,8 @@ Example:
 
 from __future__ import annotations
 
+from .grid import PaperRun, plan, run_grid
 from .kde import calibrate, sample_score, score_run, select_bandwidth
-from .paper import PaperRun, plan, run_grid
 from .runner import Report, Runner, Task
 from .stats import Summary, best_rows, summarize, t_interval
 from .tables import PAPER_DATASETS, PAPER_MODELS, Table, benchmark_tables, collect, summary_table

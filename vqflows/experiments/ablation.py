@@ -18,7 +18,7 @@ from ..baselines import BASELINES
 from ..io import apply_overrides
 from ..runs import RunConfig
 from .figures import plot_band, pyplot, save_figure, stack_curves, val_curve
-from .paper import PaperRun
+from .grid import PaperRun, run_config, run_folder
 from .stats import summarize
 from .tables import MODEL_NAMES, Table, read_record, summary_table
 
@@ -35,8 +35,6 @@ PARTITION_NAMES = {"vqae": "VQ-AE", "kmeans": "k-means"}
 def plan(root: str | os.PathLike, base: RunConfig, *, charts: Sequence[int] = CHARTS,
          partitions: Sequence[str] = PARTITIONS, seeds: Iterable[int] = range(TRIALS)) -> list[PaperRun]:
     """Runs for every partition × K × seed on :data:`DATASET` with :data:`MODEL`; ``base`` sets the rest."""
-    from .paper import run_config, run_folder
-
     root = Path(root)
     seeds = list(seeds)
     runs = [PaperRun(apply_overrides(base, {"dataset": DATASET, "model": MODEL, "seed": s, "charts": k,
