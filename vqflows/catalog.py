@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-#: Where the summaries are stored (package data).
+#: Where the summaries are stored (package data; :func:`vqflows.datasets.info` reads them too).
 FILE = Path(__file__).with_name("catalog.json")
 #: The command that writes :data:`FILE`.
 COMMAND = "python -m vqflows.catalog"
@@ -42,7 +42,7 @@ def names() -> list[str]:
 
 def compute() -> dict:
     """The summaries recomputed (draws every set and scores its oracle: seconds, with torch)."""
-    from .datasets import base
+    from .datasets import base  # deferred: imports torch; reading the stored summaries needs none
 
     rows = base.info(stored=False)
     return {"command": COMMAND, "n": base.N_POINTS, "seed": 0, "splits": list(base.SPLITS), "rows": rows}
