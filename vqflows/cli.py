@@ -21,11 +21,16 @@ import os
 import shlex
 import sys
 import warnings
+from io import StringIO
 from pathlib import Path
+
+import numpy as np
 
 # light imports only (the standard library, NumPy and the package's torch-free modules): see the docstring
 from . import catalog
-from .config import MARKER, MODELS, RUN_FILES, RunConfig, SettingError, run_state
+from .checks import fits_in_memory, seed
+from .config import MODELS, RunConfig, SettingError, refuse_folder, run_state
+from .io import save_numpy, write_text
 
 #: How ``sample --out`` writes each suffix: NumPy's binary format, or text (comma- or space-separated);
 #: ``--dataset`` reads each of them back.
@@ -80,17 +85,9 @@ def _check_out(out: Path, *, overwrite: bool, resume: bool) -> str:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: expected a run folder, got the file {str(out)!r}")
     state = run_state(out)
-    if state == "foreign":
-        held = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
-                                if p.name in RUN_FILES or p.name == "model"))
-        raise UsageError(f"--out: expected a new folder or a vqflows run folder, got {str(out)!r} holding {held} "
-                         f"but no {MARKER} (not written by a vqflows run; choose another --out)")
-    if state == "finished" and not overwrite:
-        raise UsageError(f"--out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
-                         f"(add --overwrite to replace it, or choose another --out)")
-    if state == "unfinished" and not (overwrite or resume):
-        raise UsageError(f"--out: expected a new run folder, got the unfinished run {str(out)!r} "
-                         f"(add --resume to continue it or --overwrite to start over)")
+    refusal = refuse_folder(out, state, overwrite=overwrite, resume=resume, flags=True)
+    if refusal:
+        raise UsageError(refusal)
     return state
 
 
@@ -164,8 +161,6 @@ def _cmd_evaluate(args, argv: list[str]) -> int:
 
 
 def _cmd_sample(args, argv: list[str]) -> int:
-    from .checks import seed
-
     if args.n < 1:
         raise UsageError(f"-n: expected an integer >= 1, got {args.n}")
     seed(args.seed)
@@ -184,8 +179,6 @@ def _cmd_sample(args, argv: list[str]) -> int:
         raise UsageError(f"--out: expected a new file, got the existing {str(out)!r} (add --overwrite to replace it)")
     _check_run(args.run)
 
-    from .checks import fits_in_memory
-    from .io import save_numpy, write_text
     from .runs import load_run  # deferred: imports torch
 
     model, _ = load_run(args.run)
@@ -198,11 +191,7 @@ def _cmd_sample(args, argv: list[str]) -> int:
     if SAMPLE_FORMATS[suffix] is None:
         save_numpy(out, x)
     else:
-        import io as _io
-
-        import numpy as np
-
-        text = _io.StringIO()
+        text = StringIO()
         np.savetxt(text, x, delimiter=SAMPLE_FORMATS[suffix])
         write_text(out, text.getvalue())
     print(f"wrote {args.n} samples of shape {x.shape} to {out.resolve()}")
@@ -258,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (0 done, 2 bad arguments or input, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "benchmark":
-        from .experiments.cli import main as bench_main  # the studies parse their own options
+        from .experiments.cli import main as bench_main  # deferred: imports torch; the studies parse their own options
 
         return bench_main(argv[1:])
     handler = {"datasets": _cmd_datasets, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}

@@ -220,6 +220,25 @@ def run_state(out: str | os.PathLike) -> str:
     return "finished" if (out / "metrics.json").exists() else "unfinished"
 
 
+def refuse_folder(out: Path, state: str, *, overwrite: bool, resume: bool, flags: bool = False) -> str | None:
+    """Why a run may not write into ``out``, whose state is ``state`` (:func:`run_state`), given ``overwrite``
+    and ``resume``; ``None`` when it may. The message names the way out as the command line spells it
+    (``flags=True``: ``--out``, ``--overwrite``, ``--resume``) or as the library does (``out``, ...)."""
+    dash, verb = ("--", "add") if flags else ("", "use")
+    if state == "foreign":
+        held = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                                if p.name in RUN_FILES or p.name == "model"))
+        return (f"{dash}out: expected a new folder or a vqflows run folder, got {str(out)!r} holding {held} "
+                f"but no {MARKER} (not written by a vqflows run; choose another {'--out' if flags else 'folder'})")
+    if state == "finished" and not overwrite:
+        return (f"{dash}out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
+                f"({verb} {dash}overwrite to replace it{', or choose another --out' if flags else ''})")
+    if state == "unfinished" and not (overwrite or resume):
+        return (f"{dash}out: expected a new run folder, got the unfinished run {str(out)!r} "
+                f"({verb} {dash}resume to continue it or {dash}overwrite to start over)")
+    return None
+
+
 def _is_run(out: Path) -> bool:
     """Whether ``out`` holds a vqflows run: its ``run.json``, or (a run of a version before it) a
     ``config.json`` of run settings only, among them the run's name (dataset, model, seed) and budget."""
@@ -235,4 +254,4 @@ def _is_run(out: Path) -> bool:
 
 
 __all__ = ["CANDIDATES", "FORMAT", "MARKER", "MEMBERSHIPS", "MODELS", "OBJECTIVES", "RUN_FILES", "RunConfig", "SettingError",
-           "run_state"]
+           "refuse_folder", "run_state"]

@@ -36,7 +36,7 @@ from .checks import spread
 
 # the settings and the folder states live in .config, importable without torch (the command line checks
 # them first); re-exported here
-from .config import FORMAT, MARKER, RUN_FILES, RunConfig, run_state
+from .config import FORMAT, MARKER, RunConfig, refuse_folder, run_state
 from .config import MODELS as MODELS
 from .config import SettingError as SettingError
 from .io import claim, write_bytes
@@ -166,17 +166,9 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
 
     with _claim(out):
         state = _state(out)
-        if state == "foreign":
-            held = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
-                                    if p.name in RUN_FILES or p.name == "model"))
-            raise ValueError(f"out: expected a new folder or a vqflows run folder, got {str(out)!r} holding {held} "
-                             f"but no {MARKER} (not written by a vqflows run; choose another folder)")
-        if state == "finished" and not overwrite:
-            raise ValueError(f"out: expected a new or unfinished run folder, got the finished run {str(out)!r} "
-                             f"(use overwrite to replace it)")
-        if state == "unfinished" and not (overwrite or resume):
-            raise ValueError(f"out: expected a new run folder, got the unfinished run {str(out)!r} "
-                             f"(use resume to continue it or overwrite to start over)")
+        refusal = refuse_folder(out, state, overwrite=overwrite, resume=resume)
+        if refusal:
+            raise ValueError(refusal)
         if state == "unfinished" and resume:
             _check_resumable(out, config, splits)
         remove_hidden(out, STAGING)  # left by a run killed while building beside this one
