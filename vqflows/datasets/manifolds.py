@@ -181,12 +181,19 @@ class Helix(Curve):
         return _stack(t, np.cos(t), np.sin(t))[None]
 
 
+class _Loop(Curve):
+    """A closed curve (or two) in ``R³`` on ``θ ∈ [-π, π]``, ``s = 4``, ``σ = 0.1``: the Lissajous, knotted
+    and two-circle sets."""
+
+    features = 3
+    bounds, scale, noise = (-math.pi, math.pi), 4.0, 0.1
+
+
 @register
-class Lissajous(Curve):
+class Lissajous(_Loop):
     """``γ(θ) = (sin 2θ, cos θ, cos 2θ)``, ``θ ∈ [-π, π]``, ``s = 4``, ``σ = 0.1``."""
 
-    name, features = "lissajous", 3
-    bounds, scale, noise = (-math.pi, math.pi), 4.0, 0.1
+    name = "lissajous"
 
     @staticmethod
     def gamma(t):
@@ -194,39 +201,39 @@ class Lissajous(Curve):
 
 
 @register
-class Knotted(Curve):
+class Knotted(_Loop):
     """A trefoil ``γ(θ) = (sin θ + 2 sin 2θ, cos θ − 2 cos 2θ, sin 3θ)``, ``θ ∈ [-π, π]``, ``s = 4``, ``σ = 0.1``."""
 
-    name, features = "knotted", 3
-    bounds, scale, noise = (-math.pi, math.pi), 4.0, 0.1
+    name = "knotted"
 
     @staticmethod
     def gamma(t):
         return _stack(np.sin(t) + 2 * np.sin(2 * t), np.cos(t) - 2 * np.cos(2 * t), np.sin(3 * t))[None]
 
 
+class _TwoCircles(_Loop):
+    """Two unit circles in perpendicular planes, ``(sin θ, cos θ, 0)`` and ``(offset + sin θ, 0, cos θ)``;
+    subclasses set :attr:`offset`."""
+
+    offset: int
+
+    @classmethod
+    def gamma(cls, t):
+        return np.stack([_stack(np.sin(t), np.cos(t), 0.0), _stack(cls.offset + np.sin(t), 0.0, np.cos(t))])
+
+
 @register
-class TwistedEight(Curve):
+class TwistedEight(_TwoCircles):
     """Two touching circles ``(sin θ, cos θ, 0)`` and ``(2 + sin θ, 0, cos θ)``, ``s = 4``, ``σ = 0.1``."""
 
-    name, features = "twisted-eight", 3
-    bounds, scale, noise = (-math.pi, math.pi), 4.0, 0.1
-
-    @staticmethod
-    def gamma(t):
-        return np.stack([_stack(np.sin(t), np.cos(t), 0.0), _stack(2 + np.sin(t), 0.0, np.cos(t))])
+    name, offset = "twisted-eight", 2
 
 
 @register
-class InterlockedCircles(Curve):
+class InterlockedCircles(_TwoCircles):
     """A Hopf link ``(sin θ, cos θ, 0)`` and ``(1 + sin θ, 0, cos θ)``, ``s = 4``, ``σ = 0.1``."""
 
-    name, features = "interlocked-circles", 3
-    bounds, scale, noise = (-math.pi, math.pi), 4.0, 0.1
-
-    @staticmethod
-    def gamma(t):
-        return np.stack([_stack(np.sin(t), np.cos(t), 0.0), _stack(1 + np.sin(t), 0.0, np.cos(t))])
+    name, offset = "interlocked-circles", 1
 
 
 @register

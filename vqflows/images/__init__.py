@@ -26,7 +26,7 @@ from .fid import (
     frechet_distance,
 )
 from .inception import INCEPTION_SHA256, InceptionFID, inception_backend, inception_fid, inception_path, load_inception
-from .models import IMAGE_MODELS, ImageFlowConfig, build_image_flow
+from .models import IMAGE_MODELS, ImageArchitecture, ImageFlowConfig, build_image_flow
 from .report import write_report
 from .study import StudyConfig, evaluate_image_model, train_image_run
 
@@ -53,6 +53,7 @@ __all__ = [
     "inception_backend",
     "inception_fid",
     "IMAGE_MODELS",
+    "ImageArchitecture",
     "ImageFlowConfig",
     "build_image_flow",
     "StudyConfig",

@@ -30,6 +30,12 @@ def _check_channels(channels) -> tuple[int, ...]:
     return tuple(positive_int(c, name="channels") for c in channels)
 
 
+def _check_arguments(shape, latent, channels, hidden) -> tuple[tuple[int, int], int, tuple[int, ...], int]:
+    """The checked ``shape``, ``latent``, ``channels`` and ``hidden`` of an encoder or a decoder."""
+    return (_check_shape(shape), positive_int(latent, name="latent"), _check_channels(channels),
+            positive_int(hidden, name="hidden", minimum=0))
+
+
 def _sizes(n: int, stages: int) -> list[int]:
     """Spatial sizes after each stride-2 stage: ``n, ⌈n/2⌉, ⌈n/4⌉, …``."""
     sizes = [n]
@@ -57,10 +63,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, shape: tuple[int, int] = (28, 28), latent: int = 2, *, channels: tuple[int, ...] = (16, 32),
                  hidden: int = 64):
         super().__init__()
-        self.shape = _check_shape(shape)
-        self.latent = positive_int(latent, name="latent")
-        channels = _check_channels(channels)
-        hidden = positive_int(hidden, name="hidden", minimum=0)
+        self.shape, self.latent, channels, hidden = _check_arguments(shape, latent, channels, hidden)
         layers: list[nn.Module] = []
         for c_in, c_out in zip((1, *channels[:-1]), channels):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
@@ -81,14 +84,11 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Latents ``(*, latent)`` → images ``(*, H·W)`` (unbounded outputs: pair with whatever
-    representation the encoder saw, e.g. logit-space pixels).
+    """Latents ``(*, latent)`` → images ``(*, H·W)``, the mirror of :class:`ConvEncoder` (unbounded outputs:
+    pair with whatever representation the encoder saw, e.g. logit-space pixels).
 
-    Arguments:
-        shape: the image shape ``(H, W)``.
-        latent: the latent dimension.
-        channels: channels of the stages, coarsest first (mirror of the encoder's).
-        hidden: width of the fully connected layer after the latent (0 for none).
+    It takes the encoder's arguments, with ``channels`` the channels of the stages coarsest first (the
+    encoder's reversed) and ``hidden`` the width of the fully connected layer after the latent (0 for none).
 
     Example:
         >>> import torch
@@ -100,10 +100,7 @@ class ConvDecoder(nn.Module):
     def __init__(self, shape: tuple[int, int] = (28, 28), latent: int = 2, *, channels: tuple[int, ...] = (32, 16),
                  hidden: int = 64):
         super().__init__()
-        self.shape = _check_shape(shape)
-        self.latent = positive_int(latent, name="latent")
-        channels = _check_channels(channels)
-        hidden = positive_int(hidden, name="hidden", minimum=0)
+        self.shape, self.latent, channels, hidden = _check_arguments(shape, latent, channels, hidden)
         stages = len(channels)
         hs, ws = _sizes(self.shape[0], stages)[::-1], _sizes(self.shape[1], stages)[::-1]
         flat = channels[0] * hs[0] * ws[0]

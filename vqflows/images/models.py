@@ -15,7 +15,7 @@ Letters: N images, D = H·W pixels, K charts, C code dimension.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .. import presets
@@ -25,7 +25,7 @@ from ..flows import ZukoFlow
 from ..model import VQFlow
 from .encoders import ConvDecoder, ConvEncoder
 
-__all__ = ["ImageFlowConfig", "build_image_flow", "IMAGE_MODELS", "ENCODERS",
+__all__ = ["ImageArchitecture", "ImageFlowConfig", "build_image_flow", "IMAGE_MODELS", "ENCODERS",
            "image_realnvp", "image_vq_realnvp", "image_maf", "image_vq_maf"]
 
 #: Model names of the image study: base flows and their VQ versions.
@@ -39,12 +39,11 @@ IMAGE_TRIM_LEVEL = 0.999
 
 
 @dataclass
-class ImageFlowConfig:
-    """The architecture of one image model; a base flow and its VQ version differ only in ``charts``.
+class ImageArchitecture:
+    """The network of an image model apart from its flow and ``charts``, with the digits study's defaults;
+    :class:`ImageFlowConfig` and :class:`~vqflows.images.StudyConfig` hold these settings.
 
     Attributes:
-        flow: ``"realnvp"`` or ``"maf"``.
-        charts: ``K``, or ``None`` for the plain flow.
         latent: code dimension ``C`` of the VQ autoencoder.
         transforms: flow layers.
         hidden: conditioner widths of each layer.
@@ -54,8 +53,6 @@ class ImageFlowConfig:
             or the fully connected width of the conv encoder / decoder (first entry).
     """
 
-    flow: str = "maf"
-    charts: int | None = 16
     latent: int = 8
     transforms: int = 5
     hidden: tuple[int, ...] = (256, 256)
@@ -63,6 +60,25 @@ class ImageFlowConfig:
     encoder: str = "conv"
     vq_channels: tuple[int, ...] = (16, 32)
     vq_hidden: tuple[int, ...] = (128,)
+
+    def architecture(self) -> dict[str, Any]:
+        """The settings of :class:`ImageArchitecture`, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(ImageArchitecture)}
+
+
+@dataclass
+class ImageFlowConfig(ImageArchitecture):
+    """The architecture of one image model; a base flow and its VQ version differ only in ``charts``.
+
+    Attributes:
+        flow: ``"realnvp"`` or ``"maf"``.
+        charts: ``K``, or ``None`` for the plain flow.
+
+    The other settings are those of :class:`ImageArchitecture`.
+    """
+
+    flow: str = "maf"
+    charts: int | None = 16
 
     def __post_init__(self) -> None:
         one_of(self.flow, ("realnvp", "maf"), name="flow")

@@ -45,7 +45,7 @@ from .data import DATASETS, ImageSplits
 from .dequantize import LogitDequantization, bits_per_dim
 from .fid import ClassifierFID, default_classifier_path
 from .inception import InceptionFID
-from .models import ENCODERS, IMAGE_MODELS, ImageFlowConfig, build_image_flow
+from .models import ENCODERS, IMAGE_MODELS, ImageArchitecture, ImageFlowConfig, build_image_flow
 
 __all__ = ["StudyConfig", "evaluate_image_model", "run_path", "train_image_run"]
 
@@ -57,7 +57,7 @@ TEST_NOISE_SEED = 20_240_501
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(ImageArchitecture):
     """Every setting of the image study; a base flow and its VQ version differ only in ``charts``.
 
     The class defaults are the digits study's (:meth:`defaults` gives MNIST's), chosen on digits with
@@ -97,13 +97,6 @@ class StudyConfig:
     batch_size: int = 128
     lr: float = 1e-3
     charts: int = 16
-    latent: int = 8
-    transforms: int = 5
-    hidden: tuple[int, ...] = (256, 256)
-    frames: bool = False
-    encoder: str = "conv"
-    vq_channels: tuple[int, ...] = (16, 32)
-    vq_hidden: tuple[int, ...] = (128,)
     chart_epochs: int = 30
     alpha: float = 1e-6
     fid_samples: int = 2000
@@ -165,8 +158,7 @@ class StudyConfig:
         """The architecture of ``model`` (one of :data:`IMAGE_MODELS`)."""
         one_of(model, IMAGE_MODELS, name="model")
         return ImageFlowConfig(flow=model.removeprefix("vq-"), charts=self.charts if model.startswith("vq-") else None,
-                               latent=self.latent, transforms=self.transforms, hidden=self.hidden, frames=self.frames,
-                               encoder=self.encoder, vq_channels=self.vq_channels, vq_hidden=self.vq_hidden)
+                               **self.architecture())
 
     def training(self, seed: int) -> TrainConfig:
         """The flow's training settings for the trial seeded ``seed``: Adam with the schedule, no early
