@@ -145,8 +145,8 @@ class Classical:
 
 def gmm_from(weights, means, covariances):
     """A ``GaussianMixture`` with the given parameters ``(K,), (K, D), (K, D, D)``, ready to score and sample."""
-    from sklearn.mixture import GaussianMixture
-    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+    from sklearn.mixture import GaussianMixture  # deferred: scikit-learn is slow to import
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky  # deferred: slow to import
 
     est = GaussianMixture(len(weights), **GMM_OPTIONS)
     est.weights_, est.means_ = np.asarray(weights, float), np.asarray(means, float)
@@ -160,14 +160,14 @@ def gmm_from(weights, means, covariances):
 
 def fit_gmm(train, components: int, *, seed: int = 0):
     """A full-covariance ``GaussianMixture`` of ``components`` components fitted to ``train`` ``(N, D)``."""
-    from sklearn.mixture import GaussianMixture
+    from sklearn.mixture import GaussianMixture  # deferred: scikit-learn is slow to import
 
     return GaussianMixture(positive_int(components, name="components"), random_state=seed,
                            **GMM_OPTIONS).fit(_numpy(train, name="train"))
 
 
 def _kde(train: np.ndarray, bandwidth: float):
-    from sklearn.neighbors import KernelDensity
+    from sklearn.neighbors import KernelDensity  # deferred: scikit-learn is slow to import
 
     return KernelDensity(kernel="gaussian", bandwidth=bandwidth, rtol=RTOL).fit(train)
 

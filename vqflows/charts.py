@@ -20,11 +20,14 @@ passes (distances, the final restart) go through the encoder ``chunk`` rows at a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from .baselines import fit_gmm
 
 #: Points per VQ-AE epoch. 5,000 is the training split of the paper's sets, so there the schedule is a
 #: plain epoch over the data; on larger sets the step budget stays ``epochs × ceil(5000 / batch_size)``.
@@ -241,7 +244,7 @@ class VQAutoencoder(nn.Module):
 
     @torch.no_grad()
     def _init_codebook(self, x: Tensor, seed: int) -> None:
-        from sklearn.cluster import KMeans
+        from sklearn.cluster import KMeans  # deferred: scikit-learn is slow to import
 
         e = self._encode_chunked(x).cpu().double().numpy()
         km = KMeans(self.codes, n_init=1, random_state=seed).fit(e)
@@ -291,7 +294,7 @@ class KMeansCharts(nn.Module):
     def fit(self, x: Tensor, *, seed: int = 0, sample_points: int = SAMPLE_POINTS, **unused) -> list[float]:
         """k-means (3 restarts) on ``x`` ``(N, D)``, or on a seeded subsample of ``sample_points`` when N is
         larger; returns ``[mean squared distance to the nearest centre over all N]``."""
-        from sklearn.cluster import KMeans
+        from sklearn.cluster import KMeans  # deferred: scikit-learn is slow to import
 
         self.standardise.fit(x)
         pick = _subsample(x.shape[0], sample_points, seed)
@@ -346,8 +349,6 @@ class GaussianMixtureCharts(nn.Module):
 
     def distances(self, x: Tensor, *, chunk: int = CHUNK) -> Tensor:
         """``-log(w_k N(x; μ_k, Σ_k))``: ``(N, D) -> (N, K)``."""
-        import math
-
         eye = torch.eye(self.features, dtype=self.chol.dtype, device=self.chol.device).expand_as(self.chol)
         inv = torch.linalg.solve_triangular(self.chol, eye, upper=False).to(x.dtype)  # L_k^{-1}
         const = (self.log_weights - self.chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)).to(x.dtype) \
@@ -362,8 +363,6 @@ class GaussianMixtureCharts(nn.Module):
     def fit(self, x: Tensor, *, seed: int = 0, sample_points: int = SAMPLE_POINTS, **unused) -> list[float]:
         """Fit the mixture to ``x`` ``(N, D)`` (or a seeded subsample of ``sample_points``); returns
         ``[mean negative log-likelihood of the fitted points]``."""
-        from .baselines import fit_gmm
-
         pick = _subsample(x.shape[0], sample_points, seed)
         est = fit_gmm((x if pick is None else x[pick.to(x.device)]).cpu().double(), self.codes, seed=seed)
         self.set_mixture(est.weights_, est.means_, est.covariances_)

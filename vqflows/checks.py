@@ -28,7 +28,7 @@ def as_points(x, features: int | None = None, *, name: str = "x", min_points: in
         min_points: the least ``N`` accepted.
         dtype: cast to this floating dtype (default: keep floating tensors, else float32).
     """
-    import torch
+    import torch  # deferred: this module is torch-free for the command line's checks
 
     if isinstance(x, np.ma.MaskedArray):
         masked = int(np.ma.count_masked(x))
@@ -63,7 +63,7 @@ def as_points(x, features: int | None = None, *, name: str = "x", min_points: in
 
 
 def _is_integer(dtype: torch.dtype) -> bool:
-    import torch
+    import torch  # deferred: this module is torch-free for the command line's checks
 
     try:
         torch.iinfo(dtype)
@@ -80,7 +80,7 @@ def spread(x: Tensor, *, name: str = "x", every_column: bool = False) -> Tensor:
     coordinate is refused too, for models with a full-dimensional density on ``R^D`` (an embedding
     flow, whose density lives on a d-dimensional surface, can fit such data).
     """
-    import torch
+    import torch  # deferred: this module is torch-free for the command line's checks
 
     if x.shape[0] == 0:
         return x
@@ -119,7 +119,7 @@ def seed(value, *, name: str = "seed") -> int:
 def device(value, *, name: str = "device") -> torch.device:
     """``value`` as a :class:`torch.device` that exists here; ``ValueError`` for a malformed name or a
     CUDA device on a machine without one."""
-    import torch
+    import torch  # deferred: this module is torch-free for the command line's checks
 
     try:
         dev = torch.device(value)
@@ -178,7 +178,7 @@ def training_points(x: Tensor, *, charts: int, manifold_dim: int, name: str = "t
     chart's frame needs ``manifold_dim + 1`` points to span its dimensions, so with fewer the charts
     shrink onto single points and the likelihood grows without bound.
     """
-    import torch
+    import torch  # deferred: this module is torch-free for the command line's checks
 
     n, features = x.shape
     full = manifold_dim >= features

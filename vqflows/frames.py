@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .flows.base import FRAME_KINDS
+from .geometry import rotation_to
 
 #: Members of a chart whose squared Mahalanobis distance exceeds the χ²_D quantile at this level are
 #: left out of the refit of its frame (and, with overlapping charts, out of its training points). It is
@@ -38,7 +39,7 @@ def trim_threshold(features: int, level: float | None = TRIM_LEVEL) -> float | N
     """The squared-distance cut-off ``χ²_D`` quantile at ``level`` (``None`` keeps every point)."""
     if level is None:
         return None
-    from scipy.stats import chi2
+    from scipy.stats import chi2  # deferred: scipy.stats costs a second at import, and only this needs it
 
     return float(chi2.ppf(level, features))
 
@@ -210,8 +211,6 @@ class ChartFrames(nn.Module):
         return tuple(t.to(self.shift.dtype) for t in frame)  # type: ignore[return-value]
 
     def _fit_rotations(self, x: Tensor, member: Tensor, axis: Tensor | None) -> None:
-        from .geometry import rotation_to
-
         x = x.double()
         w = member.double()
         target = rotation_to(x.new_tensor([0.0, 0.0, 1.0]) if axis is None else axis.to(x))  # R_a e_3 = axis

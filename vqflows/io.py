@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -148,8 +149,6 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
 
 def save_numpy(path: str | os.PathLike, array: Any) -> Path:
     """:func:`numpy.save` atomically (``path`` as given: no ``.npy`` is appended)."""
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array), allow_pickle=False)
     return write_bytes(path, buffer.getvalue())
@@ -157,9 +156,7 @@ def save_numpy(path: str | os.PathLike, array: Any) -> Path:
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     """:func:`torch.save` atomically."""
-    import io
-
-    import torch
+    import torch  # deferred: this module is torch-free for the command line's checks
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -292,8 +289,8 @@ def hardware() -> dict[str, Any]:
     ``{"platform", "cpu", "cpu_count", "usable_cores", "load_average", "gpu", "python", "torch", "numpy",
     "scikit-learn"}``; ``gpu`` is the CUDA device name or ``None``.
     """
-    import sklearn
-    import torch
+    import sklearn  # deferred: this module is light for the command line's checks
+    import torch  # deferred: this module is torch-free for the command line's checks
 
     cpu = platform.processor() or platform.machine()
     try:

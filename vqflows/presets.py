@@ -24,6 +24,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from .checks import one_of
+
 #: Base flows of the library by name.
 FLOWS = ("realnvp", "maf", "nsf", "cef", "sphere")
 #: The classical baselines (:mod:`vqflows.baselines`): model names of run configs, fitted without training.
@@ -49,8 +51,6 @@ def names() -> list[str]:
 
 def recipe(name: str) -> Callable[..., Any]:
     """The recipe registered as ``name``."""
-    from .checks import one_of
-
     one_of(name, _REGISTRY, name="preset")
     entry = _REGISTRY[name]
     if isinstance(entry, str):

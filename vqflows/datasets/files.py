@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,7 +149,6 @@ def _read_csv(path: Path, text: str, delimiter: str | None = ",") -> np.ndarray:
     rows = [(number, content) for number, content in rows if content]
     if not rows:
         return np.zeros((0, 0))
-    import warnings
 
     number, first = rows[0]
     cells = _split(first, delimiter)

@@ -15,9 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--earth" in argv:
         from .earth_cli import main as study  # deferred: each study imports only its own modules
     elif any(a == "--images" or a.startswith("--images=") for a in argv):
-        from .images import main as study
+        from .images import main as study  # deferred: each study imports only its own modules
     else:
-        from .paper import main as study
+        from .paper import main as study  # deferred: each study imports only its own modules
     return study(argv)
 
 

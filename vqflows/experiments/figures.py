@@ -25,10 +25,10 @@ POINTS = 2_000
 
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is only needed for figures
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is only needed for figures
 
     return plt
 

@@ -25,8 +25,14 @@ import torch
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KernelDensity
 
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None
+
 from .. import io
 from ..checks import as_points, positive_int
+from ..runs import load_data, load_run
 
 #: Relative tolerance of the tree-based KDE sums: 1e-8 changes scores by far less than their
 #: trial-to-trial spread and makes scoring several times faster than exact sums near the optimum.
@@ -131,8 +137,6 @@ def calibrate(cache: str | os.PathLike, splits, *, dataset: str, seed: int, n: i
 
 def score_run(folder: str | os.PathLike, cache: str | os.PathLike) -> dict:
     """Score a finished run's samples (Table 2) and write ``sample_kde.json`` into its folder."""
-    from ..runs import load_data, load_run
-
     folder = Path(folder)
     model, config = load_run(folder)
     splits = load_data(config)
@@ -148,9 +152,7 @@ def score_run(folder: str | os.PathLike, cache: str | os.PathLike) -> dict:
 
 @contextmanager
 def _locked(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks: workers may repeat the (deterministic) search
+    if fcntl is None:  # no POSIX locks: workers may repeat the (deterministic) search
         yield
         return
     with open(path, "a") as handle:

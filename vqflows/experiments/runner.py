@@ -40,6 +40,7 @@ An HPC cluster through ``dask-jobqueue`` (SLURM shown; ``PBSCluster`` alike)::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -53,6 +54,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm.auto import tqdm
 
 from .. import io
 from ..checks import positive_int
@@ -110,8 +114,6 @@ class _Outcome:
 
 def _call(fn: Callable, spec: Any, folder: Path, threads: int) -> _Outcome:
     """Run one task where it lands: its exceptions become an outcome, so that only a lost worker is retried."""
-    import torch
-
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -145,8 +147,6 @@ def _bind_to_parent(parent: int, threads: int, started) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
@@ -159,8 +159,6 @@ def _bind_to_parent(parent: int, threads: int, started) -> None:
     if os.getppid() != parent:
         os._exit(1)
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-    import torch
-
     torch.set_num_threads(threads or torch.get_num_threads())
 
 
@@ -218,8 +216,6 @@ class Runner:
         report = Report(total=len(tasks) + skipped, skipped=skipped)
         if not tasks:
             return report
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=sum(t.cost for t in tasks), desc=f"{desc}: 0/{len(tasks)}", file=sys.stderr,
                    disable=not self.progress, smoothing=0, dynamic_ncols=True,
                    bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
@@ -255,8 +251,6 @@ class Runner:
         return report
 
     def _run_inline(self, tasks: Sequence[Task], record) -> None:
-        import torch
-
         threads = torch.get_num_threads()
         try:
             for task in tasks:
@@ -315,8 +309,8 @@ class Runner:
 
     def _run_dask(self, tasks: Sequence[Task], record) -> None:
         try:
-            from dask.distributed import Client
-            from dask.distributed import as_completed as dask_completed
+            from dask.distributed import Client  # deferred: optional extra [cluster]
+            from dask.distributed import as_completed as dask_completed  # deferred: optional extra [cluster]
         except ImportError as e:
             raise ValueError(f"scheduler: expected dask.distributed to be installed (pip install "
                              f"'vqflows[cluster]'), got {type(e).__name__}: {e}") from None

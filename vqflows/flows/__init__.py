@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from ..checks import one_of
 from .base import FRAME_KINDS, ChartFlow, StandardNormal
+from .cef import CEF
+from .sphere import SphereCEF
 from .standard import ZUKO_FLOWS, ZukoFlow
 
 #: Every base flow by name.
@@ -25,20 +28,14 @@ def build(name: str, features: int, context: int = 0, **options) -> ChartFlow:
     own for RealNVP, MAF and NSF); any other option raises ``ValueError`` naming them.
     ``"sphere"`` is a CEF on the fixed unit sphere (stereographic charts; density w.r.t. its area measure).
     """
-    from ..checks import one_of
-
     one_of(name, FLOWS, name="flow")
     unknown = [key for key in options if key not in FLOW_OPTIONS[name]]
     if unknown:
         raise ValueError(f"flow_options: expected options of flow {name!r} among {', '.join(FLOW_OPTIONS[name])}, "
                          f"got {', '.join(map(repr, unknown))}")
     if name == "cef":
-        from .cef import CEF
-
         return CEF(features, context, **options)
     if name == "sphere":
-        from .sphere import SphereCEF
-
         if features != 3:
             raise ValueError(f"features: expected 3 for flow 'sphere' (the unit sphere S² in R³), got {features}")
         # the projection point sits opposite u = 0 (the flow's axis), onto which rotation frames turn each chart

@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..checks import positive_int
+
 __all__ = ["StandardNormal", "ChartFlow", "FRAME_KINDS"]
 
 #: Chart frame kinds: ``"whitening"`` (any affine map: full flows), ``"similarity"`` (rotation, shift and
@@ -115,8 +117,6 @@ class ChartFlow(nn.Module):
 
     def sample(self, c: Tensor | None = None, n: int | None = None) -> Tensor:
         """One sample per context row: ``(N, C) -> (N, D)``; with ``c=None`` (``C = 0``), ``n`` samples."""
-        from ..checks import positive_int
-
         if c is None and self.context == 0:
             rows = positive_int(n, name="n")
         else:

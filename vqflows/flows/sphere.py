@@ -33,7 +33,7 @@ import torch
 import zuko
 from torch import Tensor
 
-from ..checks import SPHERE_TOLERANCE, one_of
+from ..checks import SPHERE_TOLERANCE, one_of, positive_int
 from ..geometry import rotation_to
 from .base import ChartFlow, StandardNormal
 from .cef import CEF
@@ -224,8 +224,6 @@ class VMFChartFlow(ChartFlow):
 
     def __init__(self, context: int = 1, transforms: int = 2, hidden_features: Sequence[int] = (32,)) -> None:
         super().__init__()
-        from ..checks import positive_int
-
         self.features, self.manifold_dim = 3, 2
         self.context = positive_int(context, name="context")
         self.transforms = positive_int(transforms, name="transforms", minimum=0)

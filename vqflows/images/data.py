@@ -183,7 +183,7 @@ def _assemble(name: str, images: np.ndarray, labels: np.ndarray, parts: list[np.
 
 
 def _load_digits(seed: int) -> ImageSplits:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: scikit-learn is slow to import
 
     bunch = load_digits()
     # the bundled data are float counts 0..16 (number of set pixels in a 4×4 block)
@@ -312,7 +312,7 @@ def _find_mnist(root: Path) -> Path | None:
 
 def _download_mnist(root: Path) -> None:
     try:
-        from torchvision.datasets import MNIST
+        from torchvision.datasets import MNIST  # deferred: optional, only for downloading MNIST
     except ImportError as e:
         raise ValueError("download: expected torchvision to be installed to download MNIST, "
                          "got ImportError; install torchvision or place the IDX files in data_dir") from e

@@ -89,7 +89,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
 def _torchmetrics_fid():
     """torchmetrics' float64-capable Fréchet distance ``(μ₁, Σ₁, μ₂, Σ₂) → tensor``, or ``None``."""
     try:
-        from torchmetrics.image.fid import _compute_fid
+        from torchmetrics.image.fid import _compute_fid  # deferred: optional extra [images]
     except ImportError:
         return None
     return _compute_fid

@@ -106,10 +106,10 @@ def plot_fid_curves(records: dict[str, list[dict]], path_stem: str | os.PathLike
     model reached are averaged. ``reference``, the FID of real held-out images, is drawn dashed: the
     floor that sampling noise alone leaves at this sample count.
     """
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is only needed for figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is only needed for figures
 
     bases = [b for b in ("realnvp", "maf") if any(m.removeprefix("vq-") == b for m in records)]
     fig, axes = plt.subplots(1, max(1, len(bases)), figsize=(5.0 * max(1, len(bases)), 3.8), squeeze=False)
@@ -167,10 +167,10 @@ def image_grid(levels, shape: tuple[int, int], *, columns: int = 8, pad: int = 1
 def save_image_grid(path: str | os.PathLike, levels, shape: tuple[int, int], max_level: int, *,
                     count: int = 64, columns: int = 8) -> Path:
     """Write the first ``count`` images of ``levels`` ``(N, H·W)`` as a PNG grid (white digits on black)."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is only needed for figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is only needed for figures
 
     grid = image_grid(np.asarray(levels)[:count], shape, columns=columns)
     rgb = np.where(grid[..., None] < 0, np.array([0.25, 0.35, 0.6]), np.clip(grid, 0, None)[..., None] / max_level)
