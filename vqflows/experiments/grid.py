@@ -22,7 +22,7 @@ import torch
 
 from ..io import apply_overrides, read_json
 from ..runs import RunConfig, train_run
-from . import kde
+from .kde import score_run
 from .runner import Report, Runner, Task
 
 #: Config fields that do not change a run's numbers, ignored when matching a finished run.
@@ -108,7 +108,7 @@ def run_one(run: PaperRun, folder: Path) -> dict[str, Any]:
             torch.manual_seed(run.config.seed)
             files["metrics.json"] = train_run(run.config, folder, overwrite=True)
     if run.sample_kde:
-        files["sample_kde.json"] = kde.score_run(folder, run.kde_cache)
+        files["sample_kde.json"] = score_run(folder, run.kde_cache)
     return files
 
 
