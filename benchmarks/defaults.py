@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import pytest
 import torch
 
+from vqflows.training import fit_chart_weights, fit_partition
+
 SETS = ("spherical", "helix", "lissajous", "knotted", "twisted-eight", "interlocked-circles")
 BOUND_TOPS = (1, 2, 4, 8)
 
@@ -337,8 +339,8 @@ def purity(args) -> None:
                     splits = vqflows.datasets.load(d, seed=seed)
                     torch.manual_seed(seed)
                     model = vqflows.build(3, "maf", charts=k, partition=part)
-                    model.fit_charts(splits.train, seed=seed)
-                    model.fit_weights(splits.train)
+                    fit_partition(model, splits.train, seed=seed)
+                    fit_chart_weights(model, splits.train)
                     mixed.append(cell_purity(model, splits.train)["mixed_cells"])
                     eff.append(math.exp(float(-(model.weights * model.log_weights).sum())))
                 cells.append(f"{statistics.fmean(mixed):.2f} ({statistics.fmean(eff):.1f})")
@@ -359,8 +361,8 @@ def _charted(arm_name: str, splits):
     arm = ARMS[arm_name]
     torch.manual_seed(0)
     model = vqflows.build(3, "maf", charts=arm.charts, partition=arm.partition)
-    model.fit_charts(splits.train, seed=0)
-    model.fit_weights(splits.train)
+    fit_partition(model, splits.train, seed=0)
+    fit_chart_weights(model, splits.train)
     return model
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import vqflows
-from vqflows.training import train_flow
+from vqflows.training import fit_chart_weights, fit_partition, train_flow
 
 POINTS, SCORE_POINTS, BATCH, ROUNDS = 200_000, 100_000, 512, 3
 
@@ -30,8 +30,8 @@ def _sync(device: torch.device) -> None:
 def _model(device: torch.device, x: torch.Tensor) -> vqflows.VQFlow:
     torch.manual_seed(0)
     model = vqflows.build(3, "maf", 32).to(device)
-    model.fit_charts(x[:20_000], epochs=5)
-    model.fit_weights(x[:20_000])
+    fit_partition(model, x[:20_000], epochs=5)
+    fit_chart_weights(model, x[:20_000])
     return model
 
 

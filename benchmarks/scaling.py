@@ -33,6 +33,7 @@ import vqflows
 from vqflows.experiments import Runner, plan, run_grid
 from vqflows.io import apply_overrides, hardware
 from vqflows.runs import RunConfig
+from vqflows.training import fit_chart_weights, fit_partition
 
 DATASETS = ("helix", "lissajous", "knotted")
 MODELS = ("maf", "vq-maf")
@@ -105,8 +106,8 @@ def test_data_parallel(benchmark, tmp_path):
     torch.manual_seed(0)
     model = vqflows.build(3, "maf", 32)
     x = vqflows.datasets.get("helix").sample(DDP_POINTS, seed=0)
-    model.fit_charts(x, epochs=30)
-    model.fit_weights(x)
+    fit_partition(model, x, epochs=30)
+    fit_chart_weights(model, x)
     model.save(tmp_path / "start")
     times: dict[int, list[float]] = {1: [], 2: []}
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from vqflows import VQFlow, presets
+from vqflows.training import fit_chart_weights, fit_partition
 
 NAMES = presets.names()
 
@@ -44,8 +45,8 @@ def fitted(request, device, dtype):
     torch.manual_seed(0)
     model = presets.create(name, **_args(name)).to(device, dtype)
     x = _points(name, 600, 0, dtype).to(device)
-    model.fit_charts(x, epochs=2)
-    model.fit_weights(x)
+    fit_partition(model, x, epochs=2)
+    fit_chart_weights(model, x)
     with torch.no_grad():
         for p in model.flow.parameters():
             if p.requires_grad:  # frozen parts (the fixed sphere) stay as they are

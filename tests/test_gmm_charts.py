@@ -6,7 +6,7 @@ import torch
 import vqflows
 from vqflows import datasets
 from vqflows.baselines import fit_baseline, fit_gmm
-from vqflows.training import EarlyStopping
+from vqflows.training import EarlyStopping, fit_chart_weights, fit_partition
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def _validated_gmm(splits):
 def _gmm_model(splits, charts, seed=0):
     torch.manual_seed(seed)
     model = vqflows.build(3, "maf", charts=charts, partition="gmm").double()
-    model.fit_charts(splits.train, seed=seed)
-    model.fit_weights(splits.train)
+    fit_partition(model, splits.train, seed=seed)
+    fit_chart_weights(model, splits.train)
     return model.eval()
 
 

@@ -23,6 +23,7 @@ from vqflows.images import (
 )
 from vqflows.images.report import summarise
 from vqflows.images.study import TEST_NOISE_SEED, evaluate_image_model, run_path
+from vqflows.training import fit_chart_weights, fit_partition
 
 MODELS = ["realnvp", "vq-realnvp"]
 #: a study small enough for a test: 2 epochs of tiny flows and a tiny VQ autoencoder
@@ -143,8 +144,8 @@ def test_bits_per_dim_matches_log_prob_by_hand(cache):
                                              vq_channels=(4,), vq_hidden=(8,)), splits.shape)
     deq = LogitDequantization(splits.levels)
     y_train = deq(splits.train, torch.Generator().manual_seed(1))[0]
-    model.fit_charts(y_train, epochs=2)
-    model.fit_weights(y_train)
+    fit_partition(model, y_train, epochs=2)
+    fit_chart_weights(model, y_train)
     with torch.no_grad():  # move the flow away from its initial near-identity
         for p in model.flow.parameters():
             p.add_(0.05 * torch.randn_like(p))

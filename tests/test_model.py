@@ -10,6 +10,7 @@ import torch
 import vqflows
 from vqflows import VQFlow, build, datasets, fit
 from vqflows.charts import VQAutoencoder, chart_weights, membership
+from vqflows.training import fit_chart_weights, fit_partition
 from vqflows.training.objective import cell_loss
 
 FULL_FLOWS = ["realnvp", "maf", "nsf"]
@@ -26,8 +27,8 @@ def _fitted(flow="maf", charts=4, d=3, seed=0, **kw):
     x = _points(400, d, seed)
     if flow == "sphere":
         x = torch.nn.functional.normalize(x - x.mean(0), dim=-1)
-    model.fit_charts(x, seed=seed, epochs=3)
-    model.fit_weights(x)
+    fit_partition(model, x, seed=seed, epochs=3)
+    fit_chart_weights(model, x)
     with torch.no_grad():
         for p in model.flow.parameters():
             if p.requires_grad:  # frozen parts (the fixed sphere) stay as they are

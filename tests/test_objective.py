@@ -10,6 +10,7 @@ import torch
 from vqflows import EarlyStopping, VQFlow, build, datasets, fit
 from vqflows.runs import RunConfig, train_run
 from vqflows.selection import select_charts, validation_score
+from vqflows.training import fit_partition
 
 
 def _data(n=600, seed=0):
@@ -59,7 +60,7 @@ def test_early_stopping_arguments_are_checked():
 def test_responsibilities_are_soft_over_the_nearest_charts_and_hard_with_one():
     train, _ = _data()
     model = _small()
-    model.fit_charts(train, epochs=2)
+    fit_partition(model, train, epochs=2)
     r = model.responsibilities(train, 3)
     assert r.shape == (len(train), model.K)
     torch.testing.assert_close(r.sum(-1), torch.ones(len(train)))

@@ -40,14 +40,29 @@ def test_score_is_the_mean_log_density_and_sample_is_seeded(X):
 
 def test_grid_search_picks_by_held_out_log_likelihood(X):
     cv = KFold(2, shuffle=True, random_state=0)
-    search = GridSearchCV(VQFlowDensity(charts=2, **SMALL), {"charts": [2, 4]}, cv=cv).fit(X)
+    search = GridSearchCV(VQFlowDensity(charts=2, partition="vqae", **SMALL), {"charts": [2, 4]}, cv=cv).fit(X)
     means = search.cv_results_["mean_test_score"]
     assert np.isfinite(means).all() and means[0] != means[1]
     assert search.best_params_ == {"charts": [2, 4][int(np.argmax(means))]}
     # a split's score is the mean log-likelihood of the held-out fold under a model fitted on the rest
     train, test = next(cv.split(X))
-    held_out = VQFlowDensity(charts=4, **SMALL).fit(X[train]).score(X[test])
+    held_out = VQFlowDensity(charts=4, partition="vqae", **SMALL).fit(X[train]).score(X[test])
     assert search.cv_results_["split0_test_score"][1] == pytest.approx(held_out, rel=1e-6)
+
+
+def test_default_partition_is_the_command_lines(X):
+    """partition="auto" (the default, as ``vqflows train``): MAF starts from Gaussian mixtures, the count
+    sized on validation and ``charts``, and keeps the better on validation; "vqae" is the paper's."""
+    from vqflows.selection import partition_candidates
+
+    assert VQFlowDensity().partition == "auto"
+    est = VQFlowDensity(charts=4, **SMALL).fit(X)
+    assert est.model_.config["partition"] == "gmm"
+    assert partition_candidates("maf", "auto", 4, X[:150], X[150:], seed=0)[-1] == ("gmm", 4)
+    assert partition_candidates("realnvp", "auto", 4, None, None) is None  # other flows: the VQ-AE, one model
+    assert partition_candidates("maf", "vqae", "auto", None, None) == [("vqae", k) for k in (8, 16, 32, 64)]
+    assert VQFlowDensity(charts=4, partition="vqae", **SMALL).fit(X).model_.config["partition"] == "vqae"
+    assert VQFlowDensity(flow="realnvp", charts=4, **SMALL).fit(X).model_.config["partition"] == "vqae"
 
 
 def test_sklearn_check_estimator():
@@ -76,7 +91,7 @@ def test_threads_reach_training(X, monkeypatch, threads):
     torch.set_num_threads(1)
     try:
         VQFlowDensity(charts=2, threads=threads, **SMALL).fit(X)
-        assert seen == [threads] and torch.get_num_threads() == 1  # and put back after
+        assert seen and set(seen) == {threads} and torch.get_num_threads() == 1  # every flow trained; put back after
     finally:
         torch.set_num_threads(before)
 

@@ -9,6 +9,7 @@ import torch
 
 import vqflows
 from vqflows import VQFlow, build, presets
+from vqflows.training import fit_chart_weights, fit_partition
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,8 @@ def test_every_preset_round_trips_save_and_load(name, tmp_path):
     x = torch.randn(200, D)
     if "sphere" in name:
         x = torch.nn.functional.normalize(x, dim=-1)
-    model.fit_charts(x, epochs=1)
-    model.fit_weights(x)
+    fit_partition(model, x, epochs=1)
+    fit_chart_weights(model, x)
     with torch.no_grad():
         for p in model.flow.parameters():
             if p.requires_grad:
@@ -160,8 +161,8 @@ def test_models_move_between_devices_and_dtypes():
     """Built on the CPU, moved with .to(): every buffer follows, and so does fitting."""
     model = build(3, "sphere", 3, transforms=1, hidden_features=(8,), vq_hidden=(8,)).double()
     x = torch.nn.functional.normalize(torch.randn(100, 3, dtype=torch.float64), dim=-1)
-    model.fit_charts(x, epochs=1)
-    model.fit_weights(x)
+    fit_partition(model, x, epochs=1)
+    fit_chart_weights(model, x)
     assert all(t.dtype == torch.float64 for t in model.state_dict().values() if t.is_floating_point())
     assert model.log_prob(x).dtype == torch.float64
     meta = build(3, "maf", 3).to("meta")

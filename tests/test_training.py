@@ -10,7 +10,7 @@ import torch
 
 import vqflows
 from vqflows import EarlyStopping, build, datasets, fit, train_flow
-from vqflows.training import TrainConfig, cosine
+from vqflows.training import TrainConfig, cosine, fit_chart_weights, fit_partition
 from vqflows.training.objective import cell_loss, mixture_loss, nearest_penalty
 
 
@@ -27,8 +27,8 @@ def _small(charts=4, **kw):
 def test_mixture_loss_over_all_charts_is_the_exact_negative_log_likelihood():
     train, _ = _data()
     model = _small().double()
-    model.fit_charts(train.double(), epochs=2)
-    model.fit_weights(train.double())
+    fit_partition(model, train.double(), epochs=2)
+    fit_chart_weights(model, train.double())
     x = train[:50].double()
     every = torch.arange(model.K).expand(50, -1)
     torch.testing.assert_close(mixture_loss(model, x, every), -model.log_prob(x, grad=True))
@@ -82,8 +82,8 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
 def test_train_flow_hooks_schedule_clip_and_fresh_data():
     train, val = _data()
     model = _small()
-    model.fit_charts(train, epochs=2)
-    model.fit_weights(train)
+    fit_partition(model, train, epochs=2)
+    fit_chart_weights(model, train)
     seen, lrs = [], []
     g = torch.Generator().manual_seed(0)
 
@@ -171,8 +171,8 @@ def test_two_gloo_ranks_take_the_same_steps_as_one_process(tmp_path):
     """2 ranks with global batch B end with the parameters of 1 process with batch B (float64 tolerance)."""
     train, val = _data()
     model = _small().double()
-    model.fit_charts(train.double(), epochs=2)
-    model.fit_weights(train.double())
+    fit_partition(model, train.double(), epochs=2)
+    fit_chart_weights(model, train.double())
     model.save(tmp_path / "start")
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "start"), str(tmp_path / "ddp")),
                                 nprocs=2, join=True)

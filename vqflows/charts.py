@@ -313,14 +313,14 @@ class GaussianMixtureCharts(nn.Module):
     ``d_k(x) = -log(w_k N(x; μ_k, Σ_k))``, the negative log-joint, so a point's nearest charts are its
     most responsible components; the centres (the chart contexts, ``C = D``) are the means. The model
     takes the mixture's weights as chart weights and whitening frames ``y = L_k^{-1}(x - μ_k)`` from
-    ``Σ_k = L_k L_kᵀ`` (:meth:`VQFlow.fit_weights`), so with an identity flow the VQ-Flow *is* the
+    ``Σ_k = L_k L_kᵀ`` (:func:`~vqflows.training.fit_chart_weights`), so with an identity flow the VQ-Flow *is* the
     mixture: its ``log_prob`` is ``GaussianMixture.score_samples``. Fitted by scikit-learn
     (:data:`vqflows.baselines.GMM_OPTIONS`, ``random_state=seed``) on at most ``sample_points`` points.
 
     Buffers: ``codebook`` (the means, ``(K, D)``), ``chol`` ``(K, D, D)``, ``log_weights`` ``(K,)``.
     """
 
-    #: the model takes its chart weights and frames from this partition (see :meth:`VQFlow.fit_weights`)
+    #: the model takes its chart weights and frames from this partition (see :func:`~vqflows.training.fit_chart_weights`)
     mixture = True
 
     def __init__(self, features: int, codes: int = 32) -> None:

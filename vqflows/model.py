@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from . import persistence
-from .charts import chart_weights, membership, nearest
+from .charts import membership, nearest
 from .checks import as_points, fits_in_memory, one_of, positive_int, training_points
 from .checks import seed as check_seed
 from .distribution import VQFlowDistribution
@@ -62,7 +62,7 @@ class VQFlow(nn.Module):
         flow: the conditional flow shared by every chart (:class:`~vqflows.flows.ChartFlow`), with
             context dimension ``C`` equal to the partition's code dimension (0 without one).
         partition: the chart partitioner (``K`` charts), or ``None`` for one global chart.
-        frames: the chart frames (default: identity frames, fitted in :meth:`fit_weights`).
+        frames: the chart frames (default: identity frames, fitted in :func:`~vqflows.training.fit_chart_weights`).
         m, eps: membership — the ``m`` nearest codes, enlarged by ``ε`` (``m=1, ε=0``: hard boundary).
         local_frames: whether each chart gets its own fitted frame (else one global frame for all).
         trim: level of the χ²_D cut-off beyond which a chart's stray members are left out of its
@@ -175,7 +175,7 @@ class VQFlow(nn.Module):
         the squared distance to centre ``k`` (:meth:`chart_distances`) and ``τ`` (``temperature``; by default) the median over
         ``x`` of the squared distance to the nearest centre: a point halfway between two centres is shared
         almost evenly, one at its centre stays mostly in its own chart. These are the weights that
-        :meth:`fit_weights` takes for responsibility-weighted frames; ``m=1`` gives the hard cells.
+        :func:`~vqflows.training.fit_chart_weights` takes for responsibility-weighted frames; ``m=1`` gives the hard cells.
         """
         x = self.check_points(x)
         m = min(positive_int(m, name="m"), self.K)
@@ -194,48 +194,6 @@ class VQFlow(nn.Module):
     def weights(self) -> Tensor:
         """Chart weights ``p_k``, ``(K,)``."""
         return self.log_weights.exp()
-
-    def fit_charts(self, x, *, seed: int = 0, epochs: int = 30, progress=None) -> list[float]:
-        """Stage 1: learn the chart centres (VQ-AE or k-means) on ``x`` ``(N, D)``; returns the loss per epoch.
-
-        ``seed`` seeds the stage, ``epochs`` is the VQ autoencoder's training length (k-means ignores it)
-        and ``progress``, if given, is called as ``progress(epoch, loss)`` after every epoch.
-        """
-        x = self.check_points(x, min_points=max(self.K, 2))
-        if self.partition is None:
-            return []
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            return self.partition.fit(x, seed=seed, epochs=epochs, progress=progress)
-
-    @torch.no_grad()
-    def fit_weights(self, x, responsibilities: Tensor | None = None) -> None:
-        """Stage 2: chart weights ``p_k`` (equation 15), chart frames and normalised contexts, fitted to ``x`` ``(N, D)``.
-
-        A Gaussian-mixture partition (:class:`~vqflows.charts.GaussianMixtureCharts`) gives them
-        directly: its weights and the whitening frames of its components (``x`` is not used).
-
-        ``responsibilities`` ``(N, K)`` (rows summing to 1) replace the hard membership for the weights
-        and the frames: ``p_k = mean_i r_ik`` and responsibility-weighted frame moments.
-        """
-        x = self.check_points(x, min_points=max(self.K, 2))
-        if getattr(self.partition, "mixture", False):  # a Gaussian mixture: its weights and whitening frames
-            if self.flow.frame != "whitening":
-                raise ValueError(f"partition: expected a full-dimensional flow for Gaussian-mixture charts, "
-                                 f"got one with {self.flow.frame} frames")
-            self.log_weights.copy_(self.partition.log_weights.to(self.log_weights))
-            self.frames.set_gaussian(self.partition.centres, self.partition.chol)
-            v = self.partition.centres.detach()
-            self.contexts.copy_((v - v.mean(0)) / v.std().clamp_min(1e-8))
-            return
-        member = self.membership(x) if responsibilities is None else responsibilities.to(x.device, x.dtype)
-        weights = chart_weights(member) if responsibilities is None else member.double().mean(0)
-        self.log_weights.copy_(weights.clamp_min(1e-12).log().to(self.log_weights))
-        fitted = member if self.local_frames else torch.ones(x.shape[0], self.K, dtype=torch.bool, device=x.device)
-        self.frames.fit(x, fitted, kind=self.flow.frame, dim=self.manifold_dim, axis=self.flow.axis, trim=self.trim)
-        if self.contexts.shape[1]:
-            v = self.partition.centres.detach()
-            self.contexts.copy_((v - v.mean(0)) / v.std().clamp_min(1e-8))
 
     # ------------------------------------------------------------- chart maps
     def _context(self, k: Tensor) -> Tensor | None:

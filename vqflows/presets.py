@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -33,12 +34,29 @@ BASELINES = ("gmm", "kde")
 #: Partitioners by name.
 PARTITIONS = ("vqae", "kmeans", "gmm")
 
+#: The entry-point group through which a package adds presets (``name = "module:function"`` under
+#: ``[project.entry-points."vqflows.presets"]`` in its ``pyproject.toml``); the image study registers its
+#: models this way, so the registry names no study.
+ENTRY_POINTS = "vqflows.presets"
+
 _REGISTRY: dict[str, Callable[..., Any] | str] = {}
+_PLUGINS_READ = False
+
+
+def _read_plugins() -> None:
+    """Add the presets of installed packages' entry points (once; a name registered here wins)."""
+    global _PLUGINS_READ
+    if _PLUGINS_READ:
+        return
+    _PLUGINS_READ = True
+    for point in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        _REGISTRY.setdefault(point.name, point.value)
 
 
 def register(name: str, recipe: Callable[..., Any] | str) -> None:
     """Register ``recipe`` (a callable returning a :class:`~vqflows.VQFlow`, or ``"module:function"``
     imported on first use) under ``name``; a name can be registered once."""
+    _read_plugins()
     if name in _REGISTRY:
         raise ValueError(f"name: expected a new preset name, got {name!r} (already registered)")
     _REGISTRY[name] = recipe
@@ -46,11 +64,13 @@ def register(name: str, recipe: Callable[..., Any] | str) -> None:
 
 def names() -> list[str]:
     """Every preset name."""
+    _read_plugins()
     return list(_REGISTRY)
 
 
 def recipe(name: str) -> Callable[..., Any]:
     """The recipe registered as ``name``."""
+    _read_plugins()
     one_of(name, _REGISTRY, name="preset")
     entry = _REGISTRY[name]
     if isinstance(entry, str):
@@ -100,10 +120,7 @@ def plain(value: Any) -> Any:
 GENERAL = "vqflows.recipes:build"
 
 for _flow in FLOWS:
-    register(_flow, f"vqflows.recipes:{_flow}")
-    register(f"vq-{_flow}", f"vqflows.recipes:vq_{_flow}")
-for _flow in ("realnvp", "maf"):
-    register(f"image-{_flow}", "vqflows.images.models:image_" + _flow)
-    register(f"image-vq-{_flow}", "vqflows.images.models:image_vq_" + _flow)
+    _REGISTRY[_flow] = f"vqflows.recipes:{_flow}"
+    _REGISTRY[f"vq-{_flow}"] = f"vqflows.recipes:vq_{_flow}"
 
-__all__ = ["BASELINES", "FLOWS", "PARTITIONS", "GENERAL", "create", "from_spec", "names", "plain", "recipe", "register"]
+__all__ = ["BASELINES", "ENTRY_POINTS", "FLOWS", "PARTITIONS", "GENERAL", "create", "from_spec", "names", "plain", "recipe", "register"]

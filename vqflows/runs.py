@@ -58,7 +58,7 @@ from .run_files import (
     write_marker,
     write_run_json,
 )
-from .selection import AUTO_FLOWS, CANDIDATES, select_charts
+from .selection import AUTO_FLOWS, CANDIDATES, partition_candidates, select_charts
 from .training import History, check_threads, fit, torch_threads
 
 LOCK = ".lock"
@@ -269,28 +269,16 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
 
 
 def auto_candidates(config: RunConfig, splits: datasets.Splits | None = None) -> list[tuple] | None:
-    """The ``(partition, K[, trained])`` candidates a run chooses among on validation, or ``None`` for a
-    single model.
-
-    ``partition="auto"`` with a flow of :data:`~vqflows.selection.AUTO_FLOWS` (MAF): flows trained from
-    the Gaussian mixture sized on validation (:func:`vqflows.baselines.fit_baseline` on ``splits``, its
-    count grid stopped at the first count that scores worse than the best) and from the K-component
-    mixture (K: ``charts``, or every :data:`~vqflows.selection.CANDIDATES` with ``charts="auto"``); each
-    counts epoch 0, so the chosen model is never below the validated mixture on validation. Other flows
-    take the VQ-AE (``partition="vqae"`` is the paper's).
-    ``charts="auto"`` with a fixed partition tries :data:`~vqflows.selection.CANDIDATES`.
-    """
+    """The ``(partition, K)`` candidates a run chooses among on validation, or ``None`` for a single model:
+    :func:`~vqflows.selection.partition_candidates` for the run's flow, partition and charts on ``splits``
+    (needed with ``partition="auto"`` and a flow of :data:`~vqflows.selection.AUTO_FLOWS`, where the
+    Gaussian mixture is sized on them)."""
     if not config.is_vq:
         return None
-    ks = CANDIDATES if config.charts == "auto" else (config.charts,)
-    if config.partition != "auto" or config.flow not in AUTO_FLOWS:
-        partition = "vqae" if config.partition == "auto" else config.partition
-        return [(partition, k) for k in ks] if config.charts == "auto" else None
-    if splits is None:
+    if splits is None and config.partition == "auto" and config.flow in AUTO_FLOWS:
         raise ValueError("splits: expected the data to size the mixture on, got None")
-    best = int(fit_baseline("gmm", splits.train, splits.val, seed=config.seed, patience=1).size)
-    return [("gmm", k) for k in dict.fromkeys((best, *ks))]
-
+    return partition_candidates(config.flow, config.partition, config.charts, *((splits.train, splits.val) if splits else (None, None)),
+                                seed=config.seed)
 
 def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:
     """Under ``torchrun`` (``WORLD_SIZE > 1``), join the process group — ``nccl`` on CUDA, ``gloo`` on the

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .baselines import GMM_COMPONENTS, fit_baseline
 from .checks import as_points, positive_int
 from .config import CANDIDATES
 from .model import VQFlow
@@ -37,7 +38,7 @@ from .training.objective import nearest_penalty
 #: Flows for which ``partition="auto"`` (the run default) chooses on validation between flows trained
 #: from the Gaussian mixture whose component count scores best on validation and from a K-component one
 #: (their early stopping counts epoch 0, so each ends at or above its mixture on validation); other flows
-#: take the VQ-AE (:func:`vqflows.runs.auto_candidates`, measured in docs/results.md).
+#: take the VQ-AE (:func:`partition_candidates`, measured in docs/results.md).
 AUTO_FLOWS = ("maf",)
 
 
@@ -113,6 +114,30 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
     return best[1], best[2], table
 
 
+def partition_candidates(flow: str, partition: str, charts: int | str, train, val, *,
+                         seed: int = 0) -> list[tuple] | None:
+    """The ``(partition, K)`` candidates to choose among on validation, or ``None`` for a single model.
+
+    ``partition="auto"`` with a flow of :data:`AUTO_FLOWS` (MAF): flows trained from the Gaussian mixture
+    sized on validation (:func:`vqflows.baselines.fit_baseline` on ``train``/``val``, its count grid
+    stopped at the first count that scores worse than the best; 1, 2 or 4 components when the data are
+    too few for :data:`~vqflows.baselines.GMM_COMPONENTS`) and from the ``charts``-component
+    mixture (every :data:`CANDIDATES` with ``charts="auto"``); each counts epoch 0 in its early stopping,
+    so the chosen model is never below the validated mixture on validation. Other flows take the VQ-AE.
+    With a fixed partition, ``charts="auto"`` tries :data:`CANDIDATES` and a count gives ``None``.
+    """
+    ks = CANDIDATES if charts == "auto" else (charts,)
+    if partition != "auto" or flow not in AUTO_FLOWS:
+        fixed = "vqae" if partition == "auto" else partition
+        return [(fixed, k) for k in ks] if charts == "auto" else None
+    if train is None or val is None:
+        raise ValueError("train, val: expected the data to size the mixture on, got None")
+    n = len(as_points(train, name="train"))
+    sizes = [k for k in GMM_COMPONENTS if 2 * k <= n] or [k for k in (1, 2, 4) if 2 * k <= n] or [1]
+    best = int(fit_baseline("gmm", train, val, seed=seed, candidates=sizes, patience=1).size)
+    return [("gmm", k) for k in dict.fromkeys((best, *ks))]
+
+
 def candidate_checkpoint(checkpoint, partition: str | None, charts: int) -> Path:
     """The checkpoint file of one candidate of a selection that trains several: beside ``checkpoint``, named
     by the candidate (``checkpoint.pt`` -> ``checkpoint-gmm-32.pt``), so that an interrupted selection
@@ -135,4 +160,4 @@ def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
     return history
 
 
-__all__ = ["AUTO_FLOWS", "CANDIDATES", "select_charts", "validation_score"]
+__all__ = ["AUTO_FLOWS", "CANDIDATES", "partition_candidates", "select_charts", "validation_score"]

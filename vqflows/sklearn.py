@@ -22,6 +22,7 @@ from .checks import as_points
 from .checks import seed as check_seed
 from .model import VQFlow
 from .recipes import build
+from .selection import partition_candidates, select_charts
 from .training import History, TrainConfig, check_threads, fit, torch_threads
 
 #: the training defaults, which the estimator's training parameters take
@@ -35,9 +36,15 @@ class VQFlowDensity(BaseEstimator):
     as given so that :func:`sklearn.base.clone`, ``get_params``/``set_params`` and ``GridSearchCV``
     work; the model is built and trained in :meth:`fit`. ``charts=None`` is the plain flow.
 
+    The defaults are the command line's: with ``partition="auto"`` a MAF chooses on validation between
+    flows started from the Gaussian mixture sized on validation and from a ``charts``-component one
+    (:func:`~vqflows.selection.partition_candidates`), other flows take the VQ-AE; ``partition="vqae"``
+    is the paper's setting, ``"gmm"`` and ``"kmeans"`` fix the partition. ``charts="auto"`` chooses the
+    count among :data:`~vqflows.selection.CANDIDATES` on validation.
+
     Arguments:
         flow, charts, partition, latent, m, eps, transforms, manifold_dim, frames, flow_options:
-            the model (``hidden`` units in each of the flow's two hidden layers).
+            the model (``partition`` also ``"auto"``, above) (``hidden`` units in each of the flow's two hidden layers).
         epochs, batch_size, lr, weight_decay, patience, chart_epochs, objective, top: training (the
             fields of :class:`~vqflows.training.TrainConfig` and its defaults; ``patience`` is early stopping's).
         validation_fraction: the share of ``X`` held out (seeded by ``seed``) for early stopping.
@@ -60,7 +67,7 @@ class VQFlowDensity(BaseEstimator):
     #: ``check_estimator`` checks this estimator is known to fail, each with the reason.
     EXPECTED_FAILED_CHECKS: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, *, flow: str = "maf", charts: int | None = 32, partition: str = "vqae", latent: int = 3,
+    def __init__(self, *, flow: str = "maf", charts: int | str | None = 32, partition: str = "auto", latent: int = 3,
                  m: int = 1, eps: float = 0.0, transforms: int = 5, hidden: int = 64, manifold_dim: int = 2,
                  frames: bool = True, flow_options: dict | None = None, epochs: int = _TRAIN.epochs,
                  batch_size: int = _TRAIN.batch_size, lr: float = _TRAIN.lr, weight_decay: float = _TRAIN.weight_decay,
@@ -107,15 +114,17 @@ class VQFlowDensity(BaseEstimator):
         perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
         cut = max(1, math.floor(self.validation_fraction * len(points)))
         val, train = points[perm[:cut]], points[perm[cut:]]
+        config = TrainConfig.from_record(self.get_params(deep=False))
         with self._threads():
-            torch.manual_seed(self.seed)
-            model = build(X.shape[1], self.flow, self.charts, partition=self.partition, latent=self.latent,
-                          m=self.m, eps=self.eps, transforms=self.transforms,
-                          hidden_features=(self.hidden, self.hidden), manifold_dim=self.manifold_dim,
-                          frames=self.frames, flow_options=self.flow_options)
-            model.check_training_data(points, name="X")
-            history = fit(model, train, val, config=TrainConfig.from_record(self.get_params(deep=False)),
-                          progress=self.verbose)
+            candidates = None if self.charts is None else partition_candidates(
+                self.flow, self.partition, self.charts, train, val, seed=self.seed)
+            if candidates is None:
+                model = self._build(X.shape[1], self.charts, "vqae" if self.partition == "auto" else self.partition)
+                model.check_training_data(points, name="X")
+                history = fit(model, train, val, config=config, progress=self.verbose)
+            else:
+                model, history, _ = select_charts(lambda k, partition: self._build(X.shape[1], k, partition), train, val,
+                                                  candidates=candidates, config=config, progress=self.verbose)
         if history.interrupted:
             raise KeyboardInterrupt
         self.model_: VQFlow = model.to("cpu").eval()
@@ -145,6 +154,12 @@ class VQFlowDensity(BaseEstimator):
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
         with self._threads(), torch.no_grad():
             return self.model_.sample(n_samples, seed=seed).double().numpy()
+
+    def _build(self, features: int, charts: int | None, partition: str) -> VQFlow:
+        torch.manual_seed(self.seed)
+        return build(features, self.flow, charts, partition=partition, latent=self.latent, m=self.m, eps=self.eps,
+                     transforms=self.transforms, hidden_features=(self.hidden, self.hidden),
+                     manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)
 
     def _threads(self):
         """:func:`vqflows.training.torch_threads`: checked (0 and ``None`` leave torch's setting), restored after."""

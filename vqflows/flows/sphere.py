@@ -205,7 +205,7 @@ class VMFChartFlow(ChartFlow):
     (a stereographic chart would match it only approximately, as a Gaussian of variance ``1/(4κ)``).
 
     The RealNVP sees the context with its first column standardised by ``log_kappa_loc`` and
-    ``log_kappa_scale`` (set by the caller, e.g. :func:`vqflows.vmf.kernel_vqflow`).
+    ``log_kappa_scale`` (set by the caller, e.g. :func:`vqflows.kernel_flow.kernel_vqflow`).
 
     Arguments:
         context: the context dimension ``C >= 1`` (column 0 is ``log κ``).

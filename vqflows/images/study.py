@@ -41,6 +41,7 @@ import torch
 from ..checks import one_of, positive_int
 from ..io import apply_overrides, save_numpy, write_json
 from ..training import History, TrainConfig, cosine, train_flow
+from ..training.fitting import fit_chart_weights, fit_partition
 from .data import DATASETS, ImageSplits
 from .dequantize import LogitDequantization, bits_per_dim
 from .fid import ClassifierFID, default_classifier_path
@@ -308,8 +309,8 @@ def train_image_run(model_name: str, trial: int, config: StudyConfig, splits: Im
 
     t0 = time.perf_counter()
     y = dequantizer(splits.train, noise)[0].to(device)
-    model.fit_charts(y, seed=seed, epochs=config.chart_epochs)
-    model.fit_weights(y)
+    fit_partition(model, y, seed=seed, epochs=config.chart_epochs)
+    fit_chart_weights(model, y)
     curve.record = {
         "model": model_name, "trial": trial, "seed": seed, "dataset": config.dataset, "config": config.to_dict(),
         "flow_config": config.flow_config(model_name).to_dict(),

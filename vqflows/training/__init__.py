@@ -37,7 +37,7 @@ from .history import History, TrainingError
 
 if TYPE_CHECKING:
     from .checkpoint import digest, read_checkpoint
-    from .fitting import fit
+    from .fitting import fit, fit_chart_weights, fit_partition
     from .loop import train_flow
     from .objective import cell_loss, mixture_loss, nearest_penalty
     from .optim import adam, cosine
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 #: names served by the parts that need torch, imported on first use so that the settings above
 #: (:class:`TrainConfig`, :class:`EarlyStopping`, :class:`History`) load without torch
-_LAZY = {"fit": ".fitting", "train_flow": ".loop", "adam": ".optim", "cosine": ".optim",
+_LAZY = {"fit": ".fitting", "fit_partition": ".fitting", "fit_chart_weights": ".fitting", "train_flow": ".loop", "adam": ".optim", "cosine": ".optim",
          "resolve_device": ".runtime", "torch_threads": ".runtime", "interactive": ".runtime", "digest": ".checkpoint",
          "read_checkpoint": ".checkpoint", "cell_loss": ".objective", "mixture_loss": ".objective",
          "nearest_penalty": ".objective"}
@@ -63,6 +63,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["fit", "train_flow", "TrainConfig", "EarlyStopping", "History", "TrainingError", "adam", "cosine",
+__all__ = ["fit", "fit_partition", "fit_chart_weights", "train_flow", "TrainConfig", "EarlyStopping", "History", "TrainingError", "adam", "cosine",
            "resolve_device", "torch_threads", "interactive", "check_threads", "digest", "read_checkpoint", "OBJECTIVES", "MEMBERSHIPS",
            "CHECK_TOP", "default_early_stopping", "cell_loss", "mixture_loss", "nearest_penalty"]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..charts import chart_weights
 from ..checks import as_points
 from ..model import VQFlow
 from .callbacks import Callback, bar
@@ -121,14 +122,65 @@ def fit_charts_and_frames(model: VQFlow, train: Tensor, config: TrainConfig, his
             shown.update(1)
             shown.set_postfix(loss=f"{loss:.3f}")
 
-        history.chart_loss = model.fit_charts(train, seed=config.seed, epochs=config.chart_epochs,
-                                              progress=show if shown is not None else None)
+        history.chart_loss = fit_partition(model, train, seed=config.seed, epochs=config.chart_epochs,
+                                          progress=show if shown is not None else None)
         if shown is not None:
             shown.close()
     soft = None if config.membership == "hard" else model.responsibilities(train, config.top)
-    model.fit_weights(train, soft)
+    fit_chart_weights(model, train, soft)
     ranks.share_state(model)
     history.chart_seconds = time.perf_counter() - t0
 
 
-__all__ = ["fit", "fit_charts_and_frames"]
+def fit_partition(model: VQFlow, x, *, seed: int = 0, epochs: int = 30, progress=None) -> list[float]:
+    """Stage 1: learn ``model``'s chart centres (VQ-AE, k-means or Gaussian mixture) on ``x`` ``(N, D)``;
+    returns the loss per epoch (empty for a one-chart model).
+
+    ``seed`` seeds the stage (the caller's random state is left as it was), ``epochs`` is the VQ
+    autoencoder's training length (the other partitions ignore it) and ``progress``, if given, is called
+    as ``progress(epoch, loss)`` after every epoch.
+    """
+    x = model.check_points(x, min_points=max(model.K, 2))
+    if model.partition is None:
+        return []
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return model.partition.fit(x, seed=seed, epochs=epochs, progress=progress)
+
+
+@torch.no_grad()
+def fit_chart_weights(model: VQFlow, x, responsibilities: Tensor | None = None) -> None:
+    """Stage 2: ``model``'s chart weights ``p_k`` (equation 15), chart frames and normalised contexts,
+    fitted to ``x`` ``(N, D)`` in place.
+
+    A Gaussian-mixture partition (:class:`~vqflows.charts.GaussianMixtureCharts`) gives them directly:
+    its weights and the whitening frames of its components (``x`` is not used).
+
+    ``responsibilities`` ``(N, K)`` (rows summing to 1) replace the hard membership for the weights
+    and the frames: ``p_k = mean_i r_ik`` and responsibility-weighted frame moments.
+    """
+    x = model.check_points(x, min_points=max(model.K, 2))
+    if getattr(model.partition, "mixture", False):  # a Gaussian mixture: its weights and whitening frames
+        if model.flow.frame != "whitening":
+            raise ValueError(f"partition: expected a full-dimensional flow for Gaussian-mixture charts, "
+                             f"got one with {model.flow.frame} frames")
+        model.log_weights.copy_(model.partition.log_weights.to(model.log_weights))
+        model.frames.set_gaussian(model.partition.centres, model.partition.chol)
+        _set_contexts(model)
+        return
+    member = model.membership(x) if responsibilities is None else responsibilities.to(x.device, x.dtype)
+    weights = chart_weights(member) if responsibilities is None else member.double().mean(0)
+    model.log_weights.copy_(weights.clamp_min(1e-12).log().to(model.log_weights))
+    fitted = member if model.local_frames else torch.ones(x.shape[0], model.K, dtype=torch.bool, device=x.device)
+    model.frames.fit(x, fitted, kind=model.flow.frame, dim=model.manifold_dim, axis=model.flow.axis, trim=model.trim)
+    if model.contexts.shape[1]:
+        _set_contexts(model)
+
+
+def _set_contexts(model: VQFlow) -> None:
+    """The flow's chart contexts: the chart centres, centred and scaled by their spread."""
+    v = model.partition.centres.detach()
+    model.contexts.copy_((v - v.mean(0)) / v.std().clamp_min(1e-8))
+
+
+__all__ = ["fit", "fit_chart_weights", "fit_charts_and_frames", "fit_partition"]
