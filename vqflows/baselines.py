@@ -146,12 +146,14 @@ class Classical:
 def gmm_from(weights, means, covariances):
     """A ``GaussianMixture`` with the given parameters ``(K,), (K, D), (K, D, D)``, ready to score and sample."""
     from sklearn.mixture import GaussianMixture  # deferred: scikit-learn is slow to import
-    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky  # deferred: slow to import
+    from scipy import linalg  # deferred: scipy is slow to import
 
     est = GaussianMixture(len(weights), **GMM_OPTIONS)
     est.weights_, est.means_ = np.asarray(weights, float), np.asarray(means, float)
     est.covariances_ = np.asarray(covariances, float)
-    est.precisions_cholesky_ = _compute_precision_cholesky(est.covariances_, "full")
+    eye = np.eye(est.means_.shape[1])  # Σ_k = L_k L_kᵀ, and the precision's Cholesky factor is L_k^{-T}
+    est.precisions_cholesky_ = np.stack([linalg.solve_triangular(linalg.cholesky(c, lower=True), eye, lower=True).T
+                                         for c in est.covariances_])
     est.precisions_ = est.precisions_cholesky_ @ np.swapaxes(est.precisions_cholesky_, -1, -2)
     est.converged_, est.n_iter_, est.lower_bound_ = True, 0, -np.inf
     est.n_features_in_ = est.means_.shape[1]
