@@ -145,8 +145,8 @@ class Classical:
 
 def gmm_from(weights, means, covariances):
     """A ``GaussianMixture`` with the given parameters ``(K,), (K, D), (K, D, D)``, ready to score and sample."""
-    from sklearn.mixture import GaussianMixture  # deferred: scikit-learn is slow to import
     from scipy import linalg  # deferred: scipy is slow to import
+    from sklearn.mixture import GaussianMixture  # deferred: scikit-learn is slow to import
 
     est = GaussianMixture(len(weights), **GMM_OPTIONS)
     est.weights_, est.means_ = np.asarray(weights, float), np.asarray(means, float)
