@@ -269,7 +269,7 @@ def _pad_embedding():
 
 
 def test_registry_builds_cef():
-    from vqflows.flows import build
+    from vqflows.flows import chart_flow
 
-    flow = build("cef", 3, C, manifold_dim=2, **SMALL)
+    flow = chart_flow("cef", 3, C, manifold_dim=2, **SMALL)
     assert isinstance(flow, CEF) and flow.conformal and (flow.features, flow.context, flow.manifold_dim) == (3, C, 2)

@@ -162,26 +162,26 @@ class VQFlow(nn.Module):
         with torch.no_grad():
             return nearest(self.chart_distances(self.check_points(x)))
 
-    def top_charts(self, x, m: int) -> Tensor:
-        """The ``m`` nearest charts of each point of ``x``, nearest first, ``(N, D) -> (N, m)`` long."""
-        m = min(positive_int(m, name="m"), self.K)
+    def top_charts(self, x, top: int) -> Tensor:
+        """The ``top`` nearest charts of each point of ``x``, nearest first, ``(N, D) -> (N, top)`` long."""
+        top = min(positive_int(top, name="top"), self.K)
         with torch.no_grad():
-            return self.chart_distances(self.check_points(x)).topk(m, dim=-1, largest=False).indices
+            return self.chart_distances(self.check_points(x)).topk(top, dim=-1, largest=False).indices
 
-    def responsibilities(self, x, m: int = 4, temperature: float | None = None) -> Tensor:
+    def responsibilities(self, x, top: int = 4, temperature: float | None = None) -> Tensor:
         r"""Soft chart membership from the chart distances, ``(N, D) -> (N, K)``, rows summing to 1.
 
-        ``r_ik ∝ exp(-d_k(x_i) / τ)`` over each point's ``m`` nearest charts (0 elsewhere), with ``d_k``
+        ``r_ik ∝ exp(-d_k(x_i) / τ)`` over each point's ``top`` nearest charts (0 elsewhere), with ``d_k``
         the squared distance to centre ``k`` (:meth:`chart_distances`) and ``τ`` (``temperature``; by default) the median over
         ``x`` of the squared distance to the nearest centre: a point halfway between two centres is shared
         almost evenly, one at its centre stays mostly in its own chart. These are the weights that
-        :func:`~vqflows.training.fit_chart_weights` takes for responsibility-weighted frames; ``m=1`` gives the hard cells.
+        :func:`~vqflows.training.fit_chart_weights` takes for responsibility-weighted frames; ``top=1`` gives the hard cells.
         """
         x = self.check_points(x)
-        m = min(positive_int(m, name="m"), self.K)
+        top = min(positive_int(top, name="top"), self.K)
         with torch.no_grad():
             d = self.chart_distances(x)
-            near, idx = d.topk(m, dim=-1, largest=False)
+            near, idx = d.topk(top, dim=-1, largest=False)
             if temperature is None:
                 temperature = float(near[:, 0].median()) if len(x) else 1.0
             if not (temperature > 0 and math.isfinite(temperature)):

@@ -88,10 +88,10 @@ def build(features: int, flow: str = "maf", charts: int | None = 32, *, partitio
     options = dict(transforms=transforms, hidden_features=tuple(hidden_features), **(flow_options or {}))
     if flow == "cef":
         options["manifold_dim"] = manifold_dim
-    chart_flow = flows.build(flow, features, 0 if part is None else part.latent, **options)
+    chart_map = flows.chart_flow(flow, features, 0 if part is None else part.latent, **options)
     if partition == "gmm" and part is not None:
-        chart_flow.zero_init()  # identity flow: the model starts as the fitted mixture
-    model = VQFlow(chart_flow, part, m=min(m, K), eps=eps, local_frames=frames)
+        chart_map.zero_init()  # identity flow: the model starts as the fitted mixture
+    model = VQFlow(chart_map, part, m=min(m, K), eps=eps, local_frames=frames)
     model.spec = {"preset": None, "args": plain(args)}
     return model
 

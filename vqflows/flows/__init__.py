@@ -20,8 +20,8 @@ FLOW_OPTIONS = {
 }
 
 
-def build(name: str, features: int, context: int = 0, **options) -> ChartFlow:
-    """Build the base flow called ``name`` on ``R^features`` with ``context`` context features.
+def chart_flow(name: str, features: int, context: int = 0, **options) -> ChartFlow:
+    """The chart-map flow called ``name`` on ``R^features`` with ``context`` context features.
 
     ``options`` go to the flow's constructor; :data:`FLOW_OPTIONS` lists those each flow takes
     (``transforms``, ``hidden_features``, for ``"cef"`` ``manifold_dim``, ``alpha``, ``beta``, and zuko's
@@ -46,4 +46,4 @@ def build(name: str, features: int, context: int = 0, **options) -> ChartFlow:
         raise ValueError(f"flow_options: expected valid options of flow {name!r}, got {options!r} ({e})") from None
 
 
-__all__ = ["ChartFlow", "StandardNormal", "FRAME_KINDS", "ZukoFlow", "ZUKO_FLOWS", "FLOWS", "FLOW_OPTIONS", "build"]
+__all__ = ["ChartFlow", "StandardNormal", "FRAME_KINDS", "ZukoFlow", "ZUKO_FLOWS", "FLOWS", "FLOW_OPTIONS", "chart_flow"]
