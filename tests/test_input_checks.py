@@ -228,7 +228,7 @@ def test_unknown_flow_options_are_refused():
     with pytest.raises(ValueError, match="set transforms itself, not in flow_options"):
         vqflows.build(3, "maf", charts=4, flow_options={"transforms": 2})
     with pytest.raises(ValueError, match="flow_options: expected options of flow 'nsf' among transforms"):
-        flows.build("nsf", 3, colour="red")
+        flows.chart_flow("nsf", 3, colour="red")
 
 
 def test_known_flow_options_reach_the_flow():

@@ -16,7 +16,6 @@ import torch
 
 from vqflows import datasets
 from vqflows.cli import main
-from vqflows.model import VQFlow
 from vqflows.runs import RunConfig, RunInterrupted, load_data, load_run, train_run
 
 TINY = {"dataset": "helix", "n": 200, "epochs": 2, "charts": 2, "partition": "vqae", "chart_epochs": 1, "hidden": 8,
@@ -137,10 +136,12 @@ def test_resume_finishes_an_interrupted_run(tmp_path):
 
 
 def test_ctrl_c_in_the_chart_stage_claims_no_weights(tmp_path, capsys, monkeypatch):
-    def interrupted(self, *args, **kwargs):
+    import vqflows.training.fitting
+
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(VQFlow, "fit_charts", interrupted)
+    monkeypatch.setattr(vqflows.training.fitting, "fit_partition", interrupted)
     out = tmp_path / "r"
     assert main(["train", "--out", str(out), *TINY_CLI]) == 130
     err = capsys.readouterr().err

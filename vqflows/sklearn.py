@@ -22,7 +22,7 @@ from .checks import as_points
 from .checks import seed as check_seed
 from .model import VQFlow
 from .recipes import build
-from .selection import partition_candidates, select_charts
+from .selection import CANDIDATES, partition_candidates, select_charts
 from .training import History, TrainConfig, check_threads, fit, torch_threads
 
 #: the training defaults, which the estimator's training parameters take
@@ -116,11 +116,12 @@ class VQFlowDensity(BaseEstimator):
         val, train = points[perm[:cut]], points[perm[cut:]]
         config = TrainConfig.from_record(self.get_params(deep=False))
         with self._threads():
+            fixed = "vqae" if self.partition == "auto" else self.partition
+            model = self._build(X.shape[1], min(CANDIDATES) if self.charts == "auto" else self.charts, fixed)
+            model.check_training_data(points, name="X")  # the data's faults named before any fitting
             candidates = None if self.charts is None else partition_candidates(
                 self.flow, self.partition, self.charts, train, val, seed=self.seed)
             if candidates is None:
-                model = self._build(X.shape[1], self.charts, "vqae" if self.partition == "auto" else self.partition)
-                model.check_training_data(points, name="X")
                 history = fit(model, train, val, config=config, progress=self.verbose)
             else:
                 model, history, _ = select_charts(lambda k, partition: self._build(X.shape[1], k, partition), train, val,
