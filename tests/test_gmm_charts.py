@@ -14,9 +14,9 @@ def helix():
     return datasets.load("helix", n=10_000, seed=0)
 
 
-def _validated_gmm(splits):
-    """The mixture that ``partition="auto"`` sizes on validation (its grid stops at the first worse count)."""
-    return fit_baseline("gmm", splits.train, splits.val, seed=0, patience=1)
+def _gmm(splits, components):
+    """The fitted ``components``-component mixture that ``partition="auto"`` starts a member from."""
+    return fit_baseline("gmm", splits.train, splits.val, seed=0, candidates=[components])
 
 
 def _gmm_model(splits, charts, seed=0):
@@ -100,36 +100,39 @@ def test_selection_chooses_partition_and_charts_on_validation():
 def test_run_config_candidates():
     from vqflows.runs import RunConfig, auto_candidates
 
-    s = datasets.load("helix", n=1_000, seed=0)
     assert auto_candidates(RunConfig(partition="vqae", charts=32)) is None
     assert RunConfig().partition == "auto"
     assert auto_candidates(RunConfig(model="vq-cef")) is None  # the VQ-AE, as in the paper
     assert auto_candidates(RunConfig(partition="gmm", charts="auto")) == [("gmm", k) for k in (8, 16, 32, 64)]
-    auto = auto_candidates(RunConfig(), s)
-    best = _validated_gmm(s).size
-    assert auto == [("gmm", best), ("gmm", 32)] if best != 32 else [("gmm", 32)]
+    # the default: members at a quarter, half, once and twice the chart count
+    assert auto_candidates(RunConfig()) == [("gmm", k) for k in (8, 16, 32, 64)]
+    assert auto_candidates(RunConfig(charts=4)) == [("gmm", k) for k in (1, 2, 4, 8)]
+    assert auto_candidates(RunConfig(charts=1)) == [("gmm", k) for k in (1, 2)]
+    assert auto_candidates(RunConfig(charts="auto")) == [("gmm", k) for k in (8, 16, 32, 64)]
     assert auto_candidates(RunConfig(model="maf", partition="auto")) is None
     with pytest.raises(ValueError, match="partition"):
         RunConfig(partition="spectral")
 
 
-def test_run_with_partition_auto_records_the_choice_and_reloads(tmp_path):
+def test_default_run_is_the_stacked_ensemble_and_reloads(tmp_path):
+    from vqflows.ensemble import VQFlowEnsemble
     from vqflows.runs import RunConfig, evaluate_run, load_run, train_run
 
     config = RunConfig(dataset="helix", n=600, epochs=2, transforms=1, hidden=8)  # the default partition="auto"
     metrics = train_run(config, tmp_path / "run")
     table = metrics["chart_selection"]
-    assert [(r["partition"], r["trained"]) for r in table] == [("gmm", True)] * len(table)
+    assert [(r["partition"], r["charts"]) for r in table] == [("gmm", k) for k in (8, 16, 32, 64)] + [("ensemble", 120)]
+    assert (metrics["partition_selected"], metrics["charts_selected"]) == ("ensemble", [8, 16, 32, 64])
+    assert sum(r["weight"] for r in table[:4]) == pytest.approx(1.0)
+    assert metrics["val_log_likelihood"] == pytest.approx(table[-1]["val_log_likelihood"], abs=1e-5)
+    # stacking weights maximise the validation likelihood: never below the best member there
+    assert metrics["val_log_likelihood"] >= max(r["val_log_likelihood"] for r in table[:4]) - 1e-5
+    # every member counted epoch 0, so each is at or above its own mixture, and the ensemble above them all
     s = datasets.load("helix", n=600, seed=0)
-    gmm = _validated_gmm(s)
-    assert {r["charts"] for r in table} == {gmm.size, 32}
-    best = max(table, key=lambda r: r["val_log_likelihood"])
-    assert (metrics["partition_selected"], metrics["charts_selected"]) == (best["partition"], best["charts"])
-    assert metrics["val_log_likelihood"] == pytest.approx(best["val_log_likelihood"], abs=1e-5)
-    # every candidate counted epoch 0: the choice is never below the validated mixture on validation
-    assert metrics["val_log_likelihood"] >= float(gmm.log_prob(s.val).mean()) - 1e-4
+    for k in (8, 16, 32, 64):
+        assert metrics["val_log_likelihood"] >= float(_gmm(s, k).log_prob(s.val).mean()) - 1e-4
     model, _ = load_run(tmp_path / "run")
-    assert model.K == metrics["charts_selected"]
+    assert isinstance(model, VQFlowEnsemble) and model.K == 120
     assert evaluate_run(tmp_path / "run")["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"], abs=1e-5)
 
 

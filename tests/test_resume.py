@@ -21,6 +21,8 @@ from vqflows.runs import RunConfig, RunInterrupted, train_run
 SETTINGS = ["n=2000", "chart_epochs=2", "hidden=16", "transforms=1"]
 EPOCHS = 4
 CLI = ["--epochs", str(EPOCHS), "--quiet", "--set", *SETTINGS]
+#: the checkpoint of the default run's first member (8 charts); each member has its own
+FIRST = "checkpoint-gmm-8.pt"
 #: the history that must come out equal (timings and the resume point aside)
 SAME = ("epoch", "train_loss", "val_log_likelihood", "val_score", "val_exact", "best_epoch", "best_val_score",
         "stopped_early", "interrupted", "chart_loss")
@@ -145,7 +147,7 @@ def run_killed(argv: list[str], epoch: int, sig: int = signal.SIGKILL) -> int:
 
             def hooked(path, obj):
                 saved = save(path, obj)
-                if Path(path).name == "checkpoint.pt" and obj["epoch"] == epoch:
+                if Path(path).name in ("checkpoint.pt", FIRST) and obj["epoch"] == epoch:  # one model, or the first member
                     os.kill(os.getpid(), sig)
                 return saved
 
@@ -161,9 +163,11 @@ def whole(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "whole"
     assert main(["train", "--out", str(out), *CLI]) == 0
     history = json.loads((out / "history.json").read_text())
-    # the default vq-maf run trains from Gaussian-mixture charts (one candidate here, K* = 32): its early
-    # stopping is the exact check on every validation point, with epoch 0 counted
-    assert history["val_exact"] == [True] * EPOCHS and history["initial_val_score"] is not None
+    # the default vq-maf run trains four members from Gaussian-mixture charts (8, 16, 32 and 64): each one's
+    # early stopping is the exact check on every validation point, with epoch 0 counted
+    selection = json.loads((out / "metrics.json").read_text())["chart_selection"]
+    assert [row["charts"] for row in selection] == [8, 16, 32, 64, 120]
+    assert history["val_exact"] == [True] * (4 * EPOCHS)
     return out
 
 
@@ -171,12 +175,15 @@ def _same_runs(a: Path, b: Path) -> None:
     ha, hb = (json.loads((p / "history.json").read_text()) for p in (a, b))
     for key in SAME:
         assert ha[key] == hb[key], key
-    wa, wb = (torch.load(p / "model" / "weights.pt", weights_only=True) for p in (a, b))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    files = sorted(f.relative_to(a) for f in a.glob("model/**/weights.pt"))
+    assert files and files == sorted(f.relative_to(b) for f in b.glob("model/**/weights.pt"))
+    for f in files:  # every member's weights
+        wa, wb = (torch.load(p / f, weights_only=True) for p in (a, b))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
     for key in ("test_log_likelihood", "val_log_likelihood", "epochs", "best_epoch"):
         assert ma[key] == mb[key], key
-    assert not (b / "checkpoint.pt").exists() and not (b / ".lock").exists()
+    assert not list(b.glob("checkpoint*.pt")) and not (b / ".lock").exists()
 
 
 def test_cli_resume_after_sigint_equals_the_whole_run(whole, tmp_path, monkeypatch, capsys):
@@ -185,7 +192,7 @@ def test_cli_resume_after_sigint_equals_the_whole_run(whole, tmp_path, monkeypat
 
     def hooked(path, obj):
         saved = save(path, obj)
-        if Path(path).name == "checkpoint.pt" and obj["epoch"] == 2:
+        if Path(path).name == FIRST and obj["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after epoch 2 is saved
         return saved
 
@@ -194,7 +201,7 @@ def test_cli_resume_after_sigint_equals_the_whole_run(whole, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "to continue from the last finished epoch: vqflows train" in err and err.strip().endswith("--resume"), err
     monkeypatch.undo()
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / FIRST, weights_only=True)["epoch"] == 2
     assert main(["train", "--out", str(out), "--resume", *CLI]) == 0
     assert json.loads((out / "history.json").read_text())["resumed_at"] == 2
     _same_runs(whole, out)
@@ -205,7 +212,7 @@ def test_cli_resume_after_sigkill_equals_the_whole_run(whole, tmp_path):
     out = tmp_path / "cut"
     assert run_killed(["train", "--out", str(out), *CLI], epoch=2) == -signal.SIGKILL
     assert (out / ".lock").exists() and not (out / "metrics.json").exists()  # killed: nothing could clean up
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / FIRST, weights_only=True)["epoch"] == 2
     assert main(["train", "--out", str(out), "--resume", *CLI]) == 0  # the dead writer's lock is taken over
     _same_runs(whole, out)
 
@@ -220,16 +227,16 @@ def test_cli_refuses_a_planted_or_damaged_checkpoint(tmp_path, capsys):
     config = RunConfig(n=2000, epochs=EPOCHS, chart_epochs=2, hidden=16, transforms=1)
     with pytest.raises(RunInterrupted):
         train_run(config, out, callback=stop)
-    good = (out / "checkpoint.pt").read_bytes()
-    other = torch.load(out / "checkpoint.pt", weights_only=True)
+    good = (out / FIRST).read_bytes()
+    other = torch.load(out / FIRST, weights_only=True)
     other["fingerprint"]["settings"]["epochs"] = 5  # left by a fit of 5 epochs
     for content in ("planted", b"", good[:100], good[: len(good) // 2], "other"):
         if content == "planted":
-            torch.save({"epoch": Planted(marker)}, out / "checkpoint.pt")
+            torch.save({"epoch": Planted(marker)}, out / FIRST)
         elif content == "other":
-            torch.save(other, out / "checkpoint.pt")
+            torch.save(other, out / FIRST)
         else:
-            (out / "checkpoint.pt").write_bytes(content)
+            (out / FIRST).write_bytes(content)
         before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
         assert main(["train", "--out", str(out), "--resume", *CLI]) == 2
         err = capsys.readouterr().err
@@ -239,14 +246,14 @@ def test_cli_refuses_a_planted_or_damaged_checkpoint(tmp_path, capsys):
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
-def test_cli_resume_of_a_selection_that_trains_two_candidates(tmp_path, monkeypatch, capsys):
-    """The default vq-maf (partition=auto) trains flows from two mixtures when the validated count is not
-    ``charts``: each keeps its own checkpoint, so Ctrl-C in the second one resumes to the uninterrupted run."""
+def test_cli_resume_of_a_stacked_run(tmp_path, monkeypatch, capsys):
+    """The default vq-maf (partition=auto) trains flows from four mixtures: each keeps its own checkpoint,
+    so Ctrl-C in the second one resumes to the uninterrupted run, ensemble weights included."""
     two = [*CLI, "charts=16"]
     whole = tmp_path / "whole"
     assert main(["train", "--out", str(whole), *two]) == 0
     selection = json.loads((whole / "metrics.json").read_text())["chart_selection"]
-    assert sum(row["trained"] for row in selection) == 2, selection
+    assert sum(row["trained"] for row in selection) == 4, selection
     out = tmp_path / "cut"
     save, seen = vqflows.io.save_torch, []
 
@@ -268,3 +275,5 @@ def test_cli_resume_of_a_selection_that_trains_two_candidates(tmp_path, monkeypa
     assert not list(out.glob("checkpoint*.pt"))
     a, b = (json.loads((p / "metrics.json").read_text()) for p in (whole, out))
     assert [r["val_log_likelihood"] for r in a["chart_selection"]] == [r["val_log_likelihood"] for r in b["chart_selection"]]
+    assert [r.get("weight") for r in a["chart_selection"]] == [r.get("weight") for r in b["chart_selection"]]
+    assert json.loads((whole / "model" / "config.json").read_text()) == json.loads((out / "model" / "config.json").read_text())

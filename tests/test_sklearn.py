@@ -51,16 +51,18 @@ def test_grid_search_picks_by_held_out_log_likelihood(X):
 
 
 def test_default_partition_is_the_command_lines(X):
-    """partition="auto" (the default, as ``vqflows train``): MAF starts from Gaussian mixtures, the count
-    sized on validation and ``charts``, and keeps the better on validation; "vqae" is the paper's."""
+    """partition="auto" (the default, as ``vqflows train``): MAF stacks flows started from Gaussian mixtures
+    of charts/4 ... 2·charts components; "vqae" is the paper's."""
+    from vqflows.ensemble import VQFlowEnsemble
     from vqflows.selection import partition_candidates
 
     assert VQFlowDensity().partition == "auto"
     est = VQFlowDensity(charts=4, **SMALL).fit(X)
-    assert est.model_.config["partition"] == "gmm"
-    assert partition_candidates("maf", "auto", 4, X[:150], X[150:], seed=0)[-1] == ("gmm", 4)
-    assert partition_candidates("realnvp", "auto", 4, None, None) is None  # other flows: the VQ-AE, one model
-    assert partition_candidates("maf", "vqae", "auto", None, None) == [("vqae", k) for k in (8, 16, 32, 64)]
+    assert isinstance(est.model_, VQFlowEnsemble) and est.model_.config["partition"] == "gmm"
+    assert est.model_.config["charts"] == [1, 2, 4, 8]
+    assert partition_candidates("maf", "auto", 4) == [("gmm", k) for k in (1, 2, 4, 8)]
+    assert partition_candidates("realnvp", "auto", 4) is None  # other flows: the VQ-AE, one model
+    assert partition_candidates("maf", "vqae", "auto") == [("vqae", k) for k in (8, 16, 32, 64)]
     assert VQFlowDensity(charts=4, partition="vqae", **SMALL).fit(X).model_.config["partition"] == "vqae"
     assert VQFlowDensity(flow="realnvp", charts=4, **SMALL).fit(X).model_.config["partition"] == "vqae"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "config.json", {"format": 2, **model.spec})
     save_torch(path / "weights.pt", model.state_dict())
+    for old in path.glob("member-*"):  # an ensemble saved here before: the folder now holds this model alone
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 

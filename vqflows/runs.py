@@ -39,6 +39,8 @@ from .checks import spread
 from .config import FORMAT, MARKER, RunConfig, refuse_folder, run_state
 from .config import MODELS as MODELS
 from .config import SettingError as SettingError
+from .ensemble import VQFlowEnsemble
+from .ensemble import load as load_model
 from .io import claim, write_bytes
 from .model import VQFlow
 from .run_files import (
@@ -58,7 +60,7 @@ from .run_files import (
     write_marker,
     write_run_json,
 )
-from .selection import AUTO_FLOWS, CANDIDATES, partition_candidates, select_charts
+from .selection import CANDIDATES, partition_candidates, select_charts, stacks
 from .training import History, check_threads, fit, torch_threads
 
 LOCK = ".lock"
@@ -75,7 +77,7 @@ def load_data(config: RunConfig) -> datasets.Splits:
 
 
 @torch.no_grad()
-def evaluate(model: VQFlow | Classical, splits: datasets.Splits, top: int = 4, *, val: bool = True) -> dict[str, float]:
+def evaluate(model: VQFlow | VQFlowEnsemble | Classical, splits: datasets.Splits, top: int = 4, *, val: bool = True) -> dict[str, float]:
     """Test (and with ``val``, validation) log-likelihoods in mean nats per point, the top-``top`` lower bound,
     the oracle and the reconstruction error (a classical baseline has only the log-likelihoods and the oracle).
 
@@ -111,7 +113,7 @@ def evaluate(model: VQFlow | Classical, splits: datasets.Splits, top: int = 4, *
         oracle = float(splits.dataset.log_prob(splits.test).mean())
         out["oracle_log_likelihood"] = oracle
         out["gap_to_oracle"] = oracle - out["test_log_likelihood"]
-    if model.flow.manifold_dim < model.features:
+    if model.manifold_dim < model.features:
         out["reconstruction_error"] = float(model.reconstruction(splits.test).mean())
     return out
 
@@ -222,7 +224,9 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
                        parameters=parameters(model), stopped_early=history.stopped_early,
                        interrupted=history.interrupted)
         if selection is not None:
-            metrics.update(charts_selected=model.K, partition_selected=model.config.get("partition"),
+            ensemble = isinstance(model, VQFlowEnsemble)
+            metrics.update(charts_selected=model.config["charts"] if ensemble else model.K,
+                           partition_selected="ensemble" if ensemble else model.config.get("partition"),
                            chart_selection=selection)
         if isinstance(model, Classical):
             metrics.update(size_selected=model.size, size_selection=model.selection)
@@ -248,15 +252,18 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
 
 
 def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: Any
-         ) -> tuple[VQFlow, History, list[dict] | None]:
+         ) -> tuple[VQFlow | VQFlowEnsemble, History, list[dict] | None]:
     """Train ``model`` (or, with ``charts="auto"`` or ``partition="auto"``, choose the chart count and the
     partition on validation: one model per candidate, each training with its own checkpoint); returns the trained
     model, its history and the selection table."""
     if config.is_baseline:  # fitted and sized on validation, no training
         t0 = time.perf_counter()
-        estimator = fit_baseline(config.model, splits.train, splits.val, seed=config.seed)
+        # the mixture's count grid stops at the first count that scores worse than the best: the same choice as
+        # the whole grid in every run of the paper grid, at a third of its time (docs/results.md)
+        estimator = fit_baseline(config.model, splits.train, splits.val, seed=config.seed,
+                                 patience=1 if config.model == "gmm" else None)
         return estimator, History(chart_seconds=time.perf_counter() - t0), None
-    candidates = auto_candidates(config, splits)
+    candidates = auto_candidates(config)
     if candidates is None:
         return model, fit(model, splits.train, splits.val, config=config.training(), **options), None
 
@@ -265,20 +272,16 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
         return config.build_model(splits.train.shape[1], charts=k, partition=partition)
 
     return select_charts(make, splits.train, splits.val, candidates=candidates, config=config.training(),
-                         **options)
+                         stack=stacks(config.flow, config.partition), **options)
 
 
-def auto_candidates(config: RunConfig, splits: datasets.Splits | None = None) -> list[tuple] | None:
-    """The ``(partition, K)`` candidates a run chooses among on validation, or ``None`` for a single model:
-    :func:`~vqflows.selection.partition_candidates` for the run's flow, partition and charts on ``splits``
-    (needed with ``partition="auto"`` and a flow of :data:`~vqflows.selection.AUTO_FLOWS`, where the
-    Gaussian mixture is sized on them)."""
+def auto_candidates(config: RunConfig) -> list[tuple] | None:
+    """The ``(partition, K)`` candidates a run trains, or ``None`` for a single model
+    (:func:`~vqflows.selection.partition_candidates` for the run's flow, partition and charts)."""
     if not config.is_vq:
         return None
-    if splits is None and config.partition == "auto" and config.flow in AUTO_FLOWS:
-        raise ValueError("splits: expected the data to size the mixture on, got None")
-    return partition_candidates(config.flow, config.partition, config.charts, *((splits.train, splits.val) if splits else (None, None)),
-                                seed=config.seed)
+    return partition_candidates(config.flow, config.partition, config.charts)
+
 
 def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:
     """Under ``torchrun`` (``WORLD_SIZE > 1``), join the process group — ``nccl`` on CUDA, ``gloo`` on the
@@ -340,7 +343,7 @@ def _claim(out: Path) -> Iterator[None]:
                 out.rmdir()  # only if empty
 
 
-def load_run(path: str | os.PathLike) -> tuple[VQFlow | Classical, RunConfig]:
+def load_run(path: str | os.PathLike) -> tuple[VQFlow | VQFlowEnsemble | Classical, RunConfig]:
     """The model and config of the run folder ``path``; unreadable files raise ``ValueError`` naming them."""
     path = Path(path)
     if not (path / "config.json").exists():
@@ -352,7 +355,7 @@ def load_run(path: str | os.PathLike) -> tuple[VQFlow | Classical, RunConfig]:
         check_files(path)
         return model, config
     try:
-        model = VQFlow.load(where)
+        model = load_model(where)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{where / 'config.json'}: expected the model's JSON settings, got unreadable JSON ({e})"
                          ) from None

@@ -26,36 +26,40 @@ from typing import Any
 
 import torch
 
-from .baselines import GMM_COMPONENTS, fit_baseline
 from .checks import as_points, positive_int
 from .config import CANDIDATES
+from .ensemble import VQFlowEnsemble, stacking_weights
 from .model import VQFlow
 from .training import History, TrainConfig, fit, resolve_device, torch_threads
 from .training.config import train_config
 from .training.fitting import fit_charts_and_frames
 from .training.objective import nearest_penalty
 
-#: Flows for which ``partition="auto"`` (the run default) chooses on validation between flows trained
-#: from the Gaussian mixture whose component count scores best on validation and from a K-component one
-#: (their early stopping counts epoch 0, so each ends at or above its mixture on validation); other flows
-#: take the VQ-AE (:func:`partition_candidates`, measured in docs/results.md).
+#: Flows for which ``partition="auto"`` (the run default) trains one flow from each of the ``K/4``-, ``K/2``-,
+#: ``K``- and ``2K``-component Gaussian mixtures (each counts epoch 0 in its early stopping, so each ends at or
+#: above its mixture on validation) and stacks them into one :class:`~vqflows.ensemble.VQFlowEnsemble` with
+#: weights fitted on validation; other flows take the VQ-AE (:func:`partition_candidates`, measured in
+#: docs/results.md).
 AUTO_FLOWS = ("maf",)
+
+#: The members' chart counts of ``partition="auto"``, as multiples of ``charts`` (32: 8, 16, 32 and 64).
+ATLAS_SCALES = (0.25, 0.5, 1, 2)
 
 
 @torch.no_grad()
-def validation_score(model: VQFlow, val: torch.Tensor) -> float:
+def validation_score(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> float:
     """Mean exact log-likelihood of ``val`` ``(M, D)`` less the flow's mean penalty (0 for full flows)."""
     model.eval()
     ll = float(model.log_prob(val).mean())
-    if model.flow.manifold_dim < model.features:
+    if isinstance(model, VQFlow) and model.flow.manifold_dim < model.features:
         ll -= float(nearest_penalty(model, model.check_points(val)).mean())
     return ll
 
 
 def select_charts(make: Callable[..., VQFlow], train, val, *,
-                  candidates: Sequence[int | tuple] = CANDIDATES,
-                  **fit_options: Any) -> tuple[VQFlow, History, list[dict]]:
-    """Fit ``make(K)`` for every ``K`` in ``candidates`` and keep the best on ``val``.
+                  candidates: Sequence[int | tuple] = CANDIDATES, stack: bool = False,
+                  **fit_options: Any) -> tuple[VQFlow | VQFlowEnsemble, History, list[dict]]:
+    """Fit ``make(K)`` for every ``K`` in ``candidates`` and keep the best on ``val`` (or, with ``stack``, all of them).
 
     Arguments:
         make: a factory of an untrained model with ``K`` charts (e.g. ``lambda k: vqflows.build(3, charts=k)``);
@@ -66,13 +70,19 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
             charts are fitted but whose flow is not trained (with ``"gmm"``: the fitted mixture itself);
             counts needing more distinct training points than there are (``manifold_dim + 1`` per chart)
             are skipped.
+        stack: return the trained candidates as one :class:`~vqflows.ensemble.VQFlowEnsemble` whose weights
+            maximise the validation log-likelihood (:func:`~vqflows.ensemble.stacking_weights`), which is then
+            at least the best candidate's; its table row has ``partition="ensemble"`` (with one trained
+            candidate, that candidate is returned; data too few for every candidate get the best of 4, 2 or 1
+            charts).
         fit_options: passed to :func:`vqflows.fit`: ``config``, ``callbacks``, ``progress`` or settings
             of :class:`~vqflows.training.TrainConfig` (``objective``, ``batch_size``, ``seed``, ...).
 
     Returns:
-        ``(model, history, table)``: the chosen fitted model, its history, and one row per candidate
+        ``(model, history, table)``: the chosen fitted model, its history (an ensemble's: its members'
+        one after another, :func:`joined_history`), and one row per candidate
         ``{"charts", "partition", "trained", "val_log_likelihood", "epochs", "seconds"}`` in the order tried
-        (``partition`` is ``None`` for plain counts).
+        (``partition`` is ``None`` for plain counts; with ``stack`` each row has its ``weight``).
     """
     if isinstance(candidates, (str, bytes)) or not len(candidates):
         raise ValueError(f"candidates: expected a non-empty sequence of chart counts, got {candidates!r}")
@@ -89,6 +99,7 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
     distinct = int(torch.unique(train, dim=0).shape[0])
     best: tuple[float, VQFlow, History] | None = None
     table: list[dict] = []
+    trained_models: list[tuple[VQFlow, History]] = []
     for partition, k, trained in specs:
         t0 = time.perf_counter()
         model = make(k) if partition is None else make(k, partition)
@@ -103,39 +114,84 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
         score = validation_score(model, val)
         table.append({"charts": model.K, "partition": partition, "trained": trained, "val_log_likelihood": score,
                       "epochs": history.epochs, "seconds": time.perf_counter() - t0})
+        if trained and math.isfinite(score):
+            trained_models.append((model, history))
         if best is None or (math.isfinite(score) and score > best[0]):
             best = (score, model, history)
         if history.interrupted:  # Ctrl-C: no further candidates; the caller sees the interruption
             best[2].interrupted = True
-            break
+            return best[1], best[2], table
+    if best is None and stack and min(ks) > 1:  # too few points for every member: the fewest charts that fit
+        smaller = [(specs[0][0], k) if specs[0][0] else k for k in (4, 2, 1) if k < min(ks)]
+        return select_charts(make, train, val, candidates=smaller, checkpoint=checkpoint, **fit_options)
     if best is None:
         raise ValueError(f"candidates: expected a chart count with enough distinct training points (manifold "
                          f"dimension + 1 per chart), got {ks} for {distinct} distinct points")
+    if stack and len(trained_models) > 1:
+        return _stacked(trained_models, val, table)
     return best[1], best[2], table
 
 
-def partition_candidates(flow: str, partition: str, charts: int | str, train, val, *,
-                         seed: int = 0) -> list[tuple] | None:
-    """The ``(partition, K)`` candidates to choose among on validation, or ``None`` for a single model.
+@torch.no_grad()
+def _stacked(trained: list[tuple[VQFlow, History]], val, table: list[dict]) -> tuple[VQFlowEnsemble, History, list[dict]]:
+    """The trained candidates as one ensemble, weighted to maximise the validation log-likelihood."""
+    t0 = time.perf_counter()
+    models = [m for m, _ in trained]
+    x = models[0].check_points(val, name="val")
+    weights = stacking_weights(torch.stack([m.log_prob(x) for m in models], dim=-1))
+    ensemble = VQFlowEnsemble(models, weights).eval()
+    rows = [row for row in table if row["trained"] and math.isfinite(row["val_log_likelihood"])]
+    for row, w in zip(rows, weights.tolist()):
+        row["weight"] = w
+    table.append({"charts": ensemble.K, "partition": "ensemble", "trained": False,
+                  "val_log_likelihood": validation_score(ensemble, x), "epochs": 0,
+                  "seconds": time.perf_counter() - t0})
+    return ensemble, joined_history([h for _, h in trained]), table
 
-    ``partition="auto"`` with a flow of :data:`AUTO_FLOWS` (MAF): flows trained from the Gaussian mixture
-    sized on validation (:func:`vqflows.baselines.fit_baseline` on ``train``/``val``, its count grid
-    stopped at the first count that scores worse than the best; 1, 2 or 4 components when the data are
-    too few for :data:`~vqflows.baselines.GMM_COMPONENTS`) and from the ``charts``-component
-    mixture (every :data:`CANDIDATES` with ``charts="auto"``); each counts epoch 0 in its early stopping,
-    so the chosen model is never below the validated mixture on validation. Other flows take the VQ-AE.
-    With a fixed partition, ``charts="auto"`` tries :data:`CANDIDATES` and a count gives ``None``.
+
+def joined_history(histories: Sequence[History]) -> History:
+    """One :class:`History` of several trainings run one after another (an ensemble's members): their epochs
+    numbered on from each other, their times summed; ``best_epoch`` is the last member's kept epoch and
+    ``resumed_at`` the epoch a resumed selection went on from, in that numbering (each member's own best
+    epoch is in the selection table)."""
+    out = History()
+    for h in histories:
+        offset = out.epochs
+        out.epoch += [offset + e for e in h.epoch]
+        for name in ("train_loss", "val_log_likelihood", "epoch_seconds", "chart_loss", "val_score", "val_exact"):
+            getattr(out, name).extend(getattr(h, name))
+        out.best_epoch = offset + h.best_epoch
+        if h.resumed_at:  # the last member a resumed selection went on in
+            out.resumed_at = offset + h.resumed_at
+        out.chart_seconds += h.chart_seconds
+        out.flow_seconds += h.flow_seconds
+        out.interrupted = out.interrupted or h.interrupted
+    out.stopped_early = all(h.stopped_early for h in histories)
+    out.best_val_score = max((h.best_val_score for h in histories), default=-math.inf)
+    return out
+
+
+def partition_candidates(flow: str, partition: str, charts: int | str) -> list[tuple] | None:
+    """The ``(partition, K)`` candidates to train, or ``None`` for a single model.
+
+    ``partition="auto"`` with a flow of :data:`AUTO_FLOWS` (MAF): flows trained from Gaussian mixtures of
+    ``charts`` times :data:`ATLAS_SCALES` components (8, 16, 32 and 64 for ``charts=32``; :data:`CANDIDATES`
+    with ``charts="auto"``), which :func:`stacks` says to combine into one ensemble. Other flows take the
+    VQ-AE. With a fixed partition, ``charts="auto"`` tries :data:`CANDIDATES` (the best on validation is kept)
+    and a count gives ``None``.
     """
     ks = CANDIDATES if charts == "auto" else (charts,)
-    if partition != "auto" or flow not in AUTO_FLOWS:
+    if not stacks(flow, partition):
         fixed = "vqae" if partition == "auto" else partition
         return [(fixed, k) for k in ks] if charts == "auto" else None
-    if train is None or val is None:
-        raise ValueError("train, val: expected the data to size the mixture on, got None")
-    n = len(as_points(train, name="train"))
-    sizes = [k for k in GMM_COMPONENTS if 2 * k <= n] or [k for k in (1, 2, 4) if 2 * k <= n] or [1]
-    best = int(fit_baseline("gmm", train, val, seed=seed, candidates=sizes, patience=1).size)
-    return [("gmm", k) for k in dict.fromkeys((best, *ks))]
+    if charts != "auto":
+        ks = tuple(dict.fromkeys(max(1, round(charts * scale)) for scale in ATLAS_SCALES))
+    return [("gmm", k) for k in ks]
+
+
+def stacks(flow: str, partition: str) -> bool:
+    """Whether a model of ``flow`` with ``partition`` is the stacked ensemble of :func:`partition_candidates`."""
+    return partition == "auto" and flow in AUTO_FLOWS
 
 
 def candidate_checkpoint(checkpoint, partition: str | None, charts: int) -> Path:
@@ -160,4 +216,5 @@ def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
     return history
 
 
-__all__ = ["AUTO_FLOWS", "CANDIDATES", "partition_candidates", "select_charts", "validation_score"]
+__all__ = ["ATLAS_SCALES", "AUTO_FLOWS", "CANDIDATES", "joined_history", "partition_candidates", "select_charts", "stacks",
+           "validation_score"]

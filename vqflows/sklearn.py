@@ -20,9 +20,10 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from .checks import as_points
 from .checks import seed as check_seed
+from .ensemble import VQFlowEnsemble
 from .model import VQFlow
 from .recipes import build
-from .selection import CANDIDATES, partition_candidates, select_charts
+from .selection import CANDIDATES, partition_candidates, select_charts, stacks
 from .training import History, TrainConfig, check_threads, fit, torch_threads
 
 #: the training defaults, which the estimator's training parameters take
@@ -36,11 +37,12 @@ class VQFlowDensity(BaseEstimator):
     as given so that :func:`sklearn.base.clone`, ``get_params``/``set_params`` and ``GridSearchCV``
     work; the model is built and trained in :meth:`fit`. ``charts=None`` is the plain flow.
 
-    The defaults are the command line's: with ``partition="auto"`` a MAF chooses on validation between
-    flows started from the Gaussian mixture sized on validation and from a ``charts``-component one
-    (:func:`~vqflows.selection.partition_candidates`), other flows take the VQ-AE; ``partition="vqae"``
+    The defaults are the command line's: with ``partition="auto"`` a MAF trains flows started from
+    Gaussian mixtures of ``charts/4``, ``charts/2``, ``charts`` and ``2·charts`` components and stacks them,
+    with weights fitted on validation, into one :class:`~vqflows.ensemble.VQFlowEnsemble`
+    (:func:`~vqflows.selection.partition_candidates`); other flows take the VQ-AE; ``partition="vqae"``
     is the paper's setting, ``"gmm"`` and ``"kmeans"`` fix the partition. ``charts="auto"`` chooses the
-    count among :data:`~vqflows.selection.CANDIDATES` on validation.
+    count among :data:`~vqflows.selection.CANDIDATES` on validation (with ``partition="auto"``: they are the members).
 
     Arguments:
         flow, charts, partition, latent, m, eps, transforms, manifold_dim, frames, flow_options:
@@ -55,7 +57,8 @@ class VQFlowDensity(BaseEstimator):
         verbose: progress bars while fitting: ``True``, ``False``, or ``None`` (the default) for bars only
             when a person is watching (stderr is a terminal, or a notebook; :func:`vqflows.training.interactive`).
 
-    Fitted attributes: ``model_`` (the :class:`VQFlow`), ``history_`` (its :class:`History`),
+    Fitted attributes: ``model_`` (the :class:`VQFlow`, or the :class:`~vqflows.ensemble.VQFlowEnsemble`),
+    ``history_`` (its :class:`History`),
     ``n_features_in_``.
 
     It passes every check of ``sklearn.utils.estimator_checks.check_estimator`` (scikit-learn 1.9)
@@ -119,16 +122,16 @@ class VQFlowDensity(BaseEstimator):
             fixed = "vqae" if self.partition == "auto" else self.partition
             model = self._build(X.shape[1], min(CANDIDATES) if self.charts == "auto" else self.charts, fixed)
             model.check_training_data(points, name="X")  # the data's faults named before any fitting
-            candidates = None if self.charts is None else partition_candidates(
-                self.flow, self.partition, self.charts, train, val, seed=self.seed)
+            candidates = None if self.charts is None else partition_candidates(self.flow, self.partition, self.charts)
             if candidates is None:
                 history = fit(model, train, val, config=config, progress=self.verbose)
             else:
                 model, history, _ = select_charts(lambda k, partition: self._build(X.shape[1], k, partition), train, val,
-                                                  candidates=candidates, config=config, progress=self.verbose)
+                                                  candidates=candidates, config=config, progress=self.verbose,
+                                                  stack=stacks(self.flow, self.partition))
         if history.interrupted:
             raise KeyboardInterrupt
-        self.model_: VQFlow = model.to("cpu").eval()
+        self.model_: VQFlow | VQFlowEnsemble = model.to("cpu").eval()
         self.history_: History = history
         return self
 
