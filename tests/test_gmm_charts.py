@@ -133,6 +133,10 @@ def test_default_run_is_the_stacked_ensemble_and_reloads(tmp_path):
         assert metrics["val_log_likelihood"] >= float(_gmm(s, k).log_prob(s.val).mean()) - 1e-4
     model, _ = load_run(tmp_path / "run")
     assert isinstance(model, VQFlowEnsemble) and model.K == 120
+    with torch.no_grad():  # each member's own test score, recorded beside the ensemble's
+        alone = [float(m.log_prob(s.test).mean()) for m in model.members]
+    assert metrics["member_test_log_likelihood"] == pytest.approx(alone, abs=1e-5)
+    assert metrics["member_gap_to_oracle"][0] == pytest.approx(metrics["oracle_log_likelihood"] - alone[0])
     assert evaluate_run(tmp_path / "run")["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"], abs=1e-5)
 
 

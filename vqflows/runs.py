@@ -82,7 +82,8 @@ def evaluate(model: VQFlow | VQFlowEnsemble | Classical, splits: datasets.Splits
     the oracle and the reconstruction error (a classical baseline has only the log-likelihoods and the oracle).
 
     The test points are scored under every chart once: the exact mixture and the bound over each
-    point's ``top`` nearest charts both come from that one pass.
+    point's ``top`` nearest charts both come from that one pass, and for an ensemble each member's own
+    test log-likelihood (``member_test_log_likelihood``, and its ``member_gap_to_oracle``).
     """
     if isinstance(model, Classical):
         out = {"test_log_likelihood": float(model.log_prob(splits.test).mean()),
@@ -113,6 +114,12 @@ def evaluate(model: VQFlow | VQFlowEnsemble | Classical, splits: datasets.Splits
         oracle = float(splits.dataset.log_prob(splits.test).mean())
         out["oracle_log_likelihood"] = oracle
         out["gap_to_oracle"] = oracle - out["test_log_likelihood"]
+    if isinstance(model, VQFlowEnsemble):  # each member alone, from the same pass: what stacking them gained
+        cuts = torch.tensor([m.K for m in model.members]).cumsum(0).tolist()
+        members = [torch.logsumexp(joint[:, a:b] - lw, dim=-1) for a, b, lw in zip([0, *cuts[:-1]], cuts, model.log_mix)]
+        out["member_test_log_likelihood"] = [float(m.mean()) for m in members]
+        if out["oracle_log_likelihood"] is not None:
+            out["member_gap_to_oracle"] = [out["oracle_log_likelihood"] - v for v in out["member_test_log_likelihood"]]
     if model.manifold_dim < model.features:
         out["reconstruction_error"] = float(model.reconstruction(splits.test).mean())
     return out
