@@ -100,6 +100,9 @@ def test_save_and_load_round_trip_exactly(default, tmp_path):
     assert isinstance(back, VQFlowEnsemble) and back.K == model.K
     assert torch.equal(back.log_prob(x), model.log_prob(x)) and back.log_mix.dtype == torch.float64
     assert torch.equal(VQFlowEnsemble.load(tmp_path / "m").mix_weights, model.mix_weights)
+    assert torch.equal(vqflows.load(tmp_path / "m").log_prob(x), model.log_prob(x))  # the top-level loader
+    with pytest.raises(ValueError, match=r"got an ensemble's .* load it with vqflows.load\(path\)"):
+        vqflows.VQFlow.load(tmp_path / "m")
     # a single model saved over the ensemble replaces it, and the other way round: a folder holds one model
     model.members[0].save(tmp_path / "m")
     assert isinstance(load(tmp_path / "m"), vqflows.VQFlow) and not list((tmp_path / "m").glob("member-*"))

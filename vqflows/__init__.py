@@ -10,7 +10,8 @@ torch.Size([250])
 The library's parts: :mod:`~vqflows.datasets` (manifolds with exact oracles, user files, Earth data),
 :mod:`~vqflows.geometry` (rotations, stereographic maps, von Mises–Fisher), :mod:`~vqflows.charts`
 (partitions), :mod:`~vqflows.frames` (chart frames), :mod:`~vqflows.flows` (chart-map flows),
-:mod:`~vqflows.model` (the mixture), :mod:`~vqflows.presets` (named recipes), :mod:`~vqflows.training`
+:mod:`~vqflows.model` (the mixture), :mod:`~vqflows.ensemble` (several atlases stacked into one density),
+:mod:`~vqflows.presets` (named recipes), :mod:`~vqflows.training`
 (the training loop), :mod:`~vqflows.runs` (run folders); studies live in :mod:`vqflows.experiments`.
 """
 
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from . import datasets, presets, selection
+    from .ensemble import VQFlowEnsemble, load
     from .model import VQFlow
     from .recipes import build
     from .runs import MODELS, RunConfig, evaluate_run, load_run, train_run
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 #: public names and the submodule serving each, imported on first use so that ``import vqflows`` (and
 #: the command line's ``--help``) does not pay for torch, zuko and scikit-learn up front
 _LAZY = {"datasets": ".datasets", "presets": ".presets", "selection": ".selection", "select_charts": ".selection", "VQFlow": ".model", "build": ".recipes",
+         "VQFlowEnsemble": ".ensemble", "load": ".ensemble",
          "History": ".training", "TrainingError": ".training", "EarlyStopping": ".training", "fit": ".training",
          "TrainConfig": ".training",
          "train_flow": ".training", "RunConfig": ".runs", "MODELS": ".runs", "train_run": ".runs",
@@ -51,5 +54,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["MODELS", "EarlyStopping", "History", "RunConfig", "TrainConfig", "TrainingError", "VQFlow", "build", "datasets",
-           "evaluate_run", "fit", "load_run", "presets", "select_charts", "selection", "train_flow", "train_run"]
+__all__ = ["MODELS", "EarlyStopping", "History", "RunConfig", "TrainConfig", "TrainingError", "VQFlow", "VQFlowEnsemble", "build",
+           "datasets", "evaluate_run", "fit", "load", "load_run", "presets", "select_charts", "selection", "train_flow",
+           "train_run"]

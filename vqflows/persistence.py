@@ -47,6 +47,9 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -
     path = Path(path)
     if (path / "model" / "config.json").exists():
         path = path / "model"
+    if (path / "member-0" / "config.json").exists():
+        raise ValueError(f"path: expected one VQFlow's folder, got an ensemble's (member-0/, ...) in {str(path)!r}: "
+                         f"load it with vqflows.load(path)")
     if not (path / "config.json").exists() or not (path / "weights.pt").exists():
         raise ValueError(f"path: expected a folder with config.json and weights.pt, got {str(path)!r}")
     try:
