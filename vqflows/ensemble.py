@@ -34,11 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from . import persistence
-from .checks import positive_int
-from .checks import seed as check_seed
 from .distribution import VQFlowDistribution
 from .io import write_json
-from .model import CHUNK, VQFlow
+from .model import CHUNK, VQFlow, sample_request
 
 #: what :meth:`VQFlowEnsemble.save` writes as the recipe's name
 PRESET = "ensemble"
@@ -148,16 +146,7 @@ class VQFlowEnsemble(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def _draw(self, shape, generator: torch.Generator | None, seed: int | None, return_charts: bool, keep: bool):
-        if isinstance(shape, int) and not isinstance(shape, bool):
-            shape = (positive_int(shape, name="n"),)
-        try:
-            shape = torch.Size(shape)
-        except TypeError as e:
-            raise ValueError(f"sample_shape: expected an int or a tuple of ints, got {shape!r}") from e
-        if any(s < 0 for s in shape):
-            raise ValueError(f"sample_shape: expected sizes >= 0, got {tuple(shape)}")
-        if seed is not None:
-            generator = torch.Generator().manual_seed(check_seed(seed))
+        shape, generator = sample_request(shape, generator, seed)
         n, ref = shape.numel(), self._ref
         j = torch.multinomial(self.mix_weights.cpu().double(), max(n, 1), replacement=True, generator=generator)[:n]
         x = ref.new_zeros(n, self.features)
@@ -194,12 +183,7 @@ class VQFlowEnsemble(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``config.json`` (the weights and the number of members) and each member's folder
         ``member-<j>/`` (:meth:`VQFlow.save`) into the folder ``path``."""
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-            raise ValueError(f"path: expected a folder to save into, got {path!r}")
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"path: expected a folder to save into, got the file {str(path)!r}")
-        path.mkdir(parents=True, exist_ok=True)
+        path = persistence.folder(path)
         for j, member in enumerate(self.members):
             member.save(path / f"member-{j}")
         write_json(path / "config.json", {"format": 2, "preset": PRESET, "members": len(self.members),

@@ -40,6 +40,23 @@ ENCODE_MODES = ("map", "expected", "sample")
 CHUNK = 8192
 
 
+def sample_request(shape: Sequence[int] | int | torch.Size, generator: torch.Generator | None,
+                   seed: int | None) -> tuple[torch.Size, torch.Generator | None]:
+    """A ``sample_shape`` (an int ``n`` means ``(n,)``) as a ``torch.Size``, and the generator to draw with
+    (a new one seeded by ``seed`` when given); ``ValueError`` for shapes that are not sizes >= 0."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (positive_int(shape, name="n"),)
+    try:
+        shape = torch.Size(shape)
+    except TypeError as e:
+        raise ValueError(f"sample_shape: expected an int or a tuple of ints, got {shape!r}") from e
+    if any(s < 0 for s in shape):
+        raise ValueError(f"sample_shape: expected sizes >= 0, got {tuple(shape)}")
+    if seed is not None:
+        generator = torch.Generator().manual_seed(check_seed(seed))
+    return shape, generator
+
+
 class Partition(Protocol):
     """What a chart partitioner provides (:class:`~vqflows.charts.VQAutoencoder`, :class:`~vqflows.charts.KMeansCharts`)."""
 
@@ -344,16 +361,7 @@ class VQFlow(nn.Module):
     # ------------------------------------------------------ sampling, inference
     def _draw(self, shape: Sequence[int] | int | torch.Size, generator: torch.Generator | None,
               seed: int | None, return_charts: bool):
-        if isinstance(shape, int) and not isinstance(shape, bool):
-            shape = (positive_int(shape, name="n"),)
-        try:
-            shape = torch.Size(shape)
-        except TypeError as e:
-            raise ValueError(f"sample_shape: expected an int or a tuple of ints, got {shape!r}") from e
-        if any(s < 0 for s in shape):
-            raise ValueError(f"sample_shape: expected sizes >= 0, got {tuple(shape)}")
-        if seed is not None:
-            generator = torch.Generator().manual_seed(check_seed(seed))
+        shape, generator = sample_request(shape, generator, seed)
         n, ref = shape.numel(), self._ref
         # the chart draws (int64), the latents and the points, which are drawn in batches and then joined
         size = ref.element_size()

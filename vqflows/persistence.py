@@ -27,16 +27,22 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     if model.spec is None:
         raise ValueError("model: expected one built by vqflows.build or vqflows.presets.create (whose recipe "
                          "can be saved), got one composed by hand; save its state_dict() instead")
+    path = folder(path)
+    write_json(path / "config.json", {"format": 2, **model.spec})
+    save_torch(path / "weights.pt", model.state_dict())
+    for old in path.glob("member-*"):  # an ensemble saved here before: the folder now holds this model alone
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def folder(path: str | os.PathLike) -> Path:
+    """The folder ``path`` to save a model into, made if missing; ``ValueError`` for a file or an empty path."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise ValueError(f"path: expected a folder to save into, got {path!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"path: expected a folder to save into, got the file {str(path)!r}")
     path.mkdir(parents=True, exist_ok=True)
-    write_json(path / "config.json", {"format": 2, **model.spec})
-    save_torch(path / "weights.pt", model.state_dict())
-    for old in path.glob("member-*"):  # an ensemble saved here before: the folder now holds this model alone
-        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -78,4 +84,4 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -
     return model.to(map_location).eval()
 
 
-__all__ = ["save", "load"]
+__all__ = ["folder", "load", "save"]
