@@ -81,8 +81,9 @@ class RunConfig:
         epochs: the most flow epochs; ``patience``: epochs without a better validation score before stopping.
         batch_size, lr: Adam's batch size and learning rate.
         charts: the number of charts ``K``, or ``"auto"`` to choose it on validation among :data:`CANDIDATES`.
-        partition: how the charts are found: ``"auto"`` (the default; for ``vq-maf`` the better on validation
-            of flows trained from the validated Gaussian mixture and from a ``charts``-component one, see
+        partition: how the charts are found: ``"auto"`` (the default; for ``vq-maf`` four flows, from Gaussian
+            mixtures of ``charts`` times 1/4, 1/2, 1 and 2 components, stacked into one
+            :class:`~vqflows.ensemble.VQFlowEnsemble` with weights fitted on validation, see
             :func:`vqflows.runs.auto_candidates`; the VQ autoencoder for other flows), ``"vqae"`` (the
             paper's VQ autoencoder) or another of :data:`vqflows.presets.PARTITIONS` (``"kmeans"``, ``"gmm"``).
         latent: the VQ autoencoder's code dimension.
@@ -192,7 +193,7 @@ class RunConfig:
         partition = partition if partition is not None else self.partition
         if charts == "auto":
             charts = max(CANDIDATES)
-        if partition == "auto":  # a run chooses among candidates (auto_candidates); a single model is the VQ-AE's
+        if partition == "auto":  # a run trains the candidates (auto_candidates); a single model is the VQ-AE's
             partition = "vqae"
         return presets.create(self.model, features=features, charts=charts, partition=partition,
                               latent=self.latent, m=self.m if self.is_vq else 1, eps=self.eps,
