@@ -135,7 +135,9 @@ def test_default_run_is_the_stacked_ensemble_and_reloads(tmp_path):
     assert isinstance(model, VQFlowEnsemble) and model.K == 120
     with torch.no_grad():  # each member's own test score, recorded beside the ensemble's
         alone = [float(m.log_prob(s.test).mean()) for m in model.members]
+        bound = float(model.log_prob_bound(s.test, top=4).mean())  # each member's own nearest charts
     assert metrics["member_test_log_likelihood"] == pytest.approx(alone, abs=1e-5)
+    assert metrics["test_log_likelihood_top"] == pytest.approx(bound, abs=1e-5)
     assert metrics["member_gap_to_oracle"][0] == pytest.approx(metrics["oracle_log_likelihood"] - alone[0])
     assert evaluate_run(tmp_path / "run")["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"], abs=1e-5)
 
