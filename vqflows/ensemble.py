@@ -208,7 +208,12 @@ class VQFlowEnsemble(nn.Module):
 
 
 def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VQFlow | VQFlowEnsemble:
-    """Any model saved by :meth:`VQFlow.save` or :meth:`VQFlowEnsemble.save` (or a run folder holding ``model/``)."""
+    """Any model saved by :meth:`VQFlow.save` or :meth:`VQFlowEnsemble.save`.
+
+    Arguments:
+        path: the model's folder, or a run folder holding ``model/``.
+        map_location: the device to load the weights onto (``"cpu"``, ``"cuda"``, ...).
+    """
     path = Path(path)
     if (path / "model" / "config.json").exists():
         path = path / "model"
