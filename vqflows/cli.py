@@ -112,7 +112,7 @@ def _cmd_train(args, argv: list[str]) -> int:
     from .runs import RunInterrupted, train_run  # deferred: imports torch
 
     try:
-        metrics = train_run(config, out, progress=not args.json and not args.quiet, overwrite=args.overwrite,
+        metrics = train_run(config, out, progress=None if not (args.json or args.quiet) else False, overwrite=args.overwrite,
                             resume=args.resume)
     except RunInterrupted as e:
         if args.overwrite and state != "new":  # the new run was built beside the old one, which stays

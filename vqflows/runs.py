@@ -138,7 +138,7 @@ def parameters(model: torch.nn.Module | Classical) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = False, overwrite: bool = False,
+def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool | None = False, overwrite: bool = False,
               resume: bool = False, callback: Callable[[int, VQFlow, History], None] | None = None
               ) -> dict[str, Any]:
     """Train the run ``config`` into the folder ``out`` and return its metrics.
@@ -156,7 +156,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
     On Ctrl-C the best weights so far (if a flow epoch finished) are saved with
     ``interrupted.json``, then :class:`RunInterrupted` says what the folder kept. A run that fails
     on a fresh folder removes what it wrote. ``callback(epoch, model, history)`` is passed to :func:`fit`;
-    ``progress`` shows its progress bars.
+    ``progress`` shows its progress bars (``None``: when a person is watching, :func:`vqflows.training.interactive`).
     """
     out = Path(out)
     if overwrite and resume:
@@ -207,7 +207,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool = Fal
 
 
 def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Splits, *, fresh: bool,
-                progress: bool, callback: Callable | None) -> dict[str, Any]:
+                progress: bool | None, callback: Callable | None) -> dict[str, Any]:
     """Train into the claimed folder ``out`` (a new run when ``fresh``, else a resumed one, whose first
     files are put back as they were if it fails)."""
     history = None
