@@ -372,6 +372,20 @@ def two_writers_rows() -> None:
         f"{'left behind' if (twin / '.lock').exists() else 'removed'}", ok)
 
 
+def weight_files(run: Path) -> list[Path]:
+    """Every ``weights.pt`` of a run's model: one, or one per member of the default stacked model."""
+    return sorted((run / "model").rglob("weights.pt"))
+
+
+def first_model(run: Path) -> Path:
+    """The folder of the run's (first) single model: ``model/``, or ``model/member-0/`` of an ensemble."""
+    return weight_files(run)[0].parent
+
+
+def weights_sha(run: Path) -> list:
+    return [sha(w) for w in weight_files(run)]
+
+
 def interrupt_rows() -> None:
     """Row 7: Ctrl-C after the first epoch, a plain rerun, a resume, and the resumed run against an
     uninterrupted one."""
@@ -386,17 +400,16 @@ def interrupt_rows() -> None:
         p.send_signal(signal.SIGINT)
     r = finish(p, o, e, t0)
     files = sorted(f.name for f in out.iterdir()) if out.exists() else []
-    weights = out / "model" / "weights.pt"
     row("7. Ctrl-C after the first epoch", cmd(args) + "  (SIGINT once a checkpoint appears)",
         f"{r}; folder: {', '.join(files)}",
-        seen and r.rc == 130 and "resume" in r.line and weights.exists() and any(out.glob("checkpoint*.pt"))
+        seen and r.rc == 130 and "resume" in r.line and bool(weight_files(out)) and any(out.glob("checkpoint*.pt"))
         and "Traceback" not in r.err)
 
-    before = sha(weights)
+    before = weights_sha(out)
     r = vqflows_cli(args)
     row("7. rerun the same command after Ctrl-C", cmd(args),
-        f"{r}; weights.pt {'unchanged' if sha(weights) == before else 'CHANGED'}",
-        r.one_line_error and sha(weights) == before and "resume" in r.line)
+        f"{r}; weights.pt {'unchanged' if weights_sha(out) == before else 'CHANGED'}",
+        r.one_line_error and weights_sha(out) == before and "resume" in r.line)
 
     r = vqflows_cli([*args, "--resume"])
     files = sorted(f.name for f in out.iterdir())
@@ -407,11 +420,12 @@ def interrupt_rows() -> None:
     full = runs / "full"
     plain = [a if a != str(out) else str(full) for a in args]
     r = vqflows_cli(plain)
-    a = torch.load(weights, weights_only=True)
-    b = torch.load(full / "model" / "weights.pt", weights_only=True) if r.rc == 0 else {}
-    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    mine, theirs = weight_files(out), weight_files(full) if r.rc == 0 else []
+    same = len(mine) == len(theirs) > 0 and all(  # every member's weights
+        a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        for a, b in ((torch.load(x, weights_only=True), torch.load(y, weights_only=True)) for x, y in zip(mine, theirs)))
     ma, mb = read_json(out / "metrics.json"), read_json(full / "metrics.json") if r.rc == 0 else {}
-    row("7. the resumed run against an uninterrupted one", cmd(plain) + "  (then compare model/weights.pt)",
+    row("7. the resumed run against an uninterrupted one", cmd(plain) + "  (then compare every model/**/weights.pt)",
         f"{r}; every weight tensor bit-identical: {same}; test log-likelihood {ma.get('test_log_likelihood')} "
         f"(resumed) vs {mb.get('test_log_likelihood')} (uninterrupted)", r.rc == 0 and same)
 
@@ -429,7 +443,7 @@ def chart_stage_rows() -> None:
     p.send_signal(signal.SIGINT)
     r = finish(p, o, e, t0)
     files = sorted(f.name for f in out.iterdir()) if out.exists() else []
-    has_weights = (out / "model" / "weights.pt").exists()
+    has_weights = bool(weight_files(out)) if out.exists() else False
     says_none = "no weights" in r.line
     row("8. Ctrl-C during the chart stage", cmd(args) + "  (SIGINT 1 s after config.json appears)",
         f"{r}; folder: {', '.join(files)}",
@@ -507,7 +521,7 @@ def bad_file_rows() -> None:
         return folder
 
     def truncate(folder: Path) -> None:
-        w = folder / "model" / "weights.pt"
+        w = weight_files(folder)[0]
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
 
     def unknown_run_key(folder: Path) -> None:
@@ -515,15 +529,15 @@ def bad_file_rows() -> None:
         (folder / "config.json").write_text(json.dumps({**cfg, "colour": "blue"}))
 
     def unknown_model_key(folder: Path) -> None:
-        cfg = read_json(folder / "model" / "config.json")
+        cfg = read_json(first_model(folder) / "config.json")
         cfg["args"]["colour"] = "blue"
-        (folder / "model" / "config.json").write_text(json.dumps(cfg))
+        (first_model(folder) / "config.json").write_text(json.dumps(cfg))
 
     for name, label, damage in (
-            ("truncated", "a truncated `model/weights.pt`", truncate),
-            ("empty-weights", "an empty `model/weights.pt`", lambda f: (f / "model" / "weights.pt").write_bytes(b"")),
+            ("truncated", "a truncated `model/member-0/weights.pt`", truncate),
+            ("empty-weights", "an empty `model/member-0/weights.pt`", lambda f: weight_files(f)[0].write_bytes(b"")),
             ("unknown-key", "an unknown key in the run's `config.json`", unknown_run_key),
-            ("unknown-model-key", "an unknown key in `model/config.json`", unknown_model_key)):
+            ("unknown-model-key", "an unknown key in `model/member-0/config.json`", unknown_model_key)):
         folder = broken_copy(name, damage)
         before = {f: sha(f) for f in folder.rglob("*") if f.is_file()}
         r = vqflows_cli(["evaluate", str(folder)])
@@ -531,9 +545,9 @@ def bad_file_rows() -> None:
         row(f"10. evaluate a run with {label}", cmd(["evaluate", str(folder)]),
             f"{r}; files {'untouched' if kept else 'CHANGED'}", r.one_line_error and kept)
     folder = runs / "unknown-model-key"
-    ok, out = attempt(lambda: vqflows.VQFlow.load(folder / "model"))
+    ok, out = attempt(lambda: vqflows.VQFlow.load(first_model(folder)))
     row("10. `VQFlow.load` of a model folder with an unknown key in `config.json`",
-        "vqflows.VQFlow.load('<run>/model')", error_text(out) if not ok else f"loaded {type(out).__name__}",
+        "vqflows.VQFlow.load('<run>/model/member-0')", error_text(out) if not ok else f"loaded {type(out).__name__}",
         not ok and one_line_value_error(out))
 
     args = ["train", "--dataset", "helix", "--out", str(runs / "threads"), "--threads", "-2", *TINY]
