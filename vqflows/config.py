@@ -86,6 +86,8 @@ class RunConfig:
             :class:`~vqflows.ensemble.VQFlowEnsemble` with weights fitted on validation, see
             :func:`vqflows.runs.auto_candidates`; the VQ autoencoder for other flows), ``"vqae"`` (the
             paper's VQ autoencoder) or another of :data:`vqflows.presets.PARTITIONS` (``"kmeans"``, ``"gmm"``).
+        repeats: with ``partition="auto"`` (``vq-maf``), members per mixture size, each drawn from its own seed
+            (2: eight members, twice the cost).
         latent: the VQ autoencoder's code dimension.
         m, eps: chart membership: the ``m`` nearest codes, enlarged by ``eps`` (``None``: 2 for ``vq-cef``, else 1).
         chart_epochs: epochs of the chart stage.
@@ -114,6 +116,7 @@ class RunConfig:
     lr: float = _TRAIN.lr
     charts: int | str = 32  # or "auto": the best of CANDIDATES on validation
     partition: str = "auto"
+    repeats: int = 1  # members per mixture size of partition="auto", each from its own seed
     latent: int = 3
     m: int | None = None  # None: 2 for vq-cef (overlapping charts), else 1 (hard boundaries)
     eps: float = 0.0
@@ -143,7 +146,7 @@ class RunConfig:
             raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
         # counts are checked here, before any data is loaded; the training fields as training checks them
         for key, least in (*((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1),
-                           ("transforms", 1), ("hidden", 1), ("manifold_dim", 1)):
+                           ("transforms", 1), ("hidden", 1), ("manifold_dim", 1), ("repeats", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
         check_seed(self.seed)
         if self.n is not None:

@@ -60,7 +60,7 @@ from .run_files import (
     write_marker,
     write_run_json,
 )
-from .selection import CANDIDATES, partition_candidates, select_charts, stacks
+from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts, stacks
 from .training import History, check_threads, fit, torch_threads
 
 LOCK = ".lock"
@@ -281,8 +281,8 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
     if candidates is None:
         return model, fit(model, splits.train, splits.val, config=config.training(), **options), None
 
-    def make(k: int, partition: str | None = None) -> VQFlow:
-        torch.manual_seed(config.seed)
+    def make(k: int, partition: str | None = None, repeat: int = 0) -> VQFlow:
+        torch.manual_seed(config.seed + REPEAT_SEED * repeat)
         return config.build_model(splits.train.shape[1], charts=k, partition=partition)
 
     return select_charts(make, splits.train, splits.val, candidates=candidates, config=config.training(),
@@ -294,7 +294,7 @@ def auto_candidates(config: RunConfig) -> list[tuple] | None:
     (:func:`~vqflows.selection.partition_candidates` for the run's flow, partition and charts)."""
     if not config.is_vq:
         return None
-    return partition_candidates(config.flow, config.partition, config.charts)
+    return partition_candidates(config.flow, config.partition, config.charts, config.repeats)
 
 
 def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:

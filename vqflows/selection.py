@@ -44,6 +44,8 @@ AUTO_FLOWS = ("maf",)
 
 #: The members' chart counts of ``partition="auto"``, as multiples of ``charts`` (32: 8, 16, 32 and 64).
 ATLAS_SCALES = (0.25, 0.5, 1, 2)
+#: A repeated candidate ``r`` trains with seed ``seed + REPEAT_SEED * r`` (its chart fit, initial weights, batches).
+REPEAT_SEED = 1000
 
 
 @torch.no_grad()
@@ -66,7 +68,9 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
             for ``(partition, K)`` candidates it is called as ``make(K, partition)``.
         train, val: points ``(N, D)`` and ``(M, D)``; ``val`` drives both early stopping and the choice.
         candidates: chart counts to try (each ``>= 1``), or ``(partition, K)`` pairs to choose the
-            partition too, or ``(partition, K, False)`` for a model whose
+            partition too, ``(partition, K, True, r)`` for the ``r``-th further draw of a candidate (``make`` is
+            called as ``make(K, partition, r)`` and the fit's seed is offset by :data:`REPEAT_SEED` × ``r``),
+            or ``(partition, K, False)`` for a model whose
             charts are fitted but whose flow is not trained (with ``"gmm"``: the fitted mixture itself);
             counts needing more distinct training points than there are (``manifold_dim + 1`` per chart)
             are skipped.
@@ -86,34 +90,38 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
     """
     if isinstance(candidates, (str, bytes)) or not len(candidates):
         raise ValueError(f"candidates: expected a non-empty sequence of chart counts, got {candidates!r}")
-    specs: list[tuple[str | None, int, bool]] = []
+    specs: list[tuple[str | None, int, bool, int]] = []
     for c in candidates:
-        if isinstance(c, (tuple, list)) and len(c) in (2, 3) and isinstance(c[0], str):
-            specs.append((c[0], positive_int(c[1], name="candidates"), bool(c[2]) if len(c) == 3 else True))
+        if isinstance(c, (tuple, list)) and len(c) in (2, 3, 4) and isinstance(c[0], str):
+            repeat = positive_int(c[3], name="candidates", minimum=0) if len(c) == 4 else 0
+            specs.append((c[0], positive_int(c[1], name="candidates"), bool(c[2]) if len(c) >= 3 else True, repeat))
         else:
-            specs.append((None, positive_int(c, name="candidates"), True))
-    ks = [k for _, k, _ in specs]
+            specs.append((None, positive_int(c, name="candidates"), True, 0))
+    ks = [k for _, k, _, _ in specs]
     checkpoint = fit_options.pop("checkpoint", None)
-    several = sum(trained for _, _, trained in specs) > 1
+    several = sum(trained for _, _, trained, _ in specs) > 1
+    seed = train_config(fit_options.get("config"), {k: v for k, v in fit_options.items() if k in TrainConfig.names()}).seed
     train = as_points(train, name="train")
     distinct = int(torch.unique(train, dim=0).shape[0])
     best: tuple[float, VQFlow, History] | None = None
     table: list[dict] = []
     trained_models: list[tuple[VQFlow, History]] = []
-    for partition, k, trained in specs:
+    for partition, k, trained, repeat in specs:
         t0 = time.perf_counter()
-        model = make(k) if partition is None else make(k, partition)
+        model = make(k) if partition is None else make(k, partition) if not repeat else make(k, partition, repeat)
         if distinct < (model.manifold_dim + 1) * k:  # what vqflows.checks.training_points asks of the data
             continue
         if trained:
-            own = {} if checkpoint is None else {"checkpoint": candidate_checkpoint(checkpoint, partition, k) if several
-                                                 else checkpoint}  # a checkpoint belongs to one training
-            history = fit(model, train, val, **fit_options, **own)
+            own = {} if checkpoint is None else {"checkpoint": candidate_checkpoint(checkpoint, partition, k, repeat)
+                                                 if several else checkpoint}  # a checkpoint belongs to one training
+            if repeat:  # another draw of the same candidate: its own chart fit, initial weights and batches
+                own["seed"] = seed + REPEAT_SEED * repeat
+            history = fit(model, train, val, **{**fit_options, **own})
         else:
             history = _fit_charts_only(model, train, fit_options)
         score = validation_score(model, val)
         table.append({"charts": model.K, "partition": partition, "trained": trained, "val_log_likelihood": score,
-                      "epochs": history.epochs, "seconds": time.perf_counter() - t0})
+                      "epochs": history.epochs, "seconds": time.perf_counter() - t0, **({"repeat": repeat} if repeat else {})})
         if trained and math.isfinite(score):
             trained_models.append((model, history))
         if best is None or (math.isfinite(score) and score > best[0]):
@@ -171,14 +179,15 @@ def joined_history(histories: Sequence[History]) -> History:
     return out
 
 
-def partition_candidates(flow: str, partition: str, charts: int | str) -> list[tuple] | None:
+def partition_candidates(flow: str, partition: str, charts: int | str, repeats: int = 1) -> list[tuple] | None:
     """The ``(partition, K)`` candidates to train, or ``None`` for a single model.
 
     ``partition="auto"`` with a flow of :data:`AUTO_FLOWS` (MAF): flows trained from Gaussian mixtures of
     ``charts`` times :data:`ATLAS_SCALES` components (8, 16, 32 and 64 for ``charts=32``; :data:`CANDIDATES`
     with ``charts="auto"``), which :func:`stacks` says to combine into one ensemble. Other flows take the
     VQ-AE. With a fixed partition, ``charts="auto"`` tries :data:`CANDIDATES` (the best on validation is kept)
-    and a count gives ``None``.
+    and a count gives ``None``. ``repeats``: members per mixture size, each drawn from its own seed
+    (``(partition, K, True, r)`` candidates; 2 doubles the cost and lowered the knot's gap, docs/results.md).
     """
     ks = CANDIDATES if charts == "auto" else (charts,)
     if not stacks(flow, partition):
@@ -186,7 +195,8 @@ def partition_candidates(flow: str, partition: str, charts: int | str) -> list[t
         return [(fixed, k) for k in ks] if charts == "auto" else None
     if charts != "auto":
         ks = tuple(dict.fromkeys(max(1, round(charts * scale)) for scale in ATLAS_SCALES))
-    return [("gmm", k) for k in ks]
+    return [("gmm", k) for k in ks] + [("gmm", k, True, r) for r in range(1, positive_int(repeats, name="repeats"))
+                                       for k in ks]
 
 
 def stacks(flow: str, partition: str) -> bool:
@@ -194,12 +204,13 @@ def stacks(flow: str, partition: str) -> bool:
     return partition == "auto" and flow in AUTO_FLOWS
 
 
-def candidate_checkpoint(checkpoint, partition: str | None, charts: int) -> Path:
+def candidate_checkpoint(checkpoint, partition: str | None, charts: int, repeat: int = 0) -> Path:
     """The checkpoint file of one candidate of a selection that trains several: beside ``checkpoint``, named
-    by the candidate (``checkpoint.pt`` -> ``checkpoint-gmm-32.pt``), so that an interrupted selection
-    resumes each training where it stopped (a finished candidate's file holds its final state)."""
+    by the candidate (``checkpoint.pt`` -> ``checkpoint-gmm-32.pt``, its second draw ``checkpoint-gmm-32-r1.pt``),
+    so that an interrupted selection resumes each training where it stopped (a finished candidate's file
+    holds its final state)."""
     path = Path(checkpoint)
-    return path.with_name(f"{path.stem}-{partition or 'charts'}-{charts}{path.suffix}")
+    return path.with_name(f"{path.stem}-{partition or 'charts'}-{charts}{f'-r{repeat}' if repeat else ''}{path.suffix}")
 
 
 def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
