@@ -110,6 +110,11 @@ def test_run_config_candidates():
     assert auto_candidates(RunConfig(charts=1)) == [("gmm", k) for k in (1, 2)]
     assert auto_candidates(RunConfig(charts="auto")) == [("gmm", k) for k in (8, 16, 32, 64)]
     assert auto_candidates(RunConfig(model="maf", partition="auto")) is None
+    # repeats: the same sizes again, each further draw marked with its index
+    assert auto_candidates(RunConfig(charts=4, repeats=2)) == [("gmm", k) for k in (1, 2, 4, 8)] + \
+        [("gmm", k, True, 1) for k in (1, 2, 4, 8)]
+    with pytest.raises(ValueError, match="repeats"):
+        RunConfig(repeats=0)
     with pytest.raises(ValueError, match="partition"):
         RunConfig(partition="spectral")
 
@@ -153,3 +158,16 @@ def test_ctrl_c_in_a_default_run_keeps_the_best_so_far(tmp_path):
         train_run(RunConfig(dataset="helix", n=600, epochs=3, transforms=1, hidden=8), tmp_path / "run", callback=stop)
     assert (tmp_path / "run" / "interrupted.json").exists() and not (tmp_path / "run" / "metrics.json").exists()
     assert vqflows.VQFlow.load(tmp_path / "run").K in (8, 16, 32, 64, 128)
+
+
+def test_repeated_members_draw_their_own_charts_and_weights(tmp_path):
+    from vqflows.runs import RunConfig, load_run, train_run
+
+    metrics = train_run(RunConfig(dataset="helix", n=600, epochs=2, transforms=1, hidden=8, charts=4, repeats=2),
+                        tmp_path / "run")
+    table = metrics["chart_selection"]
+    assert [(r["charts"], r.get("repeat", 0)) for r in table[:-1]] == [(k, r) for r in (0, 1) for k in (1, 2, 4, 8)]
+    model, _ = load_run(tmp_path / "run")
+    assert len(model.members) == 8 and model.K == 30
+    a, b = model.members[2], model.members[6]  # 4 charts, drawn twice: other initial weights, other training
+    assert any(not torch.equal(p, q) for p, q in zip(a.flow.parameters(), b.flow.parameters()))
