@@ -105,3 +105,11 @@ def test_absurd_threads_are_refused(X):
     with pytest.raises(ValueError, match="threads: expected an integer from 0 to"):
         VQFlowDensity(charts=2, threads=100000, **SMALL).fit(X)
     assert torch.get_num_threads() == before
+
+
+def test_repeats_draws_each_member_twice(X):
+    est = VQFlowDensity(charts=2, repeats=2, **SMALL).fit(X)
+    assert est.model_.config["charts"] == [1, 2, 4] * 2
+    assert est.score(X) == pytest.approx(float(np.mean(est.score_samples(X))))
+    with pytest.raises(ValueError, match="repeats"):
+        VQFlowDensity(repeats=0, **SMALL).fit(X)

@@ -18,12 +18,12 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from .checks import as_points
+from .checks import as_points, positive_int
 from .checks import seed as check_seed
 from .ensemble import VQFlowEnsemble
 from .model import VQFlow
 from .recipes import build
-from .selection import CANDIDATES, partition_candidates, select_charts, stacks
+from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts, stacks
 from .training import History, TrainConfig, check_threads, fit, torch_threads
 
 #: the training defaults, which the estimator's training parameters take
@@ -47,6 +47,8 @@ class VQFlowDensity(BaseEstimator):
     Arguments:
         flow, charts, partition, latent, m, eps, transforms, manifold_dim, frames, flow_options:
             the model (``partition`` also ``"auto"``, above) (``hidden`` units in each of the flow's two hidden layers).
+        repeats: with ``partition="auto"``, members per mixture size, each drawn from its own seed (2: twice
+            the cost; see :func:`~vqflows.selection.partition_candidates`).
         epochs, batch_size, lr, weight_decay, patience, chart_epochs, objective, top: training (the
             fields of :class:`~vqflows.training.TrainConfig` and its defaults; ``patience`` is early stopping's).
         validation_fraction: the share of ``X`` held out (seeded by ``seed``) for early stopping.
@@ -70,7 +72,8 @@ class VQFlowDensity(BaseEstimator):
     #: ``check_estimator`` checks this estimator is known to fail, each with the reason.
     EXPECTED_FAILED_CHECKS: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, *, flow: str = "maf", charts: int | str | None = 32, partition: str = "auto", latent: int = 3,
+    def __init__(self, *, flow: str = "maf", charts: int | str | None = 32, partition: str = "auto", repeats: int = 1,
+                 latent: int = 3,
                  m: int = 1, eps: float = 0.0, transforms: int = 5, hidden: int = 64, manifold_dim: int = 2,
                  frames: bool = True, flow_options: dict | None = None, epochs: int = _TRAIN.epochs,
                  batch_size: int = _TRAIN.batch_size, lr: float = _TRAIN.lr, weight_decay: float = _TRAIN.weight_decay,
@@ -81,6 +84,7 @@ class VQFlowDensity(BaseEstimator):
         self.flow = flow
         self.charts = charts
         self.partition = partition
+        self.repeats = repeats
         self.latent = latent
         self.m = m
         self.eps = eps
@@ -112,6 +116,7 @@ class VQFlowDensity(BaseEstimator):
             raise ValueError(f"validation_fraction: expected a float in (0, 1), got {self.validation_fraction!r}")
         check_threads(self.threads)  # checked here, not in __init__, as scikit-learn asks
         check_seed(self.seed)
+        positive_int(self.repeats, name="repeats")
         points = torch.from_numpy(np.array(X, dtype=np.float32))  # a copy: the caller's array stays untouched
         # Seeded split: the same estimator on the same data fits the same model (clone-and-refit safe).
         perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
@@ -122,11 +127,12 @@ class VQFlowDensity(BaseEstimator):
             fixed = "vqae" if self.partition == "auto" else self.partition
             model = self._build(X.shape[1], min(CANDIDATES) if self.charts == "auto" else self.charts, fixed)
             model.check_training_data(points, name="X")  # the data's faults named before any fitting
-            candidates = None if self.charts is None else partition_candidates(self.flow, self.partition, self.charts)
+            candidates = None if self.charts is None else partition_candidates(self.flow, self.partition, self.charts,
+                                                                               self.repeats)
             if candidates is None:
                 history = fit(model, train, val, config=config, progress=self.verbose)
             else:
-                model, history, _ = select_charts(lambda k, partition: self._build(X.shape[1], k, partition), train, val,
+                model, history, _ = select_charts(lambda k, partition, r=0: self._build(X.shape[1], k, partition, r), train, val,
                                                   candidates=candidates, config=config, progress=self.verbose,
                                                   stack=stacks(self.flow, self.partition))
         if history.interrupted:
@@ -159,8 +165,8 @@ class VQFlowDensity(BaseEstimator):
         with self._threads(), torch.no_grad():
             return self.model_.sample(n_samples, seed=seed).double().numpy()
 
-    def _build(self, features: int, charts: int | None, partition: str) -> VQFlow:
-        torch.manual_seed(self.seed)
+    def _build(self, features: int, charts: int | None, partition: str, repeat: int = 0) -> VQFlow:
+        torch.manual_seed(self.seed + REPEAT_SEED * repeat)
         return build(features, self.flow, charts, partition=partition, latent=self.latent, m=self.m, eps=self.eps,
                      transforms=self.transforms, hidden_features=(self.hidden, self.hidden),
                      manifold_dim=self.manifold_dim, frames=self.frames, flow_options=self.flow_options)
