@@ -211,3 +211,25 @@ def test_absurd_thread_counts_are_refused_before_anything_is_made(tmp_path, caps
     with pytest.raises(ValueError, match="threads: expected an integer from 0 to"):
         fit(model, s.train, s.val, epochs=1, threads=100000)
     assert torch.get_num_threads() == 1
+
+
+def test_scikit_learn_is_imported_before_the_folder_is_written(tmp_path):
+    """Ctrl-C during a lazy import of scikit-learn (the chart stage's mixtures) breaks the module half-way
+    and ends in a traceback; a run imports it before it writes anything, where an interrupt is clean."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import vqflows.runs as runs\n"
+        "seen = []\n"
+        "original = runs.write_run_json\n"
+        "def spy(path, data):\n"
+        "    seen.append('sklearn.mixture' in sys.modules)\n"
+        "    return original(path, data)\n"
+        "runs.write_run_json = spy\n"
+        "runs.train_run(runs.RunConfig(dataset='helix', n=300, epochs=1, chart_epochs=1, transforms=1, hidden=8,"
+        " charts=2), sys.argv[1])\n"
+        "print(seen[0])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]

@@ -175,6 +175,12 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool | Non
     if model is not None:  # refused before the folder is touched; with charts="auto" the fewest candidates must fit
         model.check_training_data(splits.train, name=f"{config.dataset} (training split)",
                                   charts=min(CANDIDATES) if config.charts == "auto" and config.is_vq else None)
+    if config.is_vq or config.is_baseline:
+        # scikit-learn (k-means and mixtures of the chart stage, the baselines) is imported here, before the folder
+        # is touched: Ctrl-C half-way through an import leaves a broken module and a traceback, not a clean stop
+        import sklearn.cluster  # noqa: F401  # deferred: slow to import, and not needed by the plain flows
+        import sklearn.mixture  # noqa: F401  # deferred: as above
+        import sklearn.neighbors  # noqa: F401  # deferred: as above
     if rank:  # another rank of a data-parallel run: train beside rank 0, which alone writes the folder
         _fit(config, model, splits, progress=False, callbacks=[callback] if callback else [],
              checkpoint=out / CHECKPOINT if resume else None)
