@@ -59,6 +59,7 @@ def test_samples_follow_the_weights_and_score_as_their_charts(default):
     model, _ = default
     x, k = model.sample(4_000, seed=0, return_charts=True)
     assert x.shape == (4_000, 3) and x.dtype == torch.float64
+    assert model.member_charts == [(0, 8), (8, 24), (24, 56), (56, 120)]
     offsets = torch.tensor([0, 8, 24, 56, 120])
     share = torch.stack([((k >= a) & (k < b)).double().mean() for a, b in zip(offsets[:-1], offsets[1:])])
     torch.testing.assert_close(share, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64), rtol=0, atol=0.03)

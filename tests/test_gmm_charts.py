@@ -115,6 +115,8 @@ def test_run_config_candidates():
         [("gmm", k, True, 1) for k in (1, 2, 4, 8)]
     with pytest.raises(ValueError, match="repeats"):
         RunConfig(repeats=0)
+    with pytest.raises(ValueError, match="repeats: expected 1 unless partition='auto'"):
+        RunConfig(repeats=2, partition="vqae")  # would be ignored: refused instead
     with pytest.raises(ValueError, match="partition"):
         RunConfig(partition="spectral")
 

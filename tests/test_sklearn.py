@@ -113,3 +113,5 @@ def test_repeats_draws_each_member_twice(X):
     assert est.score(X) == pytest.approx(float(np.mean(est.score_samples(X))))
     with pytest.raises(ValueError, match="repeats"):
         VQFlowDensity(repeats=0, **SMALL).fit(X)
+    with pytest.raises(ValueError, match="repeats: expected 1 unless"):
+        VQFlowDensity(repeats=2, partition="vqae", **SMALL).fit(X)

@@ -42,6 +42,19 @@ _TRAIN = TrainConfig()
 #: belong to the image study).
 MODELS = tuple(name for name in presets.names() if not name.startswith("image-")) + presets.BASELINES
 
+#: Flows for which ``partition="auto"`` (the run default) trains one flow from each of the ``K/4``-, ``K/2``-,
+#: ``K``- and ``2K``-component Gaussian mixtures (each counts epoch 0 in its early stopping, so each ends at or
+#: above its mixture on validation) and stacks them into one :class:`~vqflows.ensemble.VQFlowEnsemble` with
+#: weights fitted on validation; other flows take the VQ-AE (:func:`vqflows.selection.partition_candidates`, measured in
+#: docs/results.md).
+AUTO_FLOWS = ("maf",)
+
+
+def stacks(flow: str, partition: str) -> bool:
+    """Whether a model of ``flow`` with ``partition`` is the stacked ensemble of :func:`vqflows.selection.partition_candidates`."""
+    return partition == "auto" and flow in AUTO_FLOWS
+
+
 #: Chart counts tried by ``charts="auto"`` (:func:`vqflows.selection.select_charts`).
 CANDIDATES = (8, 16, 32, 64)
 
@@ -149,6 +162,9 @@ class RunConfig:
                            ("transforms", 1), ("hidden", 1), ("manifold_dim", 1), ("repeats", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
         check_seed(self.seed)
+        if self.repeats != 1 and not (self.is_vq and stacks(self.flow, self.partition)):
+            raise ValueError(f"repeats: expected 1 unless partition='auto' with model='vq-maf' (the stacked default), "
+                             f"got {self.repeats!r} with partition={self.partition!r}, model={self.model!r}")
         if self.n is not None:
             positive_int(self.n, name="n")
         self.training()

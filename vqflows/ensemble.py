@@ -90,6 +90,15 @@ class VQFlowEnsemble(nn.Module):
         return {**shared, "charts": [m.K for m in self.members]}
 
     @property
+    def member_charts(self) -> list[tuple[int, int]]:
+        """Where each member's charts sit among the ensemble's: ``[(start, stop), ...]``, member by member."""
+        out, start = [], 0
+        for m in self.members:
+            out.append((start, start + m.K))
+            start += m.K
+        return out
+
+    @property
     def mix_weights(self) -> Tensor:
         """The members' weights ``w_j``, ``(J,)``."""
         return self.log_mix.exp()

@@ -101,9 +101,7 @@ def evaluate(model: VQFlow | VQFlowEnsemble | Classical, splits: datasets.Splits
     if not bool(torch.isfinite(mixture).all()):
         model.log_prob(x)  # raises the error that names the overflowing rows
     # an ensemble's charts come member by member: each member's bound sums its own nearest charts
-    sizes = [m.K for m in model.members] if isinstance(model, VQFlowEnsemble) else [model.K]
-    cuts = torch.tensor(sizes).cumsum(0).tolist()
-    slices = list(zip([0, *cuts[:-1]], cuts))
+    slices = model.member_charts if isinstance(model, VQFlowEnsemble) else [(0, model.K)]
     distances = model.chart_distances(x)
     bound = torch.logsumexp(torch.stack([
         torch.logsumexp(joint[:, a:b].gather(1, distances[:, a:b].topk(min(top, b - a), dim=-1, largest=False).indices),

@@ -27,20 +27,13 @@ from typing import Any
 import torch
 
 from .checks import as_points, positive_int
-from .config import CANDIDATES
+from .config import AUTO_FLOWS, CANDIDATES, stacks
 from .ensemble import VQFlowEnsemble, stacking_weights
 from .model import VQFlow
 from .training import History, TrainConfig, fit, resolve_device, torch_threads
 from .training.config import train_config
 from .training.fitting import fit_charts_and_frames
 from .training.objective import nearest_penalty
-
-#: Flows for which ``partition="auto"`` (the run default) trains one flow from each of the ``K/4``-, ``K/2``-,
-#: ``K``- and ``2K``-component Gaussian mixtures (each counts epoch 0 in its early stopping, so each ends at or
-#: above its mixture on validation) and stacks them into one :class:`~vqflows.ensemble.VQFlowEnsemble` with
-#: weights fitted on validation; other flows take the VQ-AE (:func:`partition_candidates`, measured in
-#: docs/results.md).
-AUTO_FLOWS = ("maf",)
 
 #: The members' chart counts of ``partition="auto"``, as multiples of ``charts`` (32: 8, 16, 32 and 64).
 ATLAS_SCALES = (0.25, 0.5, 1, 2)
@@ -197,11 +190,6 @@ def partition_candidates(flow: str, partition: str, charts: int | str, repeats: 
         ks = tuple(dict.fromkeys(max(1, round(charts * scale)) for scale in ATLAS_SCALES))
     return [("gmm", k) for k in ks] + [("gmm", k, True, r) for r in range(1, positive_int(repeats, name="repeats"))
                                        for k in ks]
-
-
-def stacks(flow: str, partition: str) -> bool:
-    """Whether a model of ``flow`` with ``partition`` is the stacked ensemble of :func:`partition_candidates`."""
-    return partition == "auto" and flow in AUTO_FLOWS
 
 
 def candidate_checkpoint(checkpoint, partition: str | None, charts: int, repeat: int = 0) -> Path:

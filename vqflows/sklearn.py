@@ -117,6 +117,9 @@ class VQFlowDensity(BaseEstimator):
         check_threads(self.threads)  # checked here, not in __init__, as scikit-learn asks
         check_seed(self.seed)
         positive_int(self.repeats, name="repeats")
+        if self.repeats != 1 and not stacks(self.flow, self.partition):
+            raise ValueError(f"repeats: expected 1 unless partition='auto' with flow='maf' (the stacked default), "
+                             f"got {self.repeats!r} with partition={self.partition!r}, flow={self.flow!r}")
         points = torch.from_numpy(np.array(X, dtype=np.float32))  # a copy: the caller's array stays untouched
         # Seeded split: the same estimator on the same data fits the same model (clone-and-refit safe).
         perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
