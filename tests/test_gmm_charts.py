@@ -71,8 +71,36 @@ def test_early_stopping_counts_epoch_zero(initial):
 def test_fit_defaults_to_exact_epoch_zero_check(helix):
     model = vqflows.build(3, "maf", charts=8, partition="gmm")
     rule = vqflows.training.default_early_stopping(model)
-    assert rule.initial and rule.points is None and rule.top is None
+    assert rule.initial and rule.points == EarlyStopping().points and rule.top is None
     assert not vqflows.training.default_early_stopping(vqflows.build(3, "maf", charts=8)).initial
+
+
+@pytest.mark.parametrize("worse", ["kept", "initial"])
+def test_subset_check_compares_epoch_zero_on_every_point(helix, worse):
+    """The check scores a subset; at the end the kept epoch and epoch 0 meet on every validation point,
+    and the better stays (so a subset's choice never ends below the mixture on validation)."""
+    from vqflows.training.loop import _end, check_initial, set_up
+    from vqflows.training.objective import check_score
+
+    model = _gmm_model(helix, 8)
+    val = helix.val.double()
+    config = vqflows.TrainConfig(early_stopping=EarlyStopping(patience=3, points=64, initial=True))
+    state = set_up(model, helix.train.double(), val, config, vqflows.training.History())
+    assert state.val.shape[0] == 64 and state.val_all.shape[0] == val.shape[0]
+    check_initial(state)
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # a flow far from the identity scores far below the mixture
+        for p in model.flow.parameters():
+            p.add_(torch.randn_like(p))
+    bad = {k: v.clone() for k, v in model.state_dict().items()}
+    state.best, state.initial = (bad, good) if worse == "kept" else (good, bad)
+    model.load_state_dict(bad)
+    bad_score = check_score(model, val, None)[1]
+    state.history.best_epoch = 2
+    _end(state, [])
+    assert check_score(model, val, None)[1] > bad_score
+    assert state.history.best_epoch == (0 if worse == "kept" else 2)
+    assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
 
 
 def test_gmm_charts_need_a_full_flow():

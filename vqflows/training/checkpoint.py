@@ -134,7 +134,8 @@ class Checkpoint:
             "best": s.best, "since_best": s.since_best, "optimizer": s.opt.state_dict(),
             "scheduler": s.sched.state_dict() if s.sched is not None else None,
             "logits": s.logits.detach() if s.logits is not None else None, "generator": s.gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": history.to_dict(), "fingerprint": self.fingerprint})
+            "torch_rng": torch.get_rng_state(), "history": history.to_dict(), "fingerprint": self.fingerprint,
+            "initial": s.initial})
 
 
 def resume(state: LoopState, path: Path, fingerprint: dict[str, Any]) -> None:
@@ -150,6 +151,7 @@ def resume(state: LoopState, path: Path, fingerprint: dict[str, Any]) -> None:
     state.gen.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     state.best, state.since_best = saved["best"], saved["since_best"]
+    state.initial = saved.get("initial")  # epoch 0, where the end compares it on every validation point
     state.start = state.config.epochs + 1 if saved["done"] else saved["epoch"] + 1
     state.history = History.from_dict(saved["history"])
     state.history.resumed_at = saved["epoch"]

@@ -71,7 +71,8 @@ def run_loop(model: VQFlow, train: Data, val: Tensor | None, config: TrainConfig
     state = set_up(model, train, val, config, history or History())
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None:
-        fit_print = fit_print or fingerprint(config, model, train if state.fixed is None else state.fixed, state.val)
+        fit_print = fit_print or fingerprint(config, model, train if state.fixed is None else state.fixed,
+                                              state.val if state.val_all is None else state.val_all)
         if checkpoint.exists() if resume_from is None else resume_from:
             resume(state, checkpoint, fit_print)
     _derive(state)
@@ -94,12 +95,12 @@ def set_up(model: VQFlow, train: Data, val: Tensor | None, config: TrainConfig, 
     the flow (and the chart weights' logits), the partition frozen, the loss wrapped for the ranks."""
     device, dtype = model.log_weights.device, model.log_weights.dtype
     rule = config.early_stopping
+    val_all = None
     if val is not None:
-        val = as_points(val, model.features, name="val")
+        val = as_points(val, model.features, name="val").to(device, dtype)
         if rule is not None and rule.points is not None and val.shape[0] > rule.points:
             pick = torch.randperm(val.shape[0], generator=torch.Generator().manual_seed(config.seed))
-            val = val[pick[:rule.points]]
-        val = val.to(device, dtype)
+            val_all, val = (val if rule.initial else None), val[pick[:rule.points].to(device)]
     fixed = None if callable(train) else as_points(train, model.features, name="train").to(device, dtype)
     logits = None
     if config.objective == "mixture" and config.learn_weights and model.K > 1:
@@ -116,7 +117,7 @@ def set_up(model: VQFlow, train: Data, val: Tensor | None, config: TrainConfig, 
     return LoopState(model=model, config=config, ranks=ranks, history=history, fixed=fixed,
                      draw=train if fixed is None else None, val=val, logits=logits, frozen=frozen, params=params,
                      opt=opt, step=step, gen=torch.Generator().manual_seed(config.seed),
-                     best=copy.deepcopy(model.state_dict()))
+                     best=copy.deepcopy(model.state_dict()), val_all=val_all)
 
 
 def _derive(state: LoopState) -> None:
@@ -219,6 +220,8 @@ def check_initial(state: LoopState) -> None:
     (score,) = state.ranks.from_lead((score,), state.device)
     state.history.initial_val_score = state.history.best_val_score = score
     state.history.best_epoch = 0
+    if state.val_all is not None:  # the check scores a subset: the end compares epoch 0 on every point
+        state.initial = copy.deepcopy(state.model.state_dict())
 
 
 def _end(state: LoopState, hooks: list[Callback]) -> None:
@@ -229,11 +232,31 @@ def _end(state: LoopState, hooks: list[Callback]) -> None:
         p.requires_grad_(True)
     if state.config.early_stopping is not None:
         model.load_state_dict(state.best)
+        _keep_initial_if_better(state)
     model.eval()
     for cb in hooks:
         end = getattr(cb, "on_train_end", None)
         if end is not None:
             end(model, history)
+
+
+def _keep_initial_if_better(state: LoopState) -> None:
+    """Where the check scored a subset of the validation points and counted epoch 0: the kept epoch and
+    epoch 0 scored exactly on every validation point, and epoch 0 restored if it scores higher, so that
+    the trained model never ends below its starting model (a Gaussian mixture) on validation."""
+    history = state.history
+    if state.initial is None or state.val_all is None or history.best_epoch == 0:
+        return
+    model = state.model
+    model.eval()
+    kept = check_score(model, state.val_all, None)[1] if state.ranks.lead else 0.0
+    model.load_state_dict(state.initial)
+    initial = check_score(model, state.val_all, None)[1] if state.ranks.lead else 0.0
+    kept, initial = state.ranks.from_lead((kept, initial), state.device)
+    if initial > kept:
+        history.best_epoch, history.best_val_score = 0, history.initial_val_score
+    else:
+        model.load_state_dict(state.best)
 
 
 __all__ = ["train_flow", "run_loop", "set_up", "one_epoch", "check", "check_initial", "Data"]

@@ -35,6 +35,8 @@ class LoopState:
     best: dict[str, Tensor]
     assigned: Tensor | None = None  # the fixed points' charts
     val_top: Tensor | None = None  # the validation points' nearest charts for a top-T check
+    val_all: Tensor | None = None  # every validation point, where the check scores a subset and counts epoch 0
+    initial: dict[str, Tensor] | None = None  # the model at epoch 0, compared on ``val_all`` at the end
     sched: Any = None
     sched_state: dict | None = None
     since_best: int = 0
