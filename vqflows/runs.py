@@ -60,7 +60,7 @@ from .run_files import (
     write_marker,
     write_run_json,
 )
-from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts, stacks
+from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts
 from .training import History, check_threads, fit, torch_threads
 
 LOCK = ".lock"
@@ -290,7 +290,7 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
         return config.build_model(splits.train.shape[1], charts=k, partition=partition)
 
     return select_charts(make, splits.train, splits.val, candidates=candidates, config=config.training(),
-                         stack=stacks(config.flow, config.partition), **options)
+                         stack=config.stacked, **options)
 
 
 def auto_candidates(config: RunConfig) -> list[tuple] | None:
@@ -298,7 +298,7 @@ def auto_candidates(config: RunConfig) -> list[tuple] | None:
     (:func:`~vqflows.selection.partition_candidates` for the run's flow, partition and charts)."""
     if not config.is_vq:
         return None
-    return partition_candidates(config.flow, config.partition, config.charts, config.repeats)
+    return partition_candidates(config.flow, config.partition, config.charts, config.members)
 
 
 def _join_process_group(config: RunConfig) -> tuple[RunConfig, int]:

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from .checks import as_points, positive_int
 from .checks import seed as check_seed
+from .config import default_patience, default_repeats
 from .ensemble import VQFlowEnsemble
 from .model import VQFlow
 from .recipes import build
@@ -47,10 +48,11 @@ class VQFlowDensity(BaseEstimator):
     Arguments:
         flow, charts, partition, latent, m, eps, transforms, manifold_dim, frames, flow_options:
             the model (``partition`` also ``"auto"``, above) (``hidden`` units in each of the flow's two hidden layers).
-        repeats: with ``partition="auto"``, members per mixture size, each drawn from its own seed (2: twice
-            the cost; see :func:`~vqflows.selection.partition_candidates`).
+        repeats: with ``partition="auto"``, members per mixture size, each drawn from its own seed (``None``: 2,
+            eight members; 1 halves the cost; see :func:`~vqflows.selection.partition_candidates`).
         epochs, batch_size, lr, weight_decay, patience, chart_epochs, objective, top: training (the
-            fields of :class:`~vqflows.training.TrainConfig` and its defaults; ``patience`` is early stopping's).
+            fields of :class:`~vqflows.training.TrainConfig` and its defaults; ``patience`` is early stopping's,
+            ``None``: 10, and 5 for each member of the stacked default, :data:`vqflows.config.STACK_PATIENCE`).
         validation_fraction: the share of ``X`` held out (seeded by ``seed``) for early stopping.
         seed: seeds the initial weights, the validation split and training.
         device: where to train; the fitted model is moved back to the CPU.
@@ -72,12 +74,12 @@ class VQFlowDensity(BaseEstimator):
     #: ``check_estimator`` checks this estimator is known to fail, each with the reason.
     EXPECTED_FAILED_CHECKS: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, *, flow: str = "maf", charts: int | str | None = 32, partition: str = "auto", repeats: int = 1,
+    def __init__(self, *, flow: str = "maf", charts: int | str | None = 32, partition: str = "auto", repeats: int | None = None,
                  latent: int = 3,
                  m: int = 1, eps: float = 0.0, transforms: int = 5, hidden: int = 64, manifold_dim: int = 2,
                  frames: bool = True, flow_options: dict | None = None, epochs: int = _TRAIN.epochs,
                  batch_size: int = _TRAIN.batch_size, lr: float = _TRAIN.lr, weight_decay: float = _TRAIN.weight_decay,
-                 patience: int = _TRAIN.early_stopping.patience, chart_epochs: int = _TRAIN.chart_epochs,
+                 patience: int | None = None, chart_epochs: int = _TRAIN.chart_epochs,
                  objective: str = _TRAIN.objective, top: int = _TRAIN.top, validation_fraction: float = 0.1,
                  seed: int = _TRAIN.seed, device: str = "cpu", threads: int | None = None,
                  verbose: bool | None = None) -> None:
@@ -116,8 +118,10 @@ class VQFlowDensity(BaseEstimator):
             raise ValueError(f"validation_fraction: expected a float in (0, 1), got {self.validation_fraction!r}")
         check_threads(self.threads)  # checked here, not in __init__, as scikit-learn asks
         check_seed(self.seed)
-        positive_int(self.repeats, name="repeats")
-        if self.repeats != 1 and not stacks(self.flow, self.partition):
+        stacked = stacks(self.flow, self.partition)
+        if self.repeats is not None:
+            positive_int(self.repeats, name="repeats")
+        if self.repeats not in (None, 1) and not stacked:
             raise ValueError(f"repeats: expected 1 unless partition='auto' with flow='maf' (the stacked default), "
                              f"got {self.repeats!r} with partition={self.partition!r}, flow={self.flow!r}")
         points = torch.from_numpy(np.array(X, dtype=np.float32))  # a copy: the caller's array stays untouched
@@ -125,19 +129,20 @@ class VQFlowDensity(BaseEstimator):
         perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
         cut = max(1, math.floor(self.validation_fraction * len(points)))
         val, train = points[perm[:cut]], points[perm[cut:]]
-        config = TrainConfig.from_record(self.get_params(deep=False))
+        config = TrainConfig.from_record({**self.get_params(deep=False),
+                                          "patience": default_patience(self.patience, stacked)})
         with self._threads():
             fixed = "vqae" if self.partition == "auto" else self.partition
             model = self._build(X.shape[1], min(CANDIDATES) if self.charts == "auto" else self.charts, fixed)
             model.check_training_data(points, name="X")  # the data's faults named before any fitting
             candidates = None if self.charts is None else partition_candidates(self.flow, self.partition, self.charts,
-                                                                               self.repeats)
+                                                                               default_repeats(self.repeats, stacked))
             if candidates is None:
                 history = fit(model, train, val, config=config, progress=self.verbose)
             else:
                 model, history, _ = select_charts(lambda k, partition, r=0: self._build(X.shape[1], k, partition, r), train, val,
                                                   candidates=candidates, config=config, progress=self.verbose,
-                                                  stack=stacks(self.flow, self.partition))
+                                                  stack=stacked)
         if history.interrupted:
             raise KeyboardInterrupt
         self.model_: VQFlow | VQFlowEnsemble = model.to("cpu").eval()
