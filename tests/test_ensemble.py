@@ -1,8 +1,8 @@
 """The stacked ensemble (:class:`vqflows.ensemble.VQFlowEnsemble`): exact, sampled by the same law, saved and loaded.
 
-It is the default ``vq-maf`` model, built here as a run builds it: four members of 8, 16, 32 and 64
-Gaussian-mixture charts (the default 32 charts' atlas) with fitted charts, weights and frames and
-perturbed flows, in float64.
+It is the default ``vq-maf`` model, built here as a run builds it: eight members, two draws each of 8, 16,
+32 and 64 Gaussian-mixture charts (the default 32 charts' atlas, 240 charts in all) with fitted charts,
+weights and frames and perturbed flows, in float64.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ import torch
 
 import vqflows
 from vqflows import datasets, presets
+from vqflows.config import STACK_REPEATS
 from vqflows.ensemble import VQFlowEnsemble, load, stacking_weights
 from vqflows.selection import partition_candidates
 from vqflows.training import fit_chart_weights, fit_partition
+
+#: unequal member weights, summing to 1
+WEIGHTS = [w / 36 for w in range(1, 9)]
 
 
 def _member(x: torch.Tensor, charts: int, seed: int, features: int = 3) -> vqflows.VQFlow:
@@ -32,19 +36,19 @@ def _member(x: torch.Tensor, charts: int, seed: int, features: int = 3) -> vqflo
 
 @pytest.fixture(scope="module")
 def default():
-    """The default run's ensemble shape on helix points: members of 8, 16, 32, 64 charts, unequal weights."""
+    """The default run's ensemble shape on helix points: two members each of 8, 16, 32, 64 charts, unequal weights."""
     s = datasets.load("helix", n=1_000, seed=0)
     x = s.train.double()
-    ks = [k for _, k in partition_candidates("maf", "auto", 32)]
-    assert ks == [8, 16, 32, 64]
+    ks = [c[1] for c in partition_candidates("maf", "auto", 32, STACK_REPEATS)]
+    assert ks == [8, 16, 32, 64] * 2
     members = [_member(x, k, seed) for seed, k in enumerate(ks)]
-    return VQFlowEnsemble(members, [0.1, 0.2, 0.3, 0.4]), s.test.double()
+    return VQFlowEnsemble(members, WEIGHTS), s.test.double()
 
 
 def test_log_prob_is_the_weighted_sum_of_the_members_and_the_union_of_charts(default):
     model, x = default
-    assert model.K == 120 and model.weights.sum().item() == pytest.approx(1.0)
-    by_member = torch.stack([m.log_prob(x) for m in model.members], dim=-1) + torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).log()
+    assert model.K == 240 and model.weights.sum().item() == pytest.approx(1.0)
+    by_member = torch.stack([m.log_prob(x) for m in model.members], dim=-1) + torch.tensor(WEIGHTS, dtype=torch.float64).log()
     torch.testing.assert_close(model.log_prob(x), torch.logsumexp(by_member, dim=-1), rtol=0, atol=1e-10)
     # one chart mixture over the union of the members' charts, checked against a per-chart loop
     loop = torch.stack([model.members[j]._row_log_prob(x, torch.full((len(x),), k))
@@ -59,10 +63,10 @@ def test_samples_follow_the_weights_and_score_as_their_charts(default):
     model, _ = default
     x, k = model.sample(4_000, seed=0, return_charts=True)
     assert x.shape == (4_000, 3) and x.dtype == torch.float64
-    assert model.member_charts == [(0, 8), (8, 24), (24, 56), (56, 120)]
-    offsets = torch.tensor([0, 8, 24, 56, 120])
+    assert model.member_charts == [(0, 8), (8, 24), (24, 56), (56, 120), (120, 128), (128, 144), (144, 176), (176, 240)]
+    offsets = torch.tensor([0, 8, 24, 56, 120, 128, 144, 176, 240])
     share = torch.stack([((k >= a) & (k < b)).double().mean() for a, b in zip(offsets[:-1], offsets[1:])])
-    torch.testing.assert_close(share, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64), rtol=0, atol=0.03)
+    torch.testing.assert_close(share, torch.tensor(WEIGHTS, dtype=torch.float64), rtol=0, atol=0.03)
     torch.testing.assert_close(model.sample(50, seed=3), model.sample(50, seed=3))
     # a sample of chart k is in that chart's support: its log-density there is finite and not tiny
     j = int(torch.searchsorted(offsets, k[0], right=True)) - 1

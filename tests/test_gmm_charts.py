@@ -132,19 +132,27 @@ def test_run_config_candidates():
     assert RunConfig().partition == "auto"
     assert auto_candidates(RunConfig(model="vq-cef")) is None  # the VQ-AE, as in the paper
     assert auto_candidates(RunConfig(partition="gmm", charts="auto")) == [("gmm", k) for k in (8, 16, 32, 64)]
-    # the default: members at a quarter, half, once and twice the chart count
-    assert auto_candidates(RunConfig()) == [("gmm", k) for k in (8, 16, 32, 64)]
-    assert auto_candidates(RunConfig(charts=4)) == [("gmm", k) for k in (1, 2, 4, 8)]
-    assert auto_candidates(RunConfig(charts=1)) == [("gmm", k) for k in (1, 2)]
-    assert auto_candidates(RunConfig(charts="auto")) == [("gmm", k) for k in (8, 16, 32, 64)]
+    # the default: members at a quarter, half, once and twice the chart count, each drawn twice
+    twice = [("gmm", k, True, 1) for k in (8, 16, 32, 64)]
+    assert auto_candidates(RunConfig()) == [("gmm", k) for k in (8, 16, 32, 64)] + twice
+    assert auto_candidates(RunConfig(charts="auto")) == [("gmm", k) for k in (8, 16, 32, 64)] + twice
+    assert auto_candidates(RunConfig(repeats=1)) == [("gmm", k) for k in (8, 16, 32, 64)]
+    assert auto_candidates(RunConfig(charts=4, repeats=1)) == [("gmm", k) for k in (1, 2, 4, 8)]
+    assert auto_candidates(RunConfig(charts=1, repeats=1)) == [("gmm", k) for k in (1, 2)]
     assert auto_candidates(RunConfig(model="maf", partition="auto")) is None
     # repeats: the same sizes again, each further draw marked with its index
-    assert auto_candidates(RunConfig(charts=4, repeats=2)) == [("gmm", k) for k in (1, 2, 4, 8)] + \
-        [("gmm", k, True, 1) for k in (1, 2, 4, 8)]
+    assert auto_candidates(RunConfig(charts=4, repeats=3)) == [("gmm", k) for k in (1, 2, 4, 8)] + \
+        [("gmm", k, True, r) for r in (1, 2) for k in (1, 2, 4, 8)]
     with pytest.raises(ValueError, match="repeats"):
         RunConfig(repeats=0)
     with pytest.raises(ValueError, match="repeats: expected 1 unless partition='auto'"):
         RunConfig(repeats=2, partition="vqae")  # would be ignored: refused instead
+    # None resolves per model: the stacked default's members draw twice and wait 5 epochs, the rest 1 and 10
+    assert (RunConfig().members, RunConfig().training().early_stopping.patience) == (2, 5)
+    for other in (RunConfig(partition="vqae"), RunConfig(partition="gmm"), RunConfig(model="vq-realnvp"),
+                  RunConfig(model="maf")):
+        assert (other.members, other.training().early_stopping.patience) == (1, 10)
+    assert RunConfig(patience=7).training().early_stopping.patience == 7
     with pytest.raises(ValueError, match="partition"):
         RunConfig(partition="spectral")
 
@@ -156,18 +164,20 @@ def test_default_run_is_the_stacked_ensemble_and_reloads(tmp_path):
     config = RunConfig(dataset="helix", n=600, epochs=2, transforms=1, hidden=8)  # the default partition="auto"
     metrics = train_run(config, tmp_path / "run")
     table = metrics["chart_selection"]
-    assert [(r["partition"], r["charts"]) for r in table] == [("gmm", k) for k in (8, 16, 32, 64)] + [("ensemble", 120)]
-    assert (metrics["partition_selected"], metrics["charts_selected"]) == ("ensemble", [8, 16, 32, 64])
-    assert sum(r["weight"] for r in table[:4]) == pytest.approx(1.0)
+    sizes = [("gmm", k) for k in (8, 16, 32, 64)]
+    assert [(r["partition"], r["charts"]) for r in table] == sizes + sizes + [("ensemble", 240)]
+    assert [r.get("repeat", 0) for r in table[:-1]] == [0] * 4 + [1] * 4
+    assert (metrics["partition_selected"], metrics["charts_selected"]) == ("ensemble", [8, 16, 32, 64] * 2)
+    assert sum(r["weight"] for r in table[:8]) == pytest.approx(1.0)
     assert metrics["val_log_likelihood"] == pytest.approx(table[-1]["val_log_likelihood"], abs=1e-5)
     # stacking weights maximise the validation likelihood: never below the best member there
-    assert metrics["val_log_likelihood"] >= max(r["val_log_likelihood"] for r in table[:4]) - 1e-5
+    assert metrics["val_log_likelihood"] >= max(r["val_log_likelihood"] for r in table[:8]) - 1e-5
     # every member counted epoch 0, so each is at or above its own mixture, and the ensemble above them all
     s = datasets.load("helix", n=600, seed=0)
     for k in (8, 16, 32, 64):
         assert metrics["val_log_likelihood"] >= float(_gmm(s, k).log_prob(s.val).mean()) - 1e-4
     model, _ = load_run(tmp_path / "run")
-    assert isinstance(model, VQFlowEnsemble) and model.K == 120
+    assert isinstance(model, VQFlowEnsemble) and model.K == 240 and len(model.members) == 8
     with torch.no_grad():  # each member's own test score, recorded beside the ensemble's
         alone = [float(m.log_prob(s.test).mean()) for m in model.members]
         bound = float(model.log_prob_bound(s.test, top=4).mean())  # each member's own nearest charts

@@ -163,11 +163,11 @@ def whole(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "whole"
     assert main(["train", "--out", str(out), *CLI]) == 0
     history = json.loads((out / "history.json").read_text())
-    # the default vq-maf run trains four members from Gaussian-mixture charts (8, 16, 32 and 64): each one's
-    # early stopping is the exact check on every validation point, with epoch 0 counted
+    # the default vq-maf run trains eight members from Gaussian-mixture charts (8, 16, 32 and 64, each drawn
+    # twice): each one's early stopping is the exact check over all charts, with epoch 0 counted
     selection = json.loads((out / "metrics.json").read_text())["chart_selection"]
-    assert [row["charts"] for row in selection] == [8, 16, 32, 64, 120]
-    assert history["val_exact"] == [True] * (4 * EPOCHS)
+    assert [row["charts"] for row in selection] == [8, 16, 32, 64] * 2 + [240]
+    assert history["val_exact"] == [True] * (8 * EPOCHS)
     return out
 
 
@@ -247,13 +247,13 @@ def test_cli_refuses_a_planted_or_damaged_checkpoint(tmp_path, capsys):
 
 
 def test_cli_resume_of_a_stacked_run(tmp_path, monkeypatch, capsys):
-    """The default vq-maf (partition=auto) trains flows from four mixtures: each keeps its own checkpoint,
-    so Ctrl-C in the second one resumes to the uninterrupted run, ensemble weights included."""
+    """The default vq-maf (partition=auto) trains flows from four mixtures, each drawn twice: each keeps its own
+    checkpoint, so Ctrl-C in the first of the second draws resumes to the uninterrupted run, ensemble weights included."""
     two = [*CLI, "charts=16"]
     whole = tmp_path / "whole"
     assert main(["train", "--out", str(whole), *two]) == 0
     selection = json.loads((whole / "metrics.json").read_text())["chart_selection"]
-    assert sum(row["trained"] for row in selection) == 4, selection
+    assert sum(row["trained"] for row in selection) == 8, selection
     out = tmp_path / "cut"
     save, seen = vqflows.io.save_torch, []
 
@@ -261,15 +261,15 @@ def test_cli_resume_of_a_stacked_run(tmp_path, monkeypatch, capsys):
         saved = save(path, obj)
         if Path(path).name.startswith("checkpoint") and Path(path).name not in seen:
             seen.append(Path(path).name)
-        if len(seen) == 2 and Path(path).name == seen[1] and obj["epoch"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the second candidate, right after its epoch 2
+        if len(seen) == 5 and Path(path).name == seen[4] and obj["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the fifth candidate (a second draw), after its epoch 2
         return saved
 
     monkeypatch.setattr(vqflows.io, "save_torch", hooked)
     assert main(["train", "--out", str(out), *two]) == 130
     assert capsys.readouterr().err.strip().endswith("--resume")
     monkeypatch.undo()
-    assert sorted(p.name for p in out.glob("checkpoint*.pt")) == sorted(seen)
+    assert sorted(p.name for p in out.glob("checkpoint*.pt")) == sorted(seen) and seen[4] == "checkpoint-gmm-4-r1.pt"
     assert main(["train", "--out", str(out), "--resume", *two]) == 0
     _same_runs(whole, out)
     assert not list(out.glob("checkpoint*.pt"))

@@ -108,8 +108,9 @@ def test_absurd_threads_are_refused(X):
 
 
 def test_repeats_draws_each_member_twice(X):
-    est = VQFlowDensity(charts=2, repeats=2, **SMALL).fit(X)
+    est = VQFlowDensity(charts=2, **SMALL).fit(X)  # the default: every mixture size drawn twice
     assert est.model_.config["charts"] == [1, 2, 4] * 2
+    assert VQFlowDensity(charts=2, repeats=1, **SMALL).fit(X).model_.config["charts"] == [1, 2, 4]
     assert est.score(X) == pytest.approx(float(np.mean(est.score_samples(X))))
     with pytest.raises(ValueError, match="repeats"):
         VQFlowDensity(repeats=0, **SMALL).fit(X)

@@ -42,9 +42,9 @@ _TRAIN = TrainConfig()
 #: belong to the image study).
 MODELS = tuple(name for name in presets.names() if not name.startswith("image-")) + presets.BASELINES
 
-#: Flows for which ``partition="auto"`` (the run default) trains one flow from each of the ``K/4``-, ``K/2``-,
-#: ``K``- and ``2K``-component Gaussian mixtures (each counts epoch 0 in its early stopping, so each ends at or
-#: above its mixture on validation) and stacks them into one :class:`~vqflows.ensemble.VQFlowEnsemble` with
+#: Flows for which ``partition="auto"`` (the run default) trains flows from the ``K/4``-, ``K/2``-, ``K``- and
+#: ``2K``-component Gaussian mixtures, two draws of each (each counts epoch 0 in its early stopping, so each ends at
+#: or above its mixture on validation) and stacks them into one :class:`~vqflows.ensemble.VQFlowEnsemble` with
 #: weights fitted on validation; other flows take the VQ-AE (:func:`vqflows.selection.partition_candidates`, measured in
 #: docs/results.md).
 AUTO_FLOWS = ("maf",)
@@ -112,8 +112,8 @@ class RunConfig:
             (``None``: 10, and 5 for each member of the stacked default, :data:`STACK_PATIENCE`).
         batch_size, lr: Adam's batch size and learning rate.
         charts: the number of charts ``K``, or ``"auto"`` to choose it on validation among :data:`CANDIDATES`.
-        partition: how the charts are found: ``"auto"`` (the default; for ``vq-maf`` four flows, from Gaussian
-            mixtures of ``charts`` times 1/4, 1/2, 1 and 2 components, stacked into one
+        partition: how the charts are found: ``"auto"`` (the default; for ``vq-maf`` eight flows, two from each of
+            the Gaussian mixtures of ``charts`` times 1/4, 1/2, 1 and 2 components, stacked into one
             :class:`~vqflows.ensemble.VQFlowEnsemble` with weights fitted on validation, see
             :func:`vqflows.runs.auto_candidates`; the VQ autoencoder for other flows), ``"vqae"`` (the
             paper's VQ autoencoder) or another of :data:`vqflows.presets.PARTITIONS` (``"kmeans"``, ``"gmm"``).

@@ -2,12 +2,12 @@
 
 Each member is a VQ-Flow, ``p_j(x) = Σ_k p_jk p_j(x | k)``, so the weighted sum is again a mixture of
 chart densities, over the union of the members' charts with weights ``w_j p_jk``: an atlas whose charts
-come at several resolutions (8, 16, 32 and 64 charts for the default ``vq-maf``), each chart map from its
+come at several resolutions (8, 16, 32 and 64 charts, each drawn twice, for the default ``vq-maf``), each chart map from its
 own member's flow. Everything stays exact: the log-density is the log-sum over every chart of every
 member, and sampling draws a member, then a chart, then a latent.
 
 Members trained independently make different errors (their charts cut the data in different places),
-and averaging densities averages those errors away: on the paper's sets the equal-weight union of four
+and averaging densities averages those errors away: on the paper's sets the stacked union of the
 atlases is closer to the true density than its best member (docs/results.md). The weights are chosen on
 validation data (:func:`stacking_weights`, stacked density estimation) or left equal.
 

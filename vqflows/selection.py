@@ -180,7 +180,8 @@ def partition_candidates(flow: str, partition: str, charts: int | str, repeats: 
     with ``charts="auto"``), which :func:`stacks` says to combine into one ensemble. Other flows take the
     VQ-AE. With a fixed partition, ``charts="auto"`` tries :data:`CANDIDATES` (the best on validation is kept)
     and a count gives ``None``. ``repeats``: members per mixture size, each drawn from its own seed
-    (``(partition, K, True, r)`` candidates; 2 doubles the cost and lowered the knot's gap, docs/results.md).
+    (``(partition, K, True, r)`` candidates; runs and the estimator take :data:`vqflows.config.STACK_REPEATS`,
+    2, which lowered the knot's gap below 0.05, docs/results.md).
     """
     ks = CANDIDATES if charts == "auto" else (charts,)
     if not stacks(flow, partition):

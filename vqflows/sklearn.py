@@ -39,7 +39,8 @@ class VQFlowDensity(BaseEstimator):
     work; the model is built and trained in :meth:`fit`. ``charts=None`` is the plain flow.
 
     The defaults are the command line's: with ``partition="auto"`` a MAF trains flows started from
-    Gaussian mixtures of ``charts/4``, ``charts/2``, ``charts`` and ``2·charts`` components and stacks them,
+    Gaussian mixtures of ``charts/4``, ``charts/2``, ``charts`` and ``2·charts`` components, two draws of each
+    (``repeats``), and stacks them,
     with weights fitted on validation, into one :class:`~vqflows.ensemble.VQFlowEnsemble`
     (:func:`~vqflows.selection.partition_candidates`); other flows take the VQ-AE; ``partition="vqae"``
     is the paper's setting, ``"gmm"`` and ``"kmeans"`` fix the partition. ``charts="auto"`` chooses the
