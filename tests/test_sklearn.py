@@ -52,14 +52,15 @@ def test_grid_search_picks_by_held_out_log_likelihood(X):
 
 def test_default_partition_is_the_command_lines(X):
     """partition="auto" (the default, as ``vqflows train``): MAF stacks flows started from Gaussian mixtures
-    of charts/4 ... 2·charts components; "vqae" is the paper's."""
+    of charts/4 ... 2·charts components, two of each size, each waiting 5 epochs; "vqae" is the paper's."""
     from vqflows.ensemble import VQFlowEnsemble
     from vqflows.selection import partition_candidates
 
     assert VQFlowDensity().partition == "auto"
     est = VQFlowDensity(charts=4, **SMALL).fit(X)
     assert isinstance(est.model_, VQFlowEnsemble) and est.model_.config["partition"] == "gmm"
-    assert est.model_.config["charts"] == [1, 2, 4, 8]
+    assert est.model_.config["charts"] == [1, 2, 4, 8] * 2
+    assert est.history_.epochs == 8 * SMALL["epochs"]
     assert partition_candidates("maf", "auto", 4) == [("gmm", k) for k in (1, 2, 4, 8)]
     assert partition_candidates("realnvp", "auto", 4) is None  # other flows: the VQ-AE, one model
     assert partition_candidates("maf", "vqae", "auto") == [("vqae", k) for k in (8, 16, 32, 64)]

@@ -255,7 +255,9 @@ def test_records_derive_their_training_settings_from_the_one_config():
 
     run = RunConfig(epochs=7, patience=3, lr=1e-3, threads=2, objective="cells").training()
     assert (run.epochs, run.early_stopping.patience, run.lr, run.threads, run.objective) == (7, 3, 1e-3, 2, "cells")
-    assert RunConfig().training() == TrainConfig(device="cpu")  # a run's defaults are the library's
+    assert RunConfig(partition="vqae").training() == TrainConfig(device="cpu")  # a run's defaults are the library's
+    # but for the members of the stacked default, which wait 5 epochs
+    assert RunConfig().training() == TrainConfig(device="cpu", early_stopping=EarlyStopping(patience=5))
     est = VQFlowDensity(epochs=4, weight_decay=0.1, threads=3)
     got = TrainConfig.from_record(est.get_params())
     assert (got.epochs, got.weight_decay, got.threads, got.device) == (4, 0.1, 3, "cpu")

@@ -190,11 +190,11 @@ class TrainConfig:
     def from_record(cls, record: Mapping[str, Any], **overrides: Any) -> TrainConfig:
         """The training settings of a flat record (a run's ``config.json``, an estimator's parameters).
 
-        Keys named like a field are taken, ``patience`` sets the early-stopping patience, and other
+        Keys named like a field are taken, ``patience`` sets the early-stopping patience (``None``: the default), and other
         keys (the model's, the data's) are ignored; ``overrides`` are applied last.
         """
         taken = {k: v for k, v in record.items() if k in cls.names()}
-        if "patience" in record and "early_stopping" not in taken:
+        if record.get("patience") is not None and "early_stopping" not in taken:
             taken["early_stopping"] = EarlyStopping(patience=record["patience"])
         return cls().replace(**{**taken, **overrides})
 
