@@ -108,6 +108,20 @@ def test_absurd_threads_are_refused(X):
     assert torch.get_num_threads() == before
 
 
+def test_patience_resolves_per_model(X, monkeypatch):
+    """patience=None: the stacked default's members wait 5 epochs, a single model 10, a given value wins."""
+    import vqflows.sklearn as module
+
+    seen = []
+    real_select, real_fit = module.select_charts, module.fit
+    monkeypatch.setattr(module, "select_charts", lambda *a, **k: seen.append(k["config"]) or real_select(*a, **k))
+    monkeypatch.setattr(module, "fit", lambda *a, **k: seen.append(k["config"]) or real_fit(*a, **k))
+    VQFlowDensity(charts=2, **SMALL).fit(X)
+    VQFlowDensity(charts=2, partition="vqae", **SMALL).fit(X)
+    VQFlowDensity(charts=2, patience=7, **SMALL).fit(X)
+    assert [c.early_stopping.patience for c in seen] == [5, 10, 7]
+
+
 def test_repeats_draws_each_member_twice(X):
     est = VQFlowDensity(charts=2, **SMALL).fit(X)  # the default: every mixture size drawn twice
     assert est.model_.config["charts"] == [1, 2, 4] * 2
