@@ -66,6 +66,15 @@ def default_repeats(repeats: int | None, stacked: bool) -> int:
     return repeats if repeats is not None else STACK_REPEATS if stacked else 1
 
 
+def check_repeats(repeats: int | None, stacked: bool, want: str, got: str) -> None:
+    """Refuse ``repeats`` below 1, or other than 1 where the model is not the stacked default (it would be
+    ignored); ``want`` and ``got`` spell the stacked default's settings and the model's in the message."""
+    if repeats is not None:
+        positive_int(repeats, name="repeats")
+    if repeats not in (None, 1) and not stacked:
+        raise ValueError(f"repeats: expected 1 unless {want} (the stacked default), got {repeats!r} with {got}")
+
+
 def default_patience(patience: int | None, stacked: bool) -> int:
     """``patience``, or where it is ``None`` (the default): :data:`STACK_PATIENCE` for the members of the stacked
     default, else the training default (10)."""
@@ -177,13 +186,11 @@ class RunConfig:
             raise ValueError(f"dataset: expected a name or a path, got {self.dataset!r}")
         # counts are checked here, before any data is loaded; the training fields as training checks them
         for key, least in (*((("charts", 1),) if self.charts != "auto" else ()), ("latent", 1), ("m", 1),
-                           ("transforms", 1), ("hidden", 1), ("manifold_dim", 1),
-                           *((("repeats", 1),) if self.repeats is not None else ())):
+                           ("transforms", 1), ("hidden", 1), ("manifold_dim", 1)):
             positive_int(getattr(self, key), name=key, minimum=least)
+        check_repeats(self.repeats, self.stacked, "partition='auto' with model='vq-maf'",
+                      f"partition={self.partition!r}, model={self.model!r}")
         check_seed(self.seed)
-        if self.repeats not in (None, 1) and not self.stacked:
-            raise ValueError(f"repeats: expected 1 unless partition='auto' with model='vq-maf' (the stacked default), "
-                             f"got {self.repeats!r} with partition={self.partition!r}, model={self.model!r}")
         if self.n is not None:
             positive_int(self.n, name="n")
         self.training()
@@ -304,4 +311,4 @@ def _is_run(out: Path) -> bool:
 
 
 __all__ = ["CANDIDATES", "FORMAT", "MARKER", "MEMBERSHIPS", "MODELS", "OBJECTIVES", "RUN_FILES", "RunConfig", "SettingError",
-           "STACK_PATIENCE", "STACK_REPEATS", "default_patience", "default_repeats", "refuse_folder", "run_state"]
+           "STACK_PATIENCE", "STACK_REPEATS", "check_repeats", "default_patience", "default_repeats", "refuse_folder", "run_state"]

@@ -18,9 +18,9 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from .checks import as_points, positive_int
+from .checks import as_points
 from .checks import seed as check_seed
-from .config import default_patience, default_repeats
+from .config import check_repeats, default_patience, default_repeats
 from .ensemble import VQFlowEnsemble
 from .model import VQFlow
 from .recipes import build
@@ -120,11 +120,8 @@ class VQFlowDensity(BaseEstimator):
         check_threads(self.threads)  # checked here, not in __init__, as scikit-learn asks
         check_seed(self.seed)
         stacked = stacks(self.flow, self.partition)
-        if self.repeats is not None:
-            positive_int(self.repeats, name="repeats")
-        if self.repeats not in (None, 1) and not stacked:
-            raise ValueError(f"repeats: expected 1 unless partition='auto' with flow='maf' (the stacked default), "
-                             f"got {self.repeats!r} with partition={self.partition!r}, flow={self.flow!r}")
+        check_repeats(self.repeats, stacked, "partition='auto' with flow='maf'",
+                      f"partition={self.partition!r}, flow={self.flow!r}")
         points = torch.from_numpy(np.array(X, dtype=np.float32))  # a copy: the caller's array stays untouched
         # Seeded split: the same estimator on the same data fits the same model (clone-and-refit safe).
         perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
