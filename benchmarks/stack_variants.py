@@ -13,7 +13,12 @@ member's epochs and stacking weight. Variants:
   flow weights (decay 0.95 per step);
 * ``five-128`` / ``five-4``: ``four-subset`` with a fifth, 128- or 4-component atlas;
 * ``four-subset-last``: ``four-subset`` with each member's last epoch stacked beside its kept one;
-* ``eight-p10``: two draws of each size, patience 10; ``eight``: the default (two draws, patience 5).
+* ``eight-p10``: two draws of each size, patience 10; ``eight``: the default (two draws, patience 5);
+* ``six``: ``eight`` without the 8-component atlases.
+
+A variant's name can carry modifiers, ``eight+top2+h32``: ``topN`` (charts per point of the training
+objective), ``hN`` (hidden features), ``tN`` (transforms), ``checkN`` (the check's nearest charts),
+``batchN`` (batch size), ``eN`` (the most epochs), ``lrN`` (the learning rate, ``N``·1e-4).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from vqflows.training import EarlyStopping
 
 #: the loop's own parts, put back before each run (a variant may replace them)
 ORIGINAL = (loop.set_up, loop.check, loop._end)
-VARIANTS = ("four-exact", "four-subset", "four-subset-ema", "five-128", "five-4", "four-subset-last", "eight-p10", "eight")
+VARIANTS = ("four-exact", "four-subset", "four-subset-ema", "five-128", "five-4", "four-subset-last", "eight-p10", "eight", "six")
 
 
 def _ema(decay: float) -> None:
@@ -76,9 +81,28 @@ def _ema(decay: float) -> None:
     loop.set_up, loop.check = averaged_set_up, averaged_check
 
 
+#: modifiers after a variant's name, ``eight+top2+h32``: training ``top``, ``hidden``, ``transforms``,
+#: the check's ``top`` (``check8``), ``batch``, the most ``epochs`` (``e30``)
+MODIFIERS = {"top": "top", "h": "hidden", "t": "transforms", "check": "check", "batch": "batch_size", "e": "epochs", "lr": "lr"}
+
+
+def _modifiers(variant: str) -> tuple[str, dict[str, int]]:
+    name, *mods = variant.split("+")
+    out = {}
+    for mod in mods:
+        key = mod.rstrip("0123456789")
+        if key not in MODIFIERS or key == mod:
+            raise SystemExit(f"unknown modifier {mod!r} (expected one of {', '.join(k + 'N' for k in MODIFIERS)})")
+        out[MODIFIERS[key]] = int(mod[len(key):]) * (1e-4 if key == "lr" else 1)
+    return name, out
+
+
 def run(name: str, seed: int, variant: str) -> dict:
     loop.set_up, loop.check, loop._end = ORIGINAL
-    config = RunConfig(dataset=name, model="vq-maf", seed=seed)
+    full, (variant, mods) = variant, _modifiers(variant)
+    check_top = mods.pop("check", None)
+    train_mods = {k: mods.pop(k) for k in ("top", "batch_size", "epochs", "lr") if k in mods}
+    config = RunConfig(dataset=name, model="vq-maf", seed=seed, **mods)
     splits = vqflows.datasets.load(name, n=10_000, seed=seed)
     sizes, draws, patience = [8, 16, 32, 64], 1, 10
     rule = EarlyStopping(patience, 512, None, initial=True)
@@ -88,9 +112,14 @@ def run(name: str, seed: int, variant: str) -> dict:
         sizes = sizes + [128]
     elif variant == "five-4":
         sizes = [4] + sizes
+    elif variant == "six":
+        sizes, draws, patience = [16, 32, 64], 2, 5
+        rule = EarlyStopping(patience, 512, None, initial=True)
     elif variant.startswith("eight"):
         draws, patience = 2, 10 if variant == "eight-p10" else 5
         rule = EarlyStopping(patience, 512, None, initial=True)
+    if check_top is not None:
+        rule = EarlyStopping(rule.patience, rule.points, check_top, initial=True)
     if variant == "four-subset-ema":
         _ema(0.95)
     lasts: list[dict] = []
@@ -110,7 +139,7 @@ def run(name: str, seed: int, variant: str) -> dict:
     candidates = [("gmm", k) for k in sizes] + [("gmm", k, True, r) for r in range(1, draws) for k in sizes]
     t0 = time.perf_counter()
     model, _, table = select_charts(make, splits.train, splits.val, candidates=candidates,
-                                    config=config.training().replace(early_stopping=rule), stack=True, progress=False)
+                                    config=config.training().replace(early_stopping=rule, **train_mods), stack=True, progress=False)
     seconds = time.perf_counter() - t0
     if lasts:
         members = list(model.members)
@@ -122,13 +151,13 @@ def run(name: str, seed: int, variant: str) -> dict:
             weights = stacking_weights(torch.stack([m.log_prob(splits.val) for m in members], -1))
         model = VQFlowEnsemble(members, weights).eval()
     metrics = evaluate(model, splits)
-    return {"set": name, "seed": seed, "variant": variant, "gap": round(metrics["gap_to_oracle"], 4),
+    return {"set": name, "seed": seed, "variant": full, "gap": round(metrics["gap_to_oracle"], 4),
             "seconds": round(seconds, 1), "epochs": [r["epochs"] for r in table if r["trained"]],
             "weights": [round(r["weight"], 3) for r in table if "weight" in r]}
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or any(v not in VARIANTS for v in argv[2:]):
+    if len(argv) < 3 or any(_modifiers(v)[0] not in VARIANTS for v in argv[2:]):
         raise SystemExit(f"usage: stack_variants.py SET SEEDS VARIANT... (variants: {', '.join(VARIANTS)})")
     torch.set_num_threads(1)
     for variant in argv[2:]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import threadpoolctl
 import torch
 
 from vqflows import io
@@ -135,11 +136,28 @@ def square(spec: dict, folder: Path) -> dict:
     if spec["x"] < 0:
         raise ValueError(f"x: expected a number >= 0, got {spec['x']}")
     return {"record.json": {"x": spec["x"], "square": spec["x"] ** 2, "pid": os.getpid(),
-                            "threads": torch.get_num_threads()}}
+                            "threads": torch.get_num_threads(), "blas": _blas_threads()}}
+
+
+def _blas_threads() -> int:
+    """The most threads any BLAS library under NumPy and SciPy may use now."""
+    return max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
 
 
 def _tasks(tmp_path: Path, fn, specs) -> list[Task]:
     return [Task(fn, spec, tmp_path / f"run-{i}", label=f"{tmp_path.name}/run-{i}") for i, spec in enumerate(specs)]
+
+
+def test_runner_bounds_the_blas_threads_of_a_task(tmp_path):
+    """A task runs with the runner's one thread in BLAS too (N workers each taking every core oversubscribe
+    the machine); the driver's own setting is restored after an inline task."""
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        if before < 2:
+            pytest.skip("a BLAS library limited to one thread here")
+        Runner(progress=False).run(_tasks(tmp_path, square, [{"x": 1}]))
+        assert io.read_json(tmp_path / "run-0" / "record.json")["blas"] == 1
+        assert _blas_threads() == before
 
 
 def test_inline_runner_and_bad_settings(tmp_path):

@@ -48,6 +48,7 @@ def test_pool_writes_records_and_errors(pool_runs):
     records = [io.read_json(folder / "square" / f"run-{i}" / "record.json") for i in (0, 2)]
     assert [r["square"] for r in records] == [4, 9]
     assert all(r["pid"] != os.getpid() and r["threads"] == 1 for r in records)  # in workers, one thread each
+    assert all(r["blas"] == 1 for r in records)  # BLAS too
     error = io.read_json(folder / "square" / "run-1" / "error.json")
     assert error["error"] == "ValueError: x: expected a number >= 0, got -1" and error["spec"] == {"x": -1}
     assert not (folder / "square" / "run-1" / "record.json").exists()

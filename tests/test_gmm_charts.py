@@ -68,10 +68,10 @@ def test_early_stopping_counts_epoch_zero(initial):
         assert history.initial_val_score is None and history.best_epoch >= 1 and after < before
 
 
-def test_fit_defaults_to_exact_epoch_zero_check(helix):
+def test_fit_defaults_to_epoch_zero_check(helix):
     model = vqflows.build(3, "maf", charts=8, partition="gmm")
     rule = vqflows.training.default_early_stopping(model)
-    assert rule.initial and rule.points == EarlyStopping().points and rule.top is None
+    assert rule.initial and rule.points == EarlyStopping().points and rule.top == EarlyStopping().top
     assert not vqflows.training.default_early_stopping(vqflows.build(3, "maf", charts=8)).initial
 
 
@@ -101,6 +101,22 @@ def test_subset_check_compares_epoch_zero_on_every_point(helix, worse):
     assert check_score(model, val, None)[1] > bad_score
     assert state.history.best_epoch == (0 if worse == "kept" else 2)
     assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
+
+
+def test_bound_check_on_every_point_still_compares_epoch_zero_exactly(helix):
+    """Fewer validation points than the subset, but the check a bound over each point's nearest charts (the
+    default rule at 32 charts): the end comparison runs on every point, exactly."""
+    from vqflows.training.loop import set_up
+
+    model = _gmm_model(helix, 32)
+    rule = vqflows.training.default_early_stopping(model)
+    val = helix.val[:300].double()
+    state = set_up(model, helix.train.double(), val, vqflows.TrainConfig(early_stopping=rule), vqflows.training.History())
+    assert rule.top < model.K and state.val.shape[0] == 300 and torch.equal(state.val_all, val)
+    # all charts, or a subset that is exact: nothing to compare again
+    exact = EarlyStopping(rule.patience, rule.points, None, initial=True)
+    assert set_up(model, helix.train.double(), val, vqflows.TrainConfig(early_stopping=exact),
+                  vqflows.training.History()).val_all is None
 
 
 def test_gmm_charts_need_a_full_flow():

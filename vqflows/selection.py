@@ -44,11 +44,17 @@ REPEAT_SEED = 1000
 @torch.no_grad()
 def validation_score(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> float:
     """Mean exact log-likelihood of ``val`` ``(M, D)`` less the flow's mean penalty (0 for full flows)."""
+    return _validation(model, val)[1]
+
+
+def _validation(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """:func:`validation_score` and the log-densities ``(M,)`` it averages (kept for stacking)."""
     model.eval()
-    ll = float(model.log_prob(val).mean())
+    log_p = model.log_prob(val)
+    ll = float(log_p.mean())
     if isinstance(model, VQFlow) and model.flow.manifold_dim < model.features:
         ll -= float(nearest_penalty(model, model.check_points(val)).mean())
-    return ll
+    return log_p.detach(), ll
 
 
 def select_charts(make: Callable[..., VQFlow], train, val, *,
@@ -112,11 +118,11 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
             history = fit(model, train, val, **{**fit_options, **own})
         else:
             history = _fit_charts_only(model, train, fit_options)
-        score = validation_score(model, val)
+        log_p, score = _validation(model, val)
         table.append({"charts": model.K, "partition": partition, "trained": trained, "val_log_likelihood": score,
                       "epochs": history.epochs, "seconds": time.perf_counter() - t0, **({"repeat": repeat} if repeat else {})})
         if trained and math.isfinite(score):
-            trained_models.append((model, history))
+            trained_models.append((model, history, log_p))
         if best is None or (math.isfinite(score) and score > best[0]):
             best = (score, model, history)
         if history.interrupted:  # Ctrl-C: no further candidates; the caller sees the interruption
@@ -134,20 +140,21 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
 
 
 @torch.no_grad()
-def _stacked(trained: list[tuple[VQFlow, History]], val, table: list[dict]) -> tuple[VQFlowEnsemble, History, list[dict]]:
-    """The trained candidates as one ensemble, weighted to maximise the validation log-likelihood."""
+def _stacked(trained: list[tuple[VQFlow, History, torch.Tensor]], val, table: list[dict]) -> tuple[VQFlowEnsemble, History, list[dict]]:
+    """The trained candidates as one ensemble, weighted to maximise the validation log-likelihood (each
+    candidate's validation log-densities, ``(M,)``, come with it: the pass that scored it)."""
     t0 = time.perf_counter()
-    models = [m for m, _ in trained]
-    x = models[0].check_points(val, name="val")
-    weights = stacking_weights(torch.stack([m.log_prob(x) for m in models], dim=-1))
+    models = [m for m, _, _ in trained]
+    log_probs = torch.stack([lp for _, _, lp in trained], dim=-1)
+    weights = stacking_weights(log_probs)
     ensemble = VQFlowEnsemble(models, weights).eval()
     rows = [row for row in table if row["trained"] and math.isfinite(row["val_log_likelihood"])]
     for row, w in zip(rows, weights.tolist()):
         row["weight"] = w
     table.append({"charts": ensemble.K, "partition": "ensemble", "trained": False,
-                  "val_log_likelihood": validation_score(ensemble, x), "epochs": 0,
-                  "seconds": time.perf_counter() - t0})
-    return ensemble, joined_history([h for _, h in trained]), table
+                  "val_log_likelihood": float(torch.logsumexp(log_probs + ensemble.log_mix, dim=-1).mean()),
+                  "epochs": 0, "seconds": time.perf_counter() - t0})
+    return ensemble, joined_history([h for _, h, _ in trained]), table
 
 
 def joined_history(histories: Sequence[History]) -> History:

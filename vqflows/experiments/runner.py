@@ -9,7 +9,7 @@ Backends (:class:`Runner`):
 
 - ``jobs=1``: in this process, one torch thread;
 - ``jobs=N``: a local :class:`~concurrent.futures.ProcessPoolExecutor` of N spawned workers with
-  ``threads`` torch threads each. Workers ignore Ctrl-C (the driver stops them) and die with the
+  ``threads`` torch (and BLAS/OpenMP) threads each. Workers ignore Ctrl-C (the driver stops them) and die with the
   driver, even when it is killed with SIGKILL (:func:`_bind_to_parent`);
 - ``scheduler="tcp://host:8786"`` or ``client=Client(...)``: a running ``dask.distributed``
   scheduler (``pip install "vqflows[cluster]"``). Each run is one task; ``gpus_per_run=0.25``
@@ -51,11 +51,13 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .. import io
@@ -113,12 +115,18 @@ class _Outcome:
 
 
 def _call(fn: Callable, spec: Any, folder: Path, threads: int) -> _Outcome:
-    """Run one task where it lands: its exceptions become an outcome, so that only a lost worker is retried."""
+    """Run one task where it lands: its exceptions become an outcome, so that only a lost worker is retried.
+
+    ``threads`` bounds torch's threads and, for the task, those of the BLAS and OpenMP libraries under
+    NumPy, SciPy and scikit-learn (the Gaussian mixtures, the kernel densities): by default they take every
+    core, and N workers each doing so oversubscribe the machine (a mixture's fit beside a busy worker took
+    twice as long: docs/results.md)."""
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
-        files = fn(spec, folder)
+        with threadpool_limits(limits=threads) if threads else nullcontext():
+            files = fn(spec, folder)
     except Exception as e:  # noqa: BLE001 - one broken run must not end the grid
         return _Outcome(None, f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e)),
                         time.perf_counter() - t0)

@@ -74,11 +74,11 @@ class EarlyStopping:
         top: score each point's ``top`` nearest charts only, a lower bound of the mixture at
             ``top / K`` of its cost (default :data:`CHECK_TOP`); ``None`` runs the exact check.
         initial: also score the model before the first epoch ("epoch 0") and keep it if no epoch
-            beats it, so training can only improve the watched score; where the check scores a subset
-            (``points``), the kept epoch and epoch 0 are compared once more at the end, exactly, on every
-            validation point. :func:`~vqflows.fit` turns it on, with the exact check, for Gaussian-mixture
-            charts (see :func:`default_early_stopping`): the trained model then never ends below the
-            fitted mixture on validation.
+            beats it, so training can only improve the watched score; where the check is not exact (a
+            subset of ``points``, or ``top`` below the charts), the kept epoch and epoch 0 are compared
+            once more at the end, exactly, on every validation point. :func:`~vqflows.fit` turns it on for
+            Gaussian-mixture charts (see :func:`default_early_stopping`): the trained model then never
+            ends below the fitted mixture on validation.
     """
 
     patience: int = 10
@@ -215,14 +215,14 @@ class TrainConfig:
 
 def default_early_stopping(model: Any, rule: EarlyStopping | None = EarlyStopping()) -> EarlyStopping | None:  # noqa: B008
     """The rule :func:`~vqflows.fit` applies to ``model``: ``rule`` itself, except that the default rule
-    (any patience) becomes, for Gaussian-mixture charts (a model that starts as the fitted mixture), the
-    exact score over all charts with epoch 0 counted: each epoch on the rule's subset of the validation
-    points, and the kept epoch against epoch 0 on every point at the end, so the trained model is never
-    below the mixture on validation (the subset costs a fifth of the whole set's check per epoch and
-    matched it in quality: docs/objective.md)."""
+    (any patience) counts epoch 0 for Gaussian-mixture charts (a model that starts as the fitted
+    mixture): each epoch is checked as the rule checks it (its subset of the validation points, each
+    point's nearest charts), and at the end the kept epoch and epoch 0 are scored exactly, over all
+    charts on every point, and the better kept, so the trained model is never below the mixture on
+    validation (the cheap check chose the same epochs as the exact one: docs/objective.md)."""
     mixture = getattr(getattr(model, "partition", None), "mixture", False)
     if mixture and rule is not None and rule == EarlyStopping(patience=rule.patience):
-        return EarlyStopping(rule.patience, rule.points, None, initial=True)
+        return EarlyStopping(rule.patience, rule.points, rule.top, initial=True)
     return rule
 
 

@@ -101,6 +101,8 @@ def set_up(model: VQFlow, train: Data, val: Tensor | None, config: TrainConfig, 
         if rule is not None and rule.points is not None and val.shape[0] > rule.points:
             pick = torch.randperm(val.shape[0], generator=torch.Generator().manual_seed(config.seed))
             val_all, val = (val if rule.initial else None), val[pick[:rule.points].to(device)]
+        if rule is not None and rule.initial and rule.top is not None and rule.top < model.K and val_all is None:
+            val_all = val  # a bound over the nearest charts: the end compares epoch 0 exactly
     fixed = None if callable(train) else as_points(train, model.features, name="train").to(device, dtype)
     logits = None
     if config.objective == "mixture" and config.learn_weights and model.K > 1:
@@ -220,7 +222,7 @@ def check_initial(state: LoopState) -> None:
     (score,) = state.ranks.from_lead((score,), state.device)
     state.history.initial_val_score = state.history.best_val_score = score
     state.history.best_epoch = 0
-    if state.val_all is not None:  # the check scores a subset: the end compares epoch 0 on every point
+    if state.val_all is not None:  # the check is not exact: the end compares epoch 0 exactly on every point
         state.initial = copy.deepcopy(state.model.state_dict())
 
 
@@ -241,9 +243,10 @@ def _end(state: LoopState, hooks: list[Callback]) -> None:
 
 
 def _keep_initial_if_better(state: LoopState) -> None:
-    """Where the check scored a subset of the validation points and counted epoch 0: the kept epoch and
-    epoch 0 scored exactly on every validation point, and epoch 0 restored if it scores higher, so that
-    the trained model never ends below its starting model (a Gaussian mixture) on validation."""
+    """Where the check was not exact (a subset of the validation points, or their nearest charts) and
+    counted epoch 0: the kept epoch and epoch 0 scored exactly on every validation point, and epoch 0
+    restored if it scores higher, so that the trained model never ends below its starting model (a
+    Gaussian mixture) on validation."""
     history = state.history
     if state.initial is None or state.val_all is None or history.best_epoch == 0:
         return
