@@ -1,6 +1,7 @@
 """Variants of the stacked default VQ-MAF, trained as a run trains it (``select_charts`` with ``stack=True``).
 
     python benchmarks/stack_variants.py knotted 0,1,2,3,4 four-exact four-subset eight      # one line per run
+    python benchmarks/stack_variants.py knotted 0 eight eight+top2 --rounds 2          # alternated, medians
 
 Each variant is a member list and an early-stopping rule (the rest as the default run: the same model, data,
 seeds and training settings); every line printed is JSON with the test gap to the oracle, the seconds, each
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -157,12 +159,24 @@ def run(name: str, seed: int, variant: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    rounds = 1
+    if "--rounds" in argv:  # the variants alternated, ROUNDS times over, then each one's median seconds
+        i = argv.index("--rounds")
+        rounds, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
     if len(argv) < 3 or any(_modifiers(v)[0] not in VARIANTS for v in argv[2:]):
-        raise SystemExit(f"usage: stack_variants.py SET SEEDS VARIANT... (variants: {', '.join(VARIANTS)})")
+        raise SystemExit(f"usage: stack_variants.py SET SEEDS VARIANT... [--rounds N] (variants: {', '.join(VARIANTS)})")
     torch.set_num_threads(1)
-    for variant in argv[2:]:
-        for seed in (int(s) for s in argv[1].split(",")):
-            print(json.dumps(run(argv[0], seed, variant)), flush=True)
+    seconds: dict[str, list[float]] = {v: [] for v in argv[2:]}
+    if rounds > 1:  # imports and first calls before any timed run: one epoch of the first variant, discarded
+        run(argv[0], int(argv[1].split(",")[0]), argv[2] + "+e1")
+    for seed in (int(s) for s in argv[1].split(",")):
+        for _ in range(rounds):
+            for variant in argv[2:]:
+                line = run(argv[0], seed, variant)
+                seconds[variant].append(line["seconds"])
+                print(json.dumps(line), flush=True)
+    if rounds > 1:
+        print(json.dumps({"median_seconds": {v: statistics.median(t) for v, t in seconds.items()}}))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ the others, so a rerun of the same command does only what is missing.
 
 Backends (:class:`Runner`):
 
-- ``jobs=1``: in this process, one torch thread;
+- ``jobs=1``: in this process, one torch (and BLAS/OpenMP) thread;
 - ``jobs=N``: a local :class:`~concurrent.futures.ProcessPoolExecutor` of N spawned workers with
   ``threads`` torch (and BLAS/OpenMP) threads each. Workers ignore Ctrl-C (the driver stops them) and die with the
   driver, even when it is killed with SIGKILL (:func:`_bind_to_parent`);
@@ -182,7 +182,8 @@ class Runner:
         scheduler: address of a running ``dask.distributed`` scheduler; ``client`` takes a
             :class:`dask.distributed.Client` instead (e.g. of a ``dask_jobqueue`` cluster).
         gpus_per_run: the ``GPU`` worker resource each Dask task asks for (``0``: none).
-        threads: torch threads per run (``0``: torch's default).
+        threads: torch threads per run, and BLAS/OpenMP threads (NumPy, SciPy, scikit-learn) during it
+            (``0``: the libraries' defaults).
         retries: resubmissions of a run whose worker was lost.
         progress: a progress bar with the ETA on stderr.
     """
