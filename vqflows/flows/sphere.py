@@ -216,7 +216,7 @@ class VMFChartFlow(ChartFlow):
         >>> flow = VMFChartFlow(context=1)
         >>> y = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
         >>> c = torch.tensor([[math.log(50.0)]], dtype=torch.float64)
-        >>> float(flow.double().log_prob(y, c)) - math.log(50 / (2 * math.pi))  # the vMF density at its mean
+        >>> float(flow.double().log_prob(y, c).detach()) - math.log(50 / (2 * math.pi))  # the vMF density at its mean
         0.0
     """
 
