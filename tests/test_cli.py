@@ -103,3 +103,53 @@ def test_unavailable_device_is_a_clear_error(tmp_path, capsys):
     assert "no CUDA device is available" in capsys.readouterr().err
     assert main(["train", "--device", "tpu9", "--out", str(tmp_path / "r2"), "--epochs", "1", *TINY]) == 2
     assert "device: expected" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_python_would_drop_is_raised_again():
+    """A Ctrl-C that lands in a callback Python cannot raise from (an import lock's weak-reference callback)
+    is only reported as unraisable; during a run it is raised again in the main thread, and not printed."""
+    import time
+    import weakref
+
+    from vqflows.cli import _interrupts_kept
+
+    class Lock:
+        pass
+
+    def dropped():  # a KeyboardInterrupt inside a weak-reference callback is reported as unraisable
+        ref = weakref.ref(Lock(), lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
+        return ref
+
+    seen = []
+    before, record = sys.unraisablehook, seen.append
+    sys.unraisablehook = record
+    try:
+        dropped()  # outside a run: lost, as Python does
+        assert len(seen) == 1 and seen[0].exc_type is KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt), _interrupts_kept():
+            dropped()
+            time.sleep(5)  # the interrupt arrives here
+        assert sys.unraisablehook is record and len(seen) == 1  # restored; nothing reported
+        with _interrupts_kept():  # other unraisable errors still reach the previous hook
+            weakref.ref(Lock(), lambda _: 1 / 0)
+        assert len(seen) == 2 and seen[1].exc_type is ZeroDivisionError
+    finally:
+        sys.unraisablehook = before
+
+
+@pytest.mark.parametrize("code", [0, 2, 130])
+def test_the_command_exits_with_main_s_code(monkeypatch, code):
+    """``vqflows`` exits with ``main``'s code; an interrupted command (130) without the interpreter's
+    finalisation, which would turn a Ctrl-C some library half-handled into death by SIGINT (-2)."""
+    import vqflows.cli as cli
+
+    monkeypatch.setattr(cli, "main", lambda: code)
+    exits = []
+    monkeypatch.setattr(cli.os, "_exit", lambda c: exits.append(c))
+    if code == 130:
+        cli.run()
+        assert exits == [130]
+    else:
+        with pytest.raises(SystemExit) as e:
+            cli.run()
+        assert e.value.code == code and not exits

@@ -15,12 +15,15 @@ also returns 1 when some of its runs failed.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import os
 import shlex
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
 
@@ -112,8 +115,9 @@ def _cmd_train(args, argv: list[str]) -> int:
     from .runs import RunInterrupted, train_run  # deferred: imports torch
 
     try:
-        metrics = train_run(config, out, progress=None if not (args.json or args.quiet) else False, overwrite=args.overwrite,
-                            resume=args.resume)
+        with _interrupts_kept():
+            metrics = train_run(config, out, progress=None if not (args.json or args.quiet) else False,
+                                overwrite=args.overwrite, resume=args.resume)
     except RunInterrupted as e:
         if args.overwrite and state != "new":  # the new run was built beside the old one, which stays
             print(f"vqflows train: interrupted: nothing replaced, the run in {out} is as it was; "
@@ -273,6 +277,47 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             # one line: the messages name what was expected and what came
             return _error(command, e.cli() if isinstance(e, SettingError) else str(e))
+
+
+def run() -> None:
+    """The ``vqflows`` command: :func:`main`, its exit code the process's.
+
+    An interrupted command (130) leaves without the interpreter's finalisation: where a Ctrl-C first
+    landed inside code that some library runs through ``PyRun_String`` (as pybind11 does), CPython ends
+    the process with SIGINT (exit code -2) however the command handled it. Every file of the run is
+    written and closed by then; the output streams are flushed here.
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    else:
+        raise SystemExit(code)
+
+
+@contextmanager
+def _interrupts_kept():
+    """Deliver a Ctrl-C that Python would drop: one that lands in a callback it cannot raise from (the
+    weak-reference callback of an import's module lock, a finaliser) is reported as unraisable and lost,
+    so the command would run on to the end. Here it is raised again in the main thread a moment later,
+    and not printed; other unraisable errors are reported as before."""
+    previous, timers = sys.unraisablehook, []
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            timers.append(threading.Timer(0.05, _thread.interrupt_main))
+            timers[-1].start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        for timer in timers:
+            timer.cancel()
 
 
 def _error(command: str | None, message: str) -> int:
