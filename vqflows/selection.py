@@ -41,12 +41,12 @@ ATLAS_SCALES = (0.25, 0.5, 1, 2)
 REPEAT_SEED = 1000
 
 
-@torch.no_grad()
 def validation_score(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> float:
     """Mean exact log-likelihood of ``val`` ``(M, D)`` less the flow's mean penalty (0 for full flows)."""
     return _validation(model, val)[1]
 
 
+@torch.no_grad()
 def _validation(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> tuple[torch.Tensor, float]:
     """:func:`validation_score` and the log-densities ``(M,)`` it averages (kept for stacking)."""
     model.eval()
@@ -54,7 +54,7 @@ def _validation(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> tuple[torc
     ll = float(log_p.mean())
     if isinstance(model, VQFlow) and model.flow.manifold_dim < model.features:
         ll -= float(nearest_penalty(model, model.check_points(val)).mean())
-    return log_p.detach(), ll
+    return log_p, ll
 
 
 def select_charts(make: Callable[..., VQFlow], train, val, *,
