@@ -157,3 +157,28 @@ def test_bad_construction_raises():
         ConditionalScaleShift(3, 0)
     with pytest.raises(ValueError, match=r"expected a context of shape \(N, 2\), got None"):
         ConditionalSpecialConformal(3, 2)(torch.randn(4, 3))
+
+
+def test_a_rotation_is_computed_once_per_distinct_context():
+    # a chart mixture conditions many rows on few chart codes: the matrix exponential runs per distinct code,
+    # and values and gradients (to the weights and to the codes) equal the row-by-row computation
+    from vqflows.flows.conformal import _distinct_rows, per_context
+    rot = perturb(ConditionalRotation(3, C))
+    codes = torch.randn(5, C, requires_grad=True)
+    rows = torch.tensor([3, 0, 3, 1, 4, 4, 0, 3, 1, 3, 2, 0])
+    inverse, count = _distinct_rows(codes[rows].detach())
+    assert count == 5 and torch.equal(inverse[:, None] == inverse[None], rows[:, None] == rows[None])
+    u = torch.randn(len(rows), 3)
+    calls = []
+    grouped = rot(u, codes[rows])
+    torch.testing.assert_close(grouped, (rot._matrix(codes[rows]) @ u.unsqueeze(-1)).squeeze(-1))
+    weights = [codes, *rot.parameters()]
+    a = torch.autograd.grad(grouped.sin().sum(), weights)
+    b = torch.autograd.grad(torch.stack([rot._matrix(codes[[r]])[0] @ u[i]
+                                         for i, r in enumerate(rows.tolist())]).sin().sum(), weights)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+    assert per_context(lambda c: calls.append(c.shape[0]) or c, codes[rows]).shape == (len(rows), C)
+    assert calls == [5]
+    per_context(lambda c: calls.append(c.shape[0]) or c, torch.randn(8, C))  # mostly distinct: as it is
+    assert calls == [5, 8]
