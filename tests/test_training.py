@@ -79,6 +79,37 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_checkpoint_packs_its_state_dicts_and_reads_them_back_exactly(tmp_path):
+    from vqflows.training.checkpoint import pack, read_checkpoint, unpack
+    train, val = _data()
+    model = _small()
+    fit(model, train, val, epochs=2, chart_epochs=2, checkpoint=tmp_path / "c.pt")
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)  # tensors and plain data only
+    assert set(raw["model"]) == {"packed", "flat"} and len(raw["model"]["flat"]) <= 3  # one tensor per dtype
+    state = read_checkpoint(tmp_path / "c.pt")
+    assert state["model"].keys() == model.state_dict().keys()
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(state["best"].values(), model.state_dict().values()))
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))], lr=1e-3)
+    opt.param_groups[0]["params"][0].grad = torch.randn(3, 2)
+    opt.param_groups[0]["params"][1].grad = torch.randn(4)
+    opt.step()
+    nested = {"opt": opt.state_dict(), "odd": [torch.zeros(0), torch.tensor(3), torch.ones(2, dtype=torch.bool),
+                                              torch.arange(3.0, dtype=torch.float64)], "none": None, "t": (1, 2.5, "x")}
+    back = unpack(pack(nested))
+    assert back["opt"]["param_groups"] == nested["opt"]["param_groups"]  # int keys, tuples (betas) and all
+    for key in nested["opt"]["state"]:
+        for name, value in nested["opt"]["state"][key].items():
+            assert torch.equal(back["opt"]["state"][key][name], value) and back["opt"]["state"][key][name].dtype == value.dtype
+    for a, b in zip(back["odd"], nested["odd"]):
+        assert torch.equal(a, b) and a.dtype == b.dtype and a.shape == b.shape
+    assert back["none"] is None and back["t"] == (1, 2.5, "x")
+    assert pack({"f": print}) == {"f": print}  # not plain data: left as it is
+    raw["model"]["packed"] = raw["model"]["packed"][:-5]
+    torch.save(raw, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="damaged state"):
+        read_checkpoint(tmp_path / "c.pt")
+
+
 def test_train_flow_hooks_schedule_clip_and_fresh_data():
     train, val = _data()
     model = _small()
