@@ -58,3 +58,26 @@ def test_chart_weights_follow_equation_15():
     w = chart_weights(member)
     r = member.double().mean(0)
     assert torch.allclose(w, r / r.sum()) and abs(float(w.sum()) - 1) < 1e-12
+
+
+def test_local_dimension_counts_the_directions_a_cell_spreads_in():
+    from vqflows.charts import local_dimension
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(4000, generator=g) * 6.283
+    circle = torch.stack([t.cos(), t.sin(), 0.005 * torch.randn(4000, generator=g)], -1)
+    plane = torch.cat([torch.rand(4000, 2, generator=g), 0.005 * torch.randn(4000, 1, generator=g)], -1)
+    ball = torch.randn(4000, 3, generator=g)
+    dims = [local_dimension(x) for x in (circle, plane, ball)]
+    assert 0.9 < dims[0] < 1.2 and 1.8 < dims[1] < 2.2 and 2.5 < dims[2] <= 3.0, dims
+    assert local_dimension(circle, seed=3) == local_dimension(circle, seed=3)  # seeded
+    assert local_dimension(circle[:5]) >= 1.0  # too few points for 32 cells: fewer cells
+
+
+def test_the_stacked_default_sums_two_charts_per_point_on_curves_and_four_on_surfaces():
+    from vqflows.config import RunConfig
+    from vqflows.selection import stack_top
+    assert stack_top(datasets.load("helix", n=4000, seed=0).train) == 2
+    assert stack_top(datasets.load("knotted", n=4000, seed=1).train) == 2
+    assert stack_top(datasets.load("spherical", n=4000, seed=0).train) == 4
+    assert RunConfig().top is None and RunConfig().training().top == 4  # resolved from the data in the run
+    assert RunConfig(top=3).training().top == 3

@@ -81,6 +81,20 @@ def default_patience(patience: int | None, stacked: bool) -> int:
     return patience if patience is not None else STACK_PATIENCE if stacked else _TRAIN.early_stopping.patience
 
 
+#: Each member of the stacked default sums each point's :data:`CURVE_TOP` nearest charts in its training objective
+#: where the data are a curve at the scale of ``charts`` cells (:func:`vqflows.charts.local_dimension` below
+#: :data:`CURVE_DIMENSION`: about 1.1 on the paper's curves, 2.0 on its shell), the training default (4) elsewhere:
+#: along a curve two charts overlap at a point, and the members train in 0.68 of the time at the same gaps
+#: (docs/results.md).
+CURVE_TOP, CURVE_DIMENSION = 2, 1.5
+
+
+def default_top(top: int | None) -> int:
+    """``top``, or where it is ``None`` the training default (4); the stacked default resolves ``None`` from
+    its data instead (:func:`vqflows.selection.stack_top`)."""
+    return top if top is not None else _TRAIN.top
+
+
 #: Chart counts tried by ``charts="auto"`` (:func:`vqflows.selection.select_charts`).
 CANDIDATES = (8, 16, 32, 64)
 
@@ -136,7 +150,8 @@ class RunConfig:
         frames: give each chart its own fitted frame.
         flow_options: further keyword arguments of the flow.
         objective: ``"mixture"`` (the default) or ``"cells"`` (the paper's eq. 17); see :func:`vqflows.fit`.
-        top: charts per point of the mixture objective.
+        top: charts per point of the mixture objective (``None``: 4; for the members of the stacked default,
+            2 where the data are a curve, :data:`CURVE_TOP`).
         learn_weights: learn the chart weights with the flow.
         membership: ``"hard"`` or ``"soft"`` (see :func:`vqflows.fit`).
         compile: run the loss through ``torch.compile``.
@@ -167,7 +182,7 @@ class RunConfig:
     frames: bool = True
     flow_options: dict = field(default_factory=dict)
     objective: str = _TRAIN.objective  # "cells" with charts=32 batch_size=128 lr=0.001: the paper's Table 1 as published
-    top: int = _TRAIN.top
+    top: int | None = None  # None: 4, and for the stacked default's members 2 on curves (CURVE_TOP)
     learn_weights: bool = _TRAIN.learn_weights
     membership: str = _TRAIN.membership
     compile: bool = _TRAIN.compile  # torch.compile the loss: pays on long runs and GPUs, costs tens of seconds cold
@@ -259,7 +274,8 @@ class RunConfig:
         """The run's training settings (:class:`~vqflows.training.TrainConfig`): the fields of the same
         names, ``patience`` that of early stopping (:func:`default_patience` where it is ``None``);
         ``ValueError`` for a setting training refuses."""
-        return TrainConfig.from_record({**self.to_dict(), "patience": default_patience(self.patience, self.stacked)})
+        return TrainConfig.from_record({**self.to_dict(), "patience": default_patience(self.patience, self.stacked),
+                                        "top": default_top(self.top)})
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (what a run folder's ``config.json`` holds)."""

@@ -36,7 +36,7 @@ from .checks import spread
 
 # the settings and the folder states live in .config, importable without torch (the command line checks
 # them first); re-exported here
-from .config import FORMAT, MARKER, RunConfig, refuse_folder, run_state
+from .config import FORMAT, MARKER, RunConfig, default_top, refuse_folder, run_state
 from .config import MODELS as MODELS
 from .config import SettingError as SettingError
 from .ensemble import VQFlowEnsemble
@@ -60,7 +60,7 @@ from .run_files import (
     write_marker,
     write_run_json,
 )
-from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts
+from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts, stack_top
 from .training import History, check_threads, fit, torch_threads
 
 LOCK = ".lock"
@@ -235,7 +235,7 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
         if splits.sha256 is not None:
             metrics["dataset_sha256"] = splits.sha256
         if not history.interrupted:
-            metrics.update(evaluate(model, splits, config.top))
+            metrics.update(evaluate(model, splits, default_top(config.top)))
         metrics.update(epochs=history.epochs, best_epoch=history.best_epoch,
                        train_seconds=history.train_seconds if selection is None else seconds,
                        chart_seconds=history.chart_seconds, flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),
@@ -289,7 +289,10 @@ def _fit(config: RunConfig, model: VQFlow, splits: datasets.Splits, **options: A
         torch.manual_seed(config.seed + REPEAT_SEED * repeat)
         return config.build_model(splits.train.shape[1], charts=k, partition=partition)
 
-    return select_charts(make, splits.train, splits.val, candidates=candidates, config=config.training(),
+    training = config.training()
+    if config.stacked and config.top is None:  # two charts per point on curves
+        training = training.replace(top=stack_top(splits.train, config.charts, config.seed))
+    return select_charts(make, splits.train, splits.val, candidates=candidates, config=training,
                          stack=config.stacked, **options)
 
 
@@ -428,7 +431,7 @@ def evaluate_run(path: str | os.PathLike) -> dict[str, Any]:
                          f"and n {config.n}")
     metrics.update({"dataset": config.dataset, "model": config.model, "seed": config.seed})
     with torch_threads(config.threads or None):  # the run's threads, as in training (small flows gain nothing from more)
-        metrics.update(evaluate(model, splits, config.top, val=not isinstance(metrics.get("val_log_likelihood"), float)))
+        metrics.update(evaluate(model, splits, default_top(config.top), val=not isinstance(metrics.get("val_log_likelihood"), float)))
     metrics["parameters"] = parameters(model)
     metrics.update(status=status, interrupted=status != "finished")
     return metrics

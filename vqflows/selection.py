@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from .checks import as_points, positive_int
-from .config import AUTO_FLOWS, CANDIDATES, stacks
+from .charts import local_dimension
+from .config import AUTO_FLOWS, CANDIDATES, CURVE_DIMENSION, CURVE_TOP, default_top, stacks
 from .ensemble import VQFlowEnsemble, stacking_weights
 from .model import VQFlow
 from .training import History, TrainConfig, fit, resolve_device, torch_threads
@@ -200,6 +201,14 @@ def partition_candidates(flow: str, partition: str, charts: int | str, repeats: 
                                        for k in ks]
 
 
+def stack_top(train, charts: int | str = 32, seed: int = 0) -> int:
+    """The charts per point of the stacked default's training objective on ``train`` ``(N, D)``: :data:`CURVE_TOP`
+    (2) where the data are a curve at the scale of ``charts`` cells (``"auto"``: 32), else the training default."""
+    cells = charts if isinstance(charts, int) else 32
+    dimension = local_dimension(as_points(train, name="train"), cells, seed)
+    return CURVE_TOP if dimension < CURVE_DIMENSION else default_top(None)
+
+
 def candidate_checkpoint(checkpoint, partition: str | None, charts: int, repeat: int = 0) -> Path:
     """The checkpoint file of one candidate of a selection that trains several: beside ``checkpoint``, named
     by the candidate (``checkpoint.pt`` -> ``checkpoint-gmm-32.pt``, its second draw ``checkpoint-gmm-32-r1.pt``),
@@ -223,5 +232,5 @@ def _fit_charts_only(model: VQFlow, train, fit_options: dict) -> History:
     return history
 
 
-__all__ = ["ATLAS_SCALES", "AUTO_FLOWS", "CANDIDATES", "joined_history", "partition_candidates", "select_charts", "stacks",
-           "validation_score"]
+__all__ = ["ATLAS_SCALES", "AUTO_FLOWS", "CANDIDATES", "joined_history", "partition_candidates", "select_charts", "stack_top",
+           "stacks", "validation_score"]

@@ -20,11 +20,11 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from .checks import as_points
 from .checks import seed as check_seed
-from .config import check_repeats, default_patience, default_repeats
+from .config import check_repeats, default_patience, default_repeats, default_top
 from .ensemble import VQFlowEnsemble
 from .model import VQFlow
 from .recipes import build
-from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts, stacks
+from .selection import CANDIDATES, REPEAT_SEED, partition_candidates, select_charts, stack_top, stacks
 from .training import History, TrainConfig, check_threads, fit, torch_threads
 
 #: the training defaults, which the estimator's training parameters take
@@ -53,7 +53,8 @@ class VQFlowDensity(BaseEstimator):
             eight members; 1 halves the cost; see :func:`~vqflows.selection.partition_candidates`).
         epochs, batch_size, lr, weight_decay, patience, chart_epochs, objective, top: training (the
             fields of :class:`~vqflows.training.TrainConfig` and its defaults; ``patience`` is early stopping's,
-            ``None``: 10, and 5 for each member of the stacked default, :data:`vqflows.config.STACK_PATIENCE`).
+            ``None``: 10, and 5 for each member of the stacked default, :data:`vqflows.config.STACK_PATIENCE`;
+            ``top``, ``None``: 4, and 2 for the stacked default's members on a curve, :data:`vqflows.config.CURVE_TOP`).
         validation_fraction: the share of ``X`` held out (seeded by ``seed``) for early stopping.
         seed: seeds the initial weights, the validation split and training.
         device: where to train; the fitted model is moved back to the CPU.
@@ -81,7 +82,7 @@ class VQFlowDensity(BaseEstimator):
                  frames: bool = True, flow_options: dict | None = None, epochs: int = _TRAIN.epochs,
                  batch_size: int = _TRAIN.batch_size, lr: float = _TRAIN.lr, weight_decay: float = _TRAIN.weight_decay,
                  patience: int | None = None, chart_epochs: int = _TRAIN.chart_epochs,
-                 objective: str = _TRAIN.objective, top: int = _TRAIN.top, validation_fraction: float = 0.1,
+                 objective: str = _TRAIN.objective, top: int | None = None, validation_fraction: float = 0.1,
                  seed: int = _TRAIN.seed, device: str = "cpu", threads: int | None = None,
                  verbose: bool | None = None) -> None:
         self.flow = flow
@@ -128,7 +129,9 @@ class VQFlowDensity(BaseEstimator):
         cut = max(1, math.floor(self.validation_fraction * len(points)))
         val, train = points[perm[:cut]], points[perm[cut:]]
         config = TrainConfig.from_record({**self.get_params(deep=False),
-                                          "patience": default_patience(self.patience, stacked)})
+                                          "patience": default_patience(self.patience, stacked), "top": default_top(self.top)})
+        if stacked and self.top is None and self.charts is not None:  # two charts per point on curves
+            config = config.replace(top=stack_top(train, self.charts, self.seed))
         with self._threads():
             fixed = "vqae" if self.partition == "auto" else self.partition
             model = self._build(X.shape[1], min(CANDIDATES) if self.charts == "auto" else self.charts, fixed)
