@@ -15,7 +15,7 @@ member's epochs and stacking weight. Variants:
 * ``five-128`` / ``five-4``: ``four-subset`` with a fifth, 128- or 4-component atlas;
 * ``four-subset-last``: ``four-subset`` with each member's last epoch stacked beside its kept one;
 * ``eight-p10``: two draws of each size, patience 10; ``eight``: the default (two draws, patience 5);
-* ``six``: ``eight`` without the 8-component atlases.
+* ``six``: ``eight`` without the 8-component atlases; ``seven``: without the second 8-component draw.
 
 A variant's name can carry modifiers, ``eight+top2+h32``: ``topN`` (charts per point of the training
 objective), ``hN`` (hidden features), ``tN`` (transforms), ``checkN`` (the check's nearest charts),
@@ -45,7 +45,8 @@ from vqflows.training import EarlyStopping
 
 #: the loop's own parts, put back before each run (a variant may replace them)
 ORIGINAL = (loop.set_up, loop.check, loop._end)
-VARIANTS = ("four-exact", "four-subset", "four-subset-ema", "five-128", "five-4", "four-subset-last", "eight-p10", "eight", "six")
+VARIANTS = ("four-exact", "four-subset", "four-subset-ema", "five-128", "five-4", "four-subset-last", "eight-p10", "eight", "six",
+            "seven")
 
 
 def _ema(decay: float) -> None:
@@ -107,6 +108,7 @@ def run(name: str, seed: int, variant: str) -> dict:
     config = RunConfig(dataset=name, model="vq-maf", seed=seed, **mods)
     splits = vqflows.datasets.load(name, n=10_000, seed=seed)
     sizes, draws, patience = [8, 16, 32, 64], 1, 10
+    again = None  # the sizes drawn again (None: all)
     rule = EarlyStopping(patience, 512, None, initial=True)
     if variant == "four-exact":
         rule = EarlyStopping(patience, None, None, initial=True)
@@ -116,6 +118,9 @@ def run(name: str, seed: int, variant: str) -> dict:
         sizes = [4] + sizes
     elif variant == "six":
         sizes, draws, patience = [16, 32, 64], 2, 5
+        rule = EarlyStopping(patience, 512, None, initial=True)
+    elif variant == "seven":
+        draws, patience, again = 2, 5, [16, 32, 64]
         rule = EarlyStopping(patience, 512, None, initial=True)
     elif variant.startswith("eight"):
         draws, patience = 2, 10 if variant == "eight-p10" else 5
@@ -138,7 +143,7 @@ def run(name: str, seed: int, variant: str) -> dict:
         torch.manual_seed(seed + REPEAT_SEED * repeat)
         return config.build_model(3, charts=k, partition=partition)
 
-    candidates = [("gmm", k) for k in sizes] + [("gmm", k, True, r) for r in range(1, draws) for k in sizes]
+    candidates = [("gmm", k) for k in sizes] + [("gmm", k, True, r) for r in range(1, draws) for k in again or sizes]
     t0 = time.perf_counter()
     model, _, table = select_charts(make, splits.train, splits.val, candidates=candidates,
                                     config=config.training().replace(early_stopping=rule, **train_mods), stack=True, progress=False)
