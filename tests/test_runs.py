@@ -210,3 +210,28 @@ def test_evaluate_from_elsewhere_and_refuse_a_changed_file(tmp_path, capsys, mon
     assert main(["evaluate", str(work / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "changed file" in err and "pts.npy" in err
+
+
+def test_a_default_run_trains_its_members_on_two_charts_per_point_on_a_curve(monkeypatch):
+    """The default vq-maf run on a curve: every member's objective over 2 charts (stack_top on the training
+    split at the run's 32 charts); a given top and other models keep theirs."""
+    import vqflows.runs as runs
+    from vqflows import datasets
+    from vqflows.config import RunConfig
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(make, train, val, *, config, **kwargs):
+        seen.append(config.top)
+        raise Stop
+
+    monkeypatch.setattr(runs, "select_charts", spy)
+    splits = datasets.load("knotted", n=10_000, seed=0)
+    for config in (RunConfig(dataset="knotted"), RunConfig(dataset="knotted", top=3),
+                   RunConfig(dataset="knotted", charts="auto", partition="gmm")):
+        with pytest.raises(Stop):
+            runs._fit(config, None, splits)
+    assert seen == [2, 3, 4]

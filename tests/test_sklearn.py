@@ -122,6 +122,21 @@ def test_patience_resolves_per_model(X, monkeypatch):
     assert [c.early_stopping.patience for c in seen] == [5, 10, 7]
 
 
+def test_top_resolves_from_the_data_for_the_stacked_default(X, monkeypatch):
+    """top=None: the stacked default's members take stack_top's count (2 on a curve), a single model 4, a given value wins."""
+    import vqflows.sklearn as module
+
+    seen, asked = [], []
+    real_select, real_fit = module.select_charts, module.fit
+    monkeypatch.setattr(module, "stack_top", lambda train, charts, seed: asked.append((len(train), charts, seed)) or 3)
+    monkeypatch.setattr(module, "select_charts", lambda *a, **k: seen.append(k["config"]) or real_select(*a, **k))
+    monkeypatch.setattr(module, "fit", lambda *a, **k: seen.append(k["config"]) or real_fit(*a, **k))
+    VQFlowDensity(charts=2, **SMALL).fit(X)
+    VQFlowDensity(charts=2, partition="vqae", **SMALL).fit(X)
+    VQFlowDensity(charts=2, top=1, **SMALL).fit(X)
+    assert [c.top for c in seen] == [3, 4, 1] and asked == [(180, 2, 0)]
+
+
 def test_repeats_draws_each_member_twice(X):
     est = VQFlowDensity(charts=2, **SMALL).fit(X)  # the default: every mixture size drawn twice
     assert est.model_.config["charts"] == [1, 2, 4] * 2

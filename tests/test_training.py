@@ -104,6 +104,10 @@ def test_a_checkpoint_packs_its_state_dicts_and_reads_them_back_exactly(tmp_path
         assert torch.equal(a, b) and a.dtype == b.dtype and a.shape == b.shape
     assert back["none"] is None and back["t"] == (1, 2.5, "x")
     assert pack({"f": print}) == {"f": print}  # not plain data: left as it is
+    previous = {**raw, "model": state["model"], "best": state["best"], "optimizer": state["optimizer"]}
+    torch.save(previous, tmp_path / "c.pt")  # the previous layout, state dicts as they are: still read
+    again = read_checkpoint(tmp_path / "c.pt")
+    assert all(torch.equal(a, b) for a, b in zip(again["model"].values(), state["model"].values()))
     raw["model"]["packed"] = raw["model"]["packed"][:-5]
     torch.save(raw, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="damaged state"):

@@ -392,7 +392,8 @@ def local_dimension(x: Tensor, cells: int = 32, seed: int = 0, sample_points: in
 
     pick = _subsample(x.shape[0], sample_points, seed)
     points = (x if pick is None else x[pick.to(x.device)]).detach().cpu().double().numpy()
-    k = max(1, min(cells, points.shape[0] // (points.shape[1] + 1)))
+    distinct = np.unique(points, axis=0).shape[0]  # k-means cannot place more centres than distinct points
+    k = max(1, min(cells, distinct // (points.shape[1] + 1)))
     labels = KMeans(k, n_init=1, random_state=seed).fit_predict(points)
     ratios, sizes = [], []
     for j in range(k):

@@ -84,8 +84,7 @@ def default_patience(patience: int | None, stacked: bool) -> int:
 #: Each member of the stacked default sums each point's :data:`CURVE_TOP` nearest charts in its training objective
 #: where the data are a curve at the scale of ``charts`` cells (:func:`vqflows.charts.local_dimension` below
 #: :data:`CURVE_DIMENSION`: about 1.1 on the paper's curves, 2.0 on its shell), the training default (4) elsewhere:
-#: along a curve two charts overlap at a point, and the members train in 0.68 of the time at the same gaps
-#: (docs/results.md).
+#: along a curve two charts overlap at a point, and the members train faster at the same gaps (docs/results.md).
 CURVE_TOP, CURVE_DIMENSION = 2, 1.5
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from .checks import as_points, positive_int
 from .charts import local_dimension
+from .checks import as_points, positive_int
 from .config import AUTO_FLOWS, CANDIDATES, CURVE_DIMENSION, CURVE_TOP, default_top, stacks
 from .ensemble import VQFlowEnsemble, stacking_weights
 from .model import VQFlow

@@ -190,10 +190,11 @@ class TrainConfig:
     def from_record(cls, record: Mapping[str, Any], **overrides: Any) -> TrainConfig:
         """The training settings of a flat record (a run's ``config.json``, an estimator's parameters).
 
-        Keys named like a field are taken, ``patience`` sets the early-stopping patience (``None``: the default), and other
-        keys (the model's, the data's) are ignored; ``overrides`` are applied last.
+        Keys named like a field are taken, ``patience`` sets the early-stopping patience (``None``: the default), a
+        ``top`` of ``None`` is the default (a run's and the estimator's stacked default resolve it from the data), and
+        other keys (the model's, the data's) are ignored; ``overrides`` are applied last.
         """
-        taken = {k: v for k, v in record.items() if k in cls.names()}
+        taken = {k: v for k, v in record.items() if k in cls.names() and not (k == "top" and v is None)}
         if record.get("patience") is not None and "early_stopping" not in taken:
             taken["early_stopping"] = EarlyStopping(patience=record["patience"])
         return cls().replace(**{**taken, **overrides})

@@ -1,0 +1,102 @@
+"""Two costs inside every training epoch, each against its previous form, side by side in one process.
+
+    python benchmarks/epoch_costs.py             # knotted, seed 0, five interleaved rounds
+
+* **checkpoint**: writing the loop's state after an epoch of a 16-chart VQ-MAF member, its state dicts as
+  they are (the previous layout) or packed into one flat tensor per dtype (:func:`~vqflows.training.checkpoint.pack`);
+* **vq-cef epoch**: one training epoch of the default ``vq-cef`` with the conditional rotation's matrix
+  exponential computed per row (the previous form) or once per distinct chart code
+  (:func:`~vqflows.flows.conformal.per_context`).
+
+Prints the medians of the rounds (milliseconds) and each ratio new / previous; one torch thread.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's vqflows, not an installed one
+
+import torch
+
+import vqflows
+import vqflows.training.loop as loop
+from vqflows.config import RunConfig
+from vqflows.flows.conformal import ConditionalRotation
+from vqflows.training import checkpoint as ck
+
+
+def _checkpoint_payloads(splits):
+    """The two ways of writing one checkpoint of a trained 16-chart member (state taken after 3 epochs)."""
+    grabbed = []
+    original = ck.Checkpoint.__call__
+
+    def grab(self, *args):
+        grabbed.append((self, args))
+        original(self, *args)
+
+    ck.Checkpoint.__call__ = grab
+    try:
+        config = RunConfig(dataset="knotted", model="vq-maf", seed=0)
+        model = config.build_model(3, charts=16, partition="gmm")
+        with tempfile.TemporaryDirectory() as folder:
+            vqflows.fit(model, splits.train, splits.val, config=config.training().replace(epochs=3),
+                        checkpoint=Path(folder) / "c.pt", progress=False)
+    finally:
+        ck.Checkpoint.__call__ = original
+    self, (epoch, model, history) = grabbed[-1]
+    s = self.state
+
+    def write(packed: bool) -> None:
+        wrap = ck.pack if packed else (lambda x: x)
+        torch.save({"epoch": epoch, "model": wrap(model.state_dict()), "best": wrap(s.best),
+                    "optimizer": wrap(s.opt.state_dict()), "generator": s.gen.get_state(),
+                    "history": history.to_dict(), "fingerprint": self.fingerprint}, io.BytesIO())
+
+    return lambda: write(False), lambda: write(True)
+
+
+def _cef_epochs(splits):
+    """One epoch of the default vq-cef with the rotation per row or per distinct context."""
+    config = RunConfig(dataset="knotted", model="vq-cef", seed=0)
+    model = config.build_model(3)
+    history = vqflows.fit(model, splits.train, splits.val, config=config.training().replace(early_stopping=None, epochs=1),
+                          progress=False)
+    state = loop.set_up(model, splits.train, splits.val, config.training().replace(early_stopping=None), history)
+    loop._derive(state)
+    per_context = ConditionalRotation.matrix
+
+    def epoch(grouped: bool) -> None:
+        ConditionalRotation.matrix = per_context if grouped else ConditionalRotation._matrix
+        try:
+            loop.one_epoch(state, 1)
+        finally:
+            ConditionalRotation.matrix = per_context
+
+    return lambda: epoch(False), lambda: epoch(True)
+
+
+def main(rounds: int = 5) -> None:
+    torch.set_num_threads(1)
+    splits = vqflows.datasets.load("knotted", n=10_000, seed=0)
+    pairs = {"checkpoint": (_checkpoint_payloads(splits), 20), "vq-cef epoch": (_cef_epochs(splits), 1)}
+    for name, ((before, after), repeat) in pairs.items():
+        before(), after()  # warm-up
+        times = {"previous": [], "new": []}
+        for _ in range(rounds):
+            for label, fn in (("previous", before), ("new", after)):
+                t0 = time.perf_counter()
+                for _ in range(repeat):
+                    fn()
+                times[label].append((time.perf_counter() - t0) / repeat * 1e3)
+        old, new = statistics.median(times["previous"]), statistics.median(times["new"])
+        print(f"{name}: previous {old:.1f} ms, new {new:.1f} ms, ratio {new / old:.2f} (medians of {rounds} rounds)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
