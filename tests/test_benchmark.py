@@ -113,10 +113,35 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path):
     assert [j.state() for j in (bad, good)] == ["train", "done"]
 
 
+def test_a_grid_run_writes_no_checkpoint_and_scores_as_a_run_of_its_own(tmp_path, monkeypatch):
+    import vqflows.io
+    from vqflows.runs import train_run
+    base = RunConfig(dataset="helix", model="vq-maf", seed=1, n=400, epochs=2, chart_epochs=2, charts=4, repeats=1,
+                     transforms=1, hidden=8)
+    written = []
+    save = vqflows.io.save_torch
+
+    def noted(path, obj):
+        written.append(Path(path).name)
+        return save(path, obj)
+
+    monkeypatch.setattr(vqflows.io, "save_torch", noted)
+    # the grid retrains an unfinished run from the start, so it writes no checkpoint after each epoch
+    assert grid.run_grid([grid.PaperRun(base, tmp_path / "grid")]).count("trained") == 1
+    assert not written  # (the hook sees them: the run below writes its own)
+    alone = train_run(base, tmp_path / "alone")
+    assert [n for n in written if n.startswith("checkpoint-gmm-")]  # a run of its own can resume: it writes them
+    ran = json.loads((tmp_path / "grid" / "metrics.json").read_text())
+    for key in ("test_log_likelihood", "val_log_likelihood", "epochs", "best_epoch"):
+        assert ran[key] == alone[key], key
+    with pytest.raises(ValueError, match=r"^resumable: expected True with resume"):
+        train_run(base, tmp_path / "alone", resume=True, resumable=False)
+
+
 def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train(config, out, overwrite=False):
+    def fake_train(config, out, overwrite=False, resumable=True):
         calls.append(out)
         if len(calls) == 2:
             raise KeyboardInterrupt

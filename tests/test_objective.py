@@ -112,3 +112,34 @@ def test_run_with_charts_auto_records_the_choice_and_reloads(tmp_path):
     assert RunConfig().with_overrides(["charts=auto"]).charts == "auto"
     with pytest.raises(ValueError, match="charts: expected a positive int or 'auto', got 'many'"):
         RunConfig().with_overrides(["charts=many"])
+
+
+def test_the_exact_check_makes_one_pass_for_a_flow_without_a_penalty_and_subtracts_the_cef_penalty():
+    from vqflows.training import objective
+    _, val = _data()
+    maf = _small()
+    maf.eval()
+    assert not maf.flow.penalised
+    passes = []
+    forward = type(maf.flow).forward
+
+    def counted(self, *args):
+        passes.append(args[0].shape[0])
+        return forward(self, *args)
+
+    type(maf.flow).forward = counted
+    try:
+        ll, score = objective.check_score(maf, maf.check_points(val), None)
+    finally:
+        type(maf.flow).forward = forward
+    assert passes == [val.shape[0] * maf.K] and score == ll  # the all-charts pass alone; its penalty is zero
+    assert ll == float(maf.log_prob(val).mean())
+    torch.manual_seed(0)
+    cef = build(3, "cef", 6, transforms=1, hidden_features=(8,), vq_hidden=(8,))
+    cef.eval()
+    assert cef.flow.penalised and cef.flow.beta > 0
+    x = cef.check_points(val)
+    ll, score = objective.check_score(cef, x, None)
+    with torch.no_grad():
+        penalty = float(objective.nearest_penalty(cef, x).mean())
+    assert penalty > 0 and score == pytest.approx(ll - penalty, abs=1e-6)

@@ -137,8 +137,8 @@ def parameters(model: torch.nn.Module | Classical) -> int:
 
 
 def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool | None = False, overwrite: bool = False,
-              resume: bool = False, callback: Callable[[int, VQFlow, History], None] | None = None
-              ) -> dict[str, Any]:
+              resume: bool = False, callback: Callable[[int, VQFlow, History], None] | None = None,
+              resumable: bool = True) -> dict[str, Any]:
     """Train the run ``config`` into the folder ``out`` and return its metrics.
 
     The data, model and settings are checked before the folder is touched. The folder is then
@@ -155,10 +155,14 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool | Non
     ``interrupted.json``, then :class:`RunInterrupted` says what the folder kept. A run that fails
     on a fresh folder removes what it wrote. ``callback(epoch, model, history)`` is passed to :func:`fit`;
     ``progress`` shows its progress bars (``None``: when a person is watching, :func:`vqflows.training.interactive`).
+    ``resumable=False`` writes no ``checkpoint.pt`` after each epoch: an unfinished run can then only start over,
+    as a benchmark grid's does (it retrains every unfinished run), and the writing is saved.
     """
     out = Path(out)
     if overwrite and resume:
         raise ValueError("resume: expected either resume or overwrite, got both")
+    if resume and not resumable:
+        raise ValueError("resumable: expected True with resume (a run resumes from its checkpoint), got False")
     check_threads(config.threads)  # absurd counts crash torch's thread pool: refused before anything is made
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -196,11 +200,12 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool | Non
             remove_hidden(out, ASIDE)  # left by a swap that was killed half-way: being replaced now
         if not (overwrite and state != "new"):
             return _train_into(out, config, model, splits, fresh=state == "new", progress=progress,
-                               callback=callback)
+                               callback=callback, resumable=resumable)
         stage = out / f"{STAGING}{os.getpid()}"
         try:
             stage.mkdir()
-            metrics = _train_into(stage, config, model, splits, fresh=True, progress=progress, callback=callback)
+            metrics = _train_into(stage, config, model, splits, fresh=True, progress=progress, callback=callback,
+                                  resumable=resumable)
             swap_in(out, stage)
         except RunInterrupted:
             raise RunInterrupted(f"interrupted: nothing replaced, the run in {out} is as it was "
@@ -211,7 +216,7 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, progress: bool | Non
 
 
 def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Splits, *, fresh: bool,
-                progress: bool | None, callback: Callable | None) -> dict[str, Any]:
+                progress: bool | None, callback: Callable | None, resumable: bool = True) -> dict[str, Any]:
     """Train into the claimed folder ``out`` (a new run when ``fresh``, else a resumed one, whose first
     files are put back as they were if it fails)."""
     history = None
@@ -228,7 +233,7 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
         t0 = time.perf_counter()
         model, history, selection = _fit(config, model, splits, progress=progress,
                                          callbacks=[callback] if callback else [],
-                                         checkpoint=out / CHECKPOINT)
+                                         checkpoint=out / CHECKPOINT if resumable else None)
         seconds = time.perf_counter() - t0  # with a selection: every candidate and the mixture's sizing
         model.to("cpu")
         metrics = {"dataset": config.dataset, "model": config.model, "seed": config.seed}

@@ -106,7 +106,8 @@ def run_one(run: PaperRun, folder: Path) -> dict[str, Any]:
         # seed the weight initialisation too, so a run does not depend on what its process ran before
         with torch.random.fork_rng():
             torch.manual_seed(run.config.seed)
-            files["metrics.json"] = train_run(run.config, folder, overwrite=True)
+            # no checkpoints: an unfinished run of a grid trains again from the start (the state above)
+            files["metrics.json"] = train_run(run.config, folder, overwrite=True, resumable=False)
     if run.sample_kde:
         files["sample_kde.json"] = score_run(folder, run.kde_cache)
     return files

@@ -70,6 +70,8 @@ class ChartFlow(nn.Module):
         frame: the chart frames that may be composed in front of this flow (:data:`FRAME_KINDS`).
         axis: for ``frame="rotation"``, the direction ``(D,)`` onto which each chart's centre is
             turned (where the flow's latent origin lands); ``None`` otherwise.
+        penalised: whether :meth:`forward_and_penalty` can return a non-zero penalty (``False``: it is
+            zero everywhere, and the early-stopping check skips the pass that would compute it).
     """
 
     features: int
@@ -77,6 +79,7 @@ class ChartFlow(nn.Module):
     manifold_dim: int
     frame: str = "whitening"
     axis: Tensor | None = None
+    penalised: bool = False
 
     @property
     def conformal(self) -> bool:

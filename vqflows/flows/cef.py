@@ -128,6 +128,11 @@ class CEF(ChartFlow):
         z, ladj, _ = self._terms(*self._check(x, c))
         return z, ladj
 
+    @property
+    def penalised(self) -> bool:
+        """Whether the penalty can be non-zero (``β > 0`` and ``α > 0``)."""
+        return bool(self.alpha and self.beta)
+
     def forward_and_penalty(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward` and the penalty ``(β/α) ||x - c(c†(x))||²`` (0 when ``α = 0``), from one pass."""
         z, ladj, error = self._terms(*self._check(x, c))
