@@ -1,4 +1,4 @@
-"""Two costs inside every training epoch, each against its previous form, side by side in one process.
+"""Costs inside every training epoch, each against its previous form, side by side in one process.
 
     python benchmarks/epoch_costs.py             # knotted, seed 0, five interleaved rounds
 
@@ -6,7 +6,13 @@
   they are (the previous layout) or packed into one flat tensor per dtype (:func:`~vqflows.training.checkpoint.pack`);
 * **vq-cef epoch**: one training epoch of the default ``vq-cef`` with the conditional rotation's matrix
   exponential computed per row (the previous form) or once per distinct chart code
-  (:func:`~vqflows.flows.conformal.per_context`).
+  (:func:`~vqflows.flows.conformal.per_context`);
+* **grid run, maf / vq-realnvp**: a whole run as the paper grid trains it (:func:`~vqflows.runs.train_run`, knotted,
+  the model's defaults) writing a checkpoint after every epoch (the previous form) or none (``resumable=False``,
+  what the grid does now: it retrains an unfinished run from its start);
+* **exact check, maf**: the early-stopping check of a plain MAF on the 2,500 validation points with the second
+  pass that computed its penalty (the previous form) or without it (a flow without a penalty,
+  ``ChartFlow.penalised``).
 
 Prints the medians of the rounds (milliseconds) and each ratio new / previous; one torch thread.
 """
@@ -14,6 +20,7 @@ Prints the medians of the rounds (milliseconds) and each ratio new / previous; o
 from __future__ import annotations
 
 import io
+import shutil
 import statistics
 import sys
 import tempfile
@@ -28,7 +35,9 @@ import vqflows
 import vqflows.training.loop as loop
 from vqflows.config import RunConfig
 from vqflows.flows.conformal import ConditionalRotation
+from vqflows.runs import train_run
 from vqflows.training import checkpoint as ck
+from vqflows.training import objective
 
 
 def _checkpoint_payloads(splits):
@@ -81,21 +90,52 @@ def _cef_epochs(splits):
     return lambda: epoch(False), lambda: epoch(True)
 
 
+def _grid_runs(model: str, folder: Path):
+    """A whole run of ``model`` on the knot, writing checkpoints after every epoch or none."""
+    config = RunConfig(dataset="knotted", model=model, seed=0)
+
+    def run(resumable: bool) -> None:
+        torch.manual_seed(0)
+        train_run(config, folder / model, overwrite=True, resumable=resumable)
+
+    return lambda: run(True), lambda: run(False)
+
+
+def _maf_checks(splits):
+    """The exact check of a plain MAF, with or without the pass that computed its (zero) penalty."""
+    config = RunConfig(dataset="knotted", model="maf", seed=0)
+    model = config.build_model(3).eval()
+    val = model.check_points(splits.val)
+
+    @torch.no_grad()
+    def previous() -> None:
+        ll = float(torch.logsumexp(model.chart_log_prob(val) + model.log_weights, dim=-1).mean())
+        ll - float(objective.nearest_penalty(model, val).mean())
+
+    return previous, lambda: objective.check_score(model, val, None)
+
+
 def main(rounds: int = 5) -> None:
     torch.set_num_threads(1)
     splits = vqflows.datasets.load("knotted", n=10_000, seed=0)
-    pairs = {"checkpoint": (_checkpoint_payloads(splits), 20), "vq-cef epoch": (_cef_epochs(splits), 1)}
-    for name, ((before, after), repeat) in pairs.items():
-        before(), after()  # warm-up
-        times = {"previous": [], "new": []}
-        for _ in range(rounds):
-            for label, fn in (("previous", before), ("new", after)):
-                t0 = time.perf_counter()
-                for _ in range(repeat):
-                    fn()
-                times[label].append((time.perf_counter() - t0) / repeat * 1e3)
-        old, new = statistics.median(times["previous"]), statistics.median(times["new"])
-        print(f"{name}: previous {old:.1f} ms, new {new:.1f} ms, ratio {new / old:.2f} (medians of {rounds} rounds)")
+    folder = Path(tempfile.mkdtemp())
+    pairs = {"checkpoint": (_checkpoint_payloads(splits), 20), "vq-cef epoch": (_cef_epochs(splits), 1),
+             "grid run, maf": (_grid_runs("maf", folder), 1), "grid run, vq-realnvp": (_grid_runs("vq-realnvp", folder), 1),
+             "exact check, maf": (_maf_checks(splits), 20)}
+    try:
+        for name, ((before, after), repeat) in pairs.items():
+            before(), after()  # warm-up
+            times = {"previous": [], "new": []}
+            for _ in range(rounds):
+                for label, fn in (("previous", before), ("new", after)):
+                    t0 = time.perf_counter()
+                    for _ in range(repeat):
+                        fn()
+                    times[label].append((time.perf_counter() - t0) / repeat * 1e3)
+            old, new = statistics.median(times["previous"]), statistics.median(times["new"])
+            print(f"{name}: previous {old:.1f} ms, new {new:.1f} ms, ratio {new / old:.2f} (medians of {rounds} rounds)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

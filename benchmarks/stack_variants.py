@@ -19,7 +19,8 @@ member's epochs and stacking weight. Variants:
 
 A variant's name can carry modifiers, ``eight+top2+h32``: ``topN`` (charts per point of the training
 objective), ``hN`` (hidden features), ``tN`` (transforms), ``checkN`` (the check's nearest charts),
-``batchN`` (batch size), ``eN`` (the most epochs), ``lrN`` (the learning rate, ``N``·1e-4).
+``batchN`` (batch size), ``eN`` (the most epochs), ``lrN`` (the learning rate, ``N``·1e-4), ``decayN`` (the
+learning rate times 0.3 after every ``N`` epochs without a better check), ``patN`` (the check's patience).
 """
 
 from __future__ import annotations
@@ -84,9 +85,23 @@ def _ema(decay: float) -> None:
     loop.set_up, loop.check = averaged_set_up, averaged_check
 
 
+def _decay_on_stall(every: int) -> None:
+    """Make the loop's check multiply the learning rate by 0.3 after every ``every`` epochs without a better score."""
+    check = loop.check
+
+    def decaying(state, epoch):
+        stop = check(state, epoch)
+        if not stop and state.since_best and state.since_best % every == 0:
+            for group in state.opt.param_groups:
+                group["lr"] *= 0.3
+        return stop
+
+    loop.check = decaying
+
+
 #: modifiers after a variant's name, ``eight+top2+h32``: training ``top``, ``hidden``, ``transforms``,
 #: the check's ``top`` (``check8``), ``batch``, the most ``epochs`` (``e30``)
-MODIFIERS = {"top": "top", "h": "hidden", "t": "transforms", "check": "check", "batch": "batch_size", "e": "epochs", "lr": "lr"}
+MODIFIERS = {"decay": "decay", "pat": "patience", "top": "top", "h": "hidden", "t": "transforms", "check": "check", "batch": "batch_size", "e": "epochs", "lr": "lr"}
 
 
 def _modifiers(variant: str) -> tuple[str, dict[str, int]]:
@@ -104,6 +119,9 @@ def run(name: str, seed: int, variant: str) -> dict:
     loop.set_up, loop.check, loop._end = ORIGINAL
     full, (variant, mods) = variant, _modifiers(variant)
     check_top = mods.pop("check", None)
+    decay, patience_set = mods.pop("decay", None), mods.pop("patience", None)
+    if decay:
+        _decay_on_stall(decay)
     train_mods = {k: mods.pop(k) for k in ("top", "batch_size", "epochs", "lr") if k in mods}
     config = RunConfig(dataset=name, model="vq-maf", seed=seed, **mods)
     splits = vqflows.datasets.load(name, n=10_000, seed=seed)
@@ -125,6 +143,8 @@ def run(name: str, seed: int, variant: str) -> dict:
     elif variant.startswith("eight"):
         draws, patience = 2, 10 if variant == "eight-p10" else 5
         rule = EarlyStopping(patience, 512, None, initial=True)
+    if patience_set is not None:
+        rule = EarlyStopping(patience_set, rule.points, rule.top, initial=True)
     if check_top is not None:
         rule = EarlyStopping(rule.patience, rule.points, check_top, initial=True)
     if variant == "four-subset-ema":
