@@ -133,7 +133,7 @@ def test_the_exact_check_makes_one_pass_for_a_flow_without_a_penalty_and_subtrac
     finally:
         type(maf.flow).forward = forward
     assert passes == [val.shape[0] * maf.K] and score == ll  # the all-charts pass alone; its penalty is zero
-    assert ll == float(maf.log_prob(val).mean())
+    assert ll == float(maf.log_prob(val).mean()) == validation_score(maf, val)  # the selection scores the same
     torch.manual_seed(0)
     cef = build(3, "cef", 6, transforms=1, hidden_features=(8,), vq_hidden=(8,))
     cef.eval()
@@ -143,3 +143,4 @@ def test_the_exact_check_makes_one_pass_for_a_flow_without_a_penalty_and_subtrac
     with torch.no_grad():
         penalty = float(objective.nearest_penalty(cef, x).mean())
     assert penalty > 0 and score == pytest.approx(ll - penalty, abs=1e-6)
+    assert validation_score(cef, val) == pytest.approx(score, abs=1e-6)

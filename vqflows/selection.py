@@ -53,7 +53,7 @@ def _validation(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> tuple[torc
     model.eval()
     log_p = model.log_prob(val)
     ll = float(log_p.mean())
-    if isinstance(model, VQFlow) and model.flow.manifold_dim < model.features:
+    if isinstance(model, VQFlow) and model.flow.penalised:  # zero otherwise: no pass to compute it
         ll -= float(nearest_penalty(model, model.check_points(val)).mean())
     return log_p, ll
 
