@@ -12,7 +12,14 @@
   what the grid does now: it retrains an unfinished run from its start);
 * **exact check, maf**: the early-stopping check of a plain MAF on the 2,500 validation points with the second
   pass that computed its penalty (the previous form) or without it (a flow without a penalty,
-  ``ChartFlow.penalised``).
+  ``ChartFlow.penalised``);
+* **kde calibration**: Table 2's bandwidth cross-validation on the knot's 5,000 training points, 16 bandwidths
+  by 5 folds, with scikit-learn's ``GridSearchCV`` over a tree-based ``KernelDensity`` per bandwidth (the previous
+  form) or one matrix of squared distances per fold (:func:`~vqflows.experiments.kde.select_bandwidth`);
+* **vq-maf scoring passes**: what a default ``vq-maf`` run spends scoring after its members trained (8 members, each
+  trained 2 epochs here): each member's validation pass for the selection table and the ensemble's test and
+  validation passes (the previous form), or the test pass alone, the validation log-densities coming from the
+  end of each member's training (``History.val_log_prob``) and the ensemble's from its stacking.
 
 Prints the medians of the rounds (milliseconds) and each ratio new / previous; one torch thread.
 """
@@ -115,13 +122,50 @@ def _maf_checks(splits):
     return previous, lambda: objective.check_score(model, val, None)
 
 
+def _calibrations(splits):
+    """Table 2's bandwidth search, by scikit-learn's grid search over tree-based estimates or from one distance matrix."""
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.neighbors import KernelDensity
+
+    from vqflows.experiments import kde
+
+    x = splits.train.double().numpy()
+    grid = kde.bandwidth_grid(x)
+
+    def previous() -> None:
+        search = GridSearchCV(KernelDensity(kernel="gaussian", rtol=kde.RTOL), {"bandwidth": grid},
+                              cv=KFold(5, shuffle=True, random_state=0), n_jobs=1)
+        search.fit(x)
+
+    return previous, lambda: kde.select_bandwidth(x, grid)
+
+
+def _vq_maf_scoring(splits, folder: Path):
+    """The scoring passes of a default vq-maf run after its members trained, before and after reusing them."""
+    from vqflows.runs import default_top, evaluate, load_run
+
+    config = RunConfig(dataset="knotted", model="vq-maf", seed=0, epochs=2)
+    torch.manual_seed(0)
+    train_run(config, folder / "vq-maf-scoring", resumable=False)
+    model, _ = load_run(folder / "vq-maf-scoring")
+
+    @torch.no_grad()
+    def previous() -> None:
+        for member in model.members:
+            member.log_prob(splits.val)
+        evaluate(model, splits, default_top(None))
+
+    return previous, lambda: evaluate(model, splits, default_top(None), val=False)
+
+
 def main(rounds: int = 5) -> None:
     torch.set_num_threads(1)
     splits = vqflows.datasets.load("knotted", n=10_000, seed=0)
     folder = Path(tempfile.mkdtemp())
     pairs = {"checkpoint": (_checkpoint_payloads(splits), 20), "vq-cef epoch": (_cef_epochs(splits), 1),
              "grid run, maf": (_grid_runs("maf", folder), 1), "grid run, vq-realnvp": (_grid_runs("vq-realnvp", folder), 1),
-             "exact check, maf": (_maf_checks(splits), 20)}
+             "exact check, maf": (_maf_checks(splits), 20), "kde calibration": (_calibrations(splits), 1),
+             "vq-maf scoring passes": (_vq_maf_scoring(splits, folder), 1)}
     try:
         for name, ((before, after), repeat) in pairs.items():
             before(), after()  # warm-up

@@ -101,6 +101,10 @@ def test_subset_check_compares_epoch_zero_on_every_point(helix, worse):
     assert check_score(model, val, None)[1] > bad_score
     assert state.history.best_epoch == (0 if worse == "kept" else 2)
     assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
+    # the end's exact scores are the kept model's own log-densities: the selection reuses them, not a second pass
+    with torch.no_grad():
+        assert torch.equal(state.history.val_log_prob, model.log_prob(val))
+    assert "val_log_prob" not in state.history.to_dict()
 
 
 def test_bound_check_on_every_point_still_compares_epoch_zero_exactly(helix):
@@ -196,6 +200,8 @@ def test_default_run_is_the_stacked_ensemble_and_reloads(tmp_path):
     assert isinstance(model, VQFlowEnsemble) and model.K == 240 and len(model.members) == 8
     with torch.no_grad():  # each member's own test score, recorded beside the ensemble's
         alone = [float(m.log_prob(s.test).mean()) for m in model.members]
+        # the recorded validation score is the stacking's, not recomputed: it is the saved ensemble's own
+        assert float(model.log_prob(s.val).mean()) == pytest.approx(metrics["val_log_likelihood"], abs=1e-6)
         bound = float(model.log_prob_bound(s.test, top=4).mean())  # each member's own nearest charts
     assert metrics["member_test_log_likelihood"] == pytest.approx(alone, abs=1e-5)
     assert metrics["test_log_likelihood_top"] == pytest.approx(bound, abs=1e-5)

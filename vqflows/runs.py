@@ -240,7 +240,12 @@ def _train_into(out: Path, config: RunConfig, model: VQFlow, splits: datasets.Sp
         if splits.sha256 is not None:
             metrics["dataset_sha256"] = splits.sha256
         if not history.interrupted:
-            metrics.update(evaluate(model, splits, default_top(config.top)))
+            # a stacked ensemble was scored on validation by its stacking (the same log-densities): not twice
+            stacked = (selection[-1] if isinstance(model, VQFlowEnsemble) and selection
+                       and selection[-1]["partition"] == "ensemble" else None)
+            metrics.update(evaluate(model, splits, default_top(config.top), val=stacked is None))
+            if stacked is not None:
+                metrics["val_log_likelihood"] = stacked["val_log_likelihood"]
         metrics.update(epochs=history.epochs, best_epoch=history.best_epoch,
                        train_seconds=history.train_seconds if selection is None else seconds,
                        chart_seconds=history.chart_seconds, flow_seconds_per_epoch=history.flow_seconds / max(history.epochs, 1),

@@ -48,10 +48,13 @@ def validation_score(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> float
 
 
 @torch.no_grad()
-def _validation(model: VQFlow | VQFlowEnsemble, val: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """:func:`validation_score` and the log-densities ``(M,)`` it averages (kept for stacking)."""
+def _validation(model: VQFlow | VQFlowEnsemble, val: torch.Tensor, known: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, float]:
+    """:func:`validation_score` and the log-densities ``(M,)`` it averages (kept for stacking); ``known``: those
+    log-densities, when the end of the model's training computed them (``History.val_log_prob``)."""
     model.eval()
-    log_p = model.log_prob(val)
+    usable = known is not None and known.shape == (len(val),) and bool(torch.isfinite(known).all())
+    log_p = known if usable else model.log_prob(val)  # log_prob names the rows of a non-finite density
     ll = float(log_p.mean())
     if isinstance(model, VQFlow) and model.flow.penalised:  # zero otherwise: no pass to compute it
         ll -= float(nearest_penalty(model, model.check_points(val)).mean())
@@ -119,7 +122,7 @@ def select_charts(make: Callable[..., VQFlow], train, val, *,
             history = fit(model, train, val, **{**fit_options, **own})
         else:
             history = _fit_charts_only(model, train, fit_options)
-        log_p, score = _validation(model, val)
+        log_p, score = _validation(model, val, history.val_log_prob)
         table.append({"charts": model.K, "partition": partition, "trained": trained, "val_log_likelihood": score,
                       "epochs": history.epochs, "seconds": time.perf_counter() - t0, **({"repeat": repeat} if repeat else {})})
         if trained and math.isfinite(score):

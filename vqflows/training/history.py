@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 class TrainingError(RuntimeError):
@@ -32,6 +34,10 @@ class History:
         resumed_at: the epoch a resumed fit went on from (0: not resumed).
         initial_val_score: the untrained flow's score ("epoch 0"), when early stopping counts it
             (``EarlyStopping(initial=True)``; best_epoch 0 means it was kept); else ``None``.
+        val_log_prob: the kept weights' exact log-densities of the validation points ``(M,)``, where the end
+            of training scored them (an early-stopping check that counted epoch 0 but was not exact); else
+            ``None``. Not saved (:meth:`to_dict`): :func:`~vqflows.selection.select_charts` scores a candidate
+            with it instead of a second pass.
     """
 
     epoch: list[int] = field(default_factory=list)
@@ -49,6 +55,7 @@ class History:
     flow_seconds: float = 0.0
     resumed_at: int = 0
     initial_val_score: float | None = None
+    val_log_prob: Any = field(default=None, repr=False, compare=False)
 
     @property
     def epochs(self) -> int:
@@ -59,7 +66,8 @@ class History:
         return self.chart_seconds + self.flow_seconds
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "epochs": self.epochs, "train_seconds": self.train_seconds}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "val_log_prob"}
+        return {**copy.deepcopy(out), "epochs": self.epochs, "train_seconds": self.train_seconds}
 
     @classmethod
     def from_dict(cls, d: dict) -> History:

@@ -23,7 +23,7 @@ from .callbacks import Callback, ProgressBar
 from .checkpoint import Checkpoint, fingerprint, resume
 from .config import TrainConfig, train_config
 from .history import History, TrainingError
-from .objective import Objective, assign_charts, check_score, epoch_charts
+from .objective import Objective, assign_charts, check_score, epoch_charts, exact_check
 from .optim import adam
 from .runtime import Ranks, show_progress
 from .state import LoopState
@@ -252,14 +252,16 @@ def _keep_initial_if_better(state: LoopState) -> None:
         return
     model = state.model
     model.eval()
-    kept = check_score(model, state.val_all, None)[1] if state.ranks.lead else 0.0
+    kept_log_p, kept = exact_check(model, state.val_all) if state.ranks.lead else (None, 0.0)
     model.load_state_dict(state.initial)
-    initial = check_score(model, state.val_all, None)[1] if state.ranks.lead else 0.0
+    initial_log_p, initial = exact_check(model, state.val_all) if state.ranks.lead else (None, 0.0)
     kept, initial = state.ranks.from_lead((kept, initial), state.device)
     if initial > kept:
         history.best_epoch, history.best_val_score = 0, history.initial_val_score
+        history.val_log_prob = initial_log_p
     else:
         model.load_state_dict(state.best)
+        history.val_log_prob = kept_log_p
 
 
 __all__ = ["train_flow", "run_loop", "set_up", "one_epoch", "check", "check_initial", "Data"]

@@ -109,6 +109,16 @@ def _drop_strays(model: VQFlow, x: Tensor, member: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def exact_check(model: VQFlow, val: Tensor) -> tuple[Tensor, float]:
+    """The exact check's log-densities of ``val`` ``(M, D)``, ``(M,)`` (the mixture over every chart, as
+    :meth:`~vqflows.model.VQFlow.log_prob`), and its score: their mean less the flow's mean penalty."""
+    log_p = torch.logsumexp(model.chart_log_prob(val) + model.log_weights, dim=-1)
+    ll = float(log_p.mean())
+    # a flow without a penalty (full flows, the fixed sphere) needs no second pass to learn that it is zero
+    return log_p, ll - float(nearest_penalty(model, val).mean()) if model.flow.penalised else ll
+
+
+@torch.no_grad()
 def check_score(model: VQFlow, val: Tensor, top: Tensor | None) -> tuple[float, float]:
     """The early-stopping check: ``(val log-likelihood, score)``, the score being the log-likelihood
     less the flow's mean penalty on each point's nearest chart.
@@ -117,12 +127,11 @@ def check_score(model: VQFlow, val: Tensor, top: Tensor | None) -> tuple[float, 
     (``log Σ_{k ∈ top(x)} p_k p(x | k)``); ``None`` scores the exact mixture.
     """
     if top is None:
-        ll = float(torch.logsumexp(model.chart_log_prob(val) + model.log_weights, dim=-1).mean())
-        # a flow without a penalty (full flows, the fixed sphere) needs no second pass to learn that it is zero
-        return ll, ll - float(nearest_penalty(model, val).mean()) if model.flow.penalised else ll
+        log_p, score = exact_check(model, val)
+        return float(log_p.mean()), score
     joint, pen = model.log_joint(val, top)  # top[:, 0] is the nearest chart: its penalty is nearest_penalty's
     bound = float(torch.logsumexp(joint, -1).mean())
     return bound, bound - float(pen[:, 0].mean())
 
 
-__all__ = ["cell_loss", "mixture_loss", "nearest_penalty", "Objective", "assign_charts", "epoch_charts", "check_score"]
+__all__ = ["cell_loss", "mixture_loss", "nearest_penalty", "Objective", "assign_charts", "epoch_charts", "check_score", "exact_check"]
