@@ -66,7 +66,7 @@ def select_bandwidth(x, grid=None, *, folds: int = 5, seed: int = 0) -> tuple[fl
     so the choice is reproducible whatever the order of ``x``. Each fold's held-out points are scored
     against its training points for every bandwidth from one matrix of squared distances
     (:func:`_held_out_log_density`): exact, where a tree-based ``KernelDensity`` per bandwidth spends
-    most of its time on the wide kernels and underflows to ``-inf`` on the narrow ones.
+    most of its time on the wide kernels and is off by nats on the narrowest ones, where its sums underflow.
     """
     x = as_points(x, name="x", min_points=2 * folds, dtype=torch.float64).numpy()
     grid = bandwidth_grid(x) if grid is None else np.asarray(grid, dtype=np.float64).ravel()
