@@ -20,7 +20,8 @@ member's epochs and stacking weight. Variants:
 A variant's name can carry modifiers, ``eight+top2+h32``: ``topN`` (charts per point of the training
 objective), ``hN`` (hidden features), ``tN`` (transforms), ``checkN`` (the check's nearest charts),
 ``batchN`` (batch size), ``eN`` (the most epochs), ``lrN`` (the learning rate, ``N``·1e-4), ``decayN`` (the
-learning rate times 0.3 after every ``N`` epochs without a better check), ``patN`` (the check's patience).
+learning rate times 0.3 after every ``N`` epochs without a better check), ``patN`` (the check's patience),
+``capN`` (the most epochs of the 8-component members alone).
 """
 
 from __future__ import annotations
@@ -100,8 +101,21 @@ def _decay_on_stall(every: int) -> None:
 
 
 #: modifiers after a variant's name, ``eight+top2+h32``: training ``top``, ``hidden``, ``transforms``,
-#: the check's ``top`` (``check8``), ``batch``, the most ``epochs`` (``e30``)
-MODIFIERS = {"decay": "decay", "pat": "patience", "top": "top", "h": "hidden", "t": "transforms", "check": "check", "batch": "batch_size", "e": "epochs", "lr": "lr"}
+#: the check's ``top`` (``check8``), ``batch``, the most ``epochs`` (``e30``), the 8-component members' most epochs (``cap25``)
+MODIFIERS = {"cap": "cap", "decay": "decay", "pat": "patience", "top": "top", "h": "hidden", "t": "transforms", "check": "check", "batch": "batch_size", "e": "epochs", "lr": "lr"}
+
+
+def _cap_fewest(epochs: int) -> None:
+    """Make the members with the fewest charts (the 8-component ones) train at most ``epochs`` epochs."""
+    set_up = loop.set_up
+
+    def capped_set_up(model, *args, **kwargs):
+        state = set_up(model, *args, **kwargs)
+        if model.K == 8:
+            state.config = state.config.replace(epochs=epochs)
+        return state
+
+    loop.set_up = capped_set_up
 
 
 def _modifiers(variant: str) -> tuple[str, dict[str, int]]:
@@ -120,6 +134,9 @@ def run(name: str, seed: int, variant: str) -> dict:
     full, (variant, mods) = variant, _modifiers(variant)
     check_top = mods.pop("check", None)
     decay, patience_set = mods.pop("decay", None), mods.pop("patience", None)
+    cap = mods.pop("cap", None)
+    if cap:
+        _cap_fewest(cap)
     if decay:
         _decay_on_stall(decay)
     train_mods = {k: mods.pop(k) for k in ("top", "batch_size", "epochs", "lr") if k in mods}
