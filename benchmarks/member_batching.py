@@ -41,19 +41,22 @@ class _Member(torch.nn.Module):
 
 
 def one_after_another(m: int, rows: int = ROWS):
+    """``m`` members, each stepped as a run steps it: its own forward, backward and Adam step."""
     members = [_Member() for _ in range(m)]
-    opt = torch.optim.Adam([p for member in members for p in member.parameters()], 1e-3, fused=True)
+    opts = [torch.optim.Adam(member.parameters(), 1e-3, fused=True) for member in members]
     x, c = torch.randn(m, rows, 3), torch.randn(m, rows, 3)
 
     def step() -> None:
-        loss = sum(-member(xi, ci).mean() for member, xi, ci in zip(members, x, c))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        for member, opt, xi, ci in zip(members, opts, x, c):
+            loss = -member(xi, ci).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return step
 
 
 def vectorised(m: int, rows: int = ROWS):
+    """``m`` members stepped as one: one forward through ``vmap`` over their stacked weights, one backward, one Adam step."""
     members = [_Member() for _ in range(m)]
     params, buffers = stack_module_state(members)
     shape = copy.deepcopy(members[0]).to("meta")
