@@ -1,6 +1,7 @@
 """Costs inside every training epoch, each against its previous form, side by side in one process.
 
     python benchmarks/epoch_costs.py             # knotted, seed 0, five interleaved rounds
+    python benchmarks/epoch_costs.py 5 "train run"   # only the pairs whose names hold one of these words
 
 * **checkpoint**: writing the loop's state after an epoch of a 16-chart VQ-MAF member, its state dicts as
   they are (the previous layout) or packed into one flat tensor per dtype (:func:`~vqflows.training.checkpoint.pack`);
@@ -10,6 +11,9 @@
 * **grid run, maf / vq-realnvp**: a whole run as the paper grid trains it (:func:`~vqflows.runs.train_run`, knotted,
   the model's defaults) writing a checkpoint after every epoch (the previous form) or none (``resumable=False``,
   what the grid does now: it retrains an unfinished run from its start);
+* **train run, maf**: a whole ``vqflows train`` run of MAF on the knot (:func:`~vqflows.runs.train_run`, resumable),
+  its checkpoint written after every epoch (the previous form, ``CHECKPOINT_SECONDS = 0``) or after the first, then
+  at most every :data:`~vqflows.training.checkpoint.CHECKPOINT_SECONDS` seconds and at the end;
 * **exact check, maf**: the early-stopping check of a plain MAF on the 2,500 validation points with the second
   pass that computed its penalty (the previous form) or without it (a flow without a penalty,
   ``ChartFlow.penalised``);
@@ -108,6 +112,22 @@ def _grid_runs(model: str, folder: Path):
     return lambda: run(True), lambda: run(False)
 
 
+def _train_runs(model: str, folder: Path):
+    """A whole resumable run of ``model`` on the knot, its checkpoint written after every epoch or throttled."""
+    config = RunConfig(dataset="knotted", model=model, seed=0)
+    throttled = ck.CHECKPOINT_SECONDS
+
+    def run(every: float) -> None:
+        ck.CHECKPOINT_SECONDS = every
+        try:
+            torch.manual_seed(0)
+            train_run(config, folder / f"train-{model}", overwrite=True)
+        finally:
+            ck.CHECKPOINT_SECONDS = throttled
+
+    return lambda: run(0.0), lambda: run(throttled)
+
+
 def _maf_checks(splits):
     """The exact check of a plain MAF, with or without the pass that computed its (zero) penalty."""
     config = RunConfig(dataset="knotted", model="maf", seed=0)
@@ -158,16 +178,22 @@ def _vq_maf_scoring(splits, folder: Path):
     return previous, lambda: evaluate(model, splits, default_top(None), val=False)
 
 
-def main(rounds: int = 5) -> None:
+def main(rounds: int = 5, only: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     splits = vqflows.datasets.load("knotted", n=10_000, seed=0)
     folder = Path(tempfile.mkdtemp())
-    pairs = {"checkpoint": (_checkpoint_payloads(splits), 20), "vq-cef epoch": (_cef_epochs(splits), 1),
-             "grid run, maf": (_grid_runs("maf", folder), 1), "grid run, vq-realnvp": (_grid_runs("vq-realnvp", folder), 1),
-             "exact check, maf": (_maf_checks(splits), 20), "kde calibration": (_calibrations(splits), 1),
-             "vq-maf scoring passes": (_vq_maf_scoring(splits, folder), 1)}
+    pairs = {  # each built only when it runs: name -> (build, calls per round)
+        "checkpoint": (lambda: _checkpoint_payloads(splits), 20), "vq-cef epoch": (lambda: _cef_epochs(splits), 1),
+        "grid run, maf": (lambda: _grid_runs("maf", folder), 1),
+        "grid run, vq-realnvp": (lambda: _grid_runs("vq-realnvp", folder), 1),
+        "exact check, maf": (lambda: _maf_checks(splits), 20), "kde calibration": (lambda: _calibrations(splits), 1),
+        "vq-maf scoring passes": (lambda: _vq_maf_scoring(splits, folder), 1),
+        "train run, maf": (lambda: _train_runs("maf", folder), 1)}
     try:
-        for name, ((before, after), repeat) in pairs.items():
+        for name, (build, repeat) in pairs.items():
+            if only and not any(word in name for word in only):
+                continue
+            before, after = build()
             before(), after()  # warm-up
             times = {"previous": [], "new": []}
             for _ in range(rounds):
@@ -183,4 +209,4 @@ def main(rounds: int = 5) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, sys.argv[2:])

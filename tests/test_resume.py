@@ -16,6 +16,7 @@ import vqflows.io
 from vqflows import datasets, fit
 from vqflows.cli import main
 from vqflows.runs import RunConfig, RunInterrupted, train_run
+from vqflows.training import checkpoint
 
 #: 32 charts and the default objective and early stopping; only the flow and the chart stage are small
 SETTINGS = ["n=2000", "chart_epochs=2", "hidden=16", "transforms=1"]
@@ -36,6 +37,12 @@ class Planted:
 
     def __reduce__(self):
         return open, (str(self.path), "w")
+
+
+@pytest.fixture(autouse=True)
+def every_epoch(monkeypatch):
+    """Most tests here stop a run right after a given epoch's checkpoint is written: write one after every epoch."""
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_SECONDS", 0.0)
 
 
 def _model():
@@ -88,6 +95,52 @@ def test_fit_resumes_bit_for_bit_at_32_charts(straight, data, tmp_path):
     _same_models(model, resumed)
     x = data[1][:200]
     assert torch.equal(model.log_prob(x), resumed.log_prob(x))
+
+
+def _written(monkeypatch) -> list[int]:
+    """The epochs of the checkpoints written from now on."""
+    epochs, save = [], vqflows.io.save_torch
+
+    def noted(path, obj):
+        epochs.append(obj["epoch"])
+        return save(path, obj)
+
+    monkeypatch.setattr(vqflows.io, "save_torch", noted)
+    return epochs
+
+
+def test_checkpoints_are_written_after_the_first_epoch_then_at_most_every_interval_and_at_the_end(
+        straight, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_SECONDS", 1e9)
+    written = _written(monkeypatch)
+    model = _model()
+    history = _fit(model, data, tmp_path / "ck.pt")
+    assert written == [1, EPOCHS] and history.epoch == straight[1].epoch
+    _same_models(model, straight[0])
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_SECONDS", 0.0)
+    written.clear()
+    _fit(_model(), data, tmp_path / "every.pt")
+    assert written == list(range(1, EPOCHS + 1))
+
+
+def test_ctrl_c_writes_the_last_finished_epoch_that_was_not_written(straight, data, tmp_path, monkeypatch):
+    model, history, _ = straight
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_SECONDS", 1e9)
+    written = _written(monkeypatch)
+    ck = tmp_path / "ck.pt"
+
+    def stop(epoch, m, h):
+        if epoch == 3:
+            raise KeyboardInterrupt  # before epoch 3's checkpoint: epoch 2, held in memory, is the last finished
+
+    cut = _fit(_model(), data, ck, callbacks=[stop])
+    assert cut.interrupted and written == [1, 2] and torch.load(ck, weights_only=True)["epoch"] == 2
+    resumed = _model()
+    again = _fit(resumed, data, ck)
+    assert again.resumed_at == 2 and written == [1, 2, 3, EPOCHS]  # each session writes its first epoch
+    for key in SAME:
+        assert getattr(again, key) == getattr(history, key), key
+    _same_models(model, resumed)
 
 
 def test_a_planted_pickle_is_refused_unread(data, tmp_path):

@@ -14,8 +14,8 @@ cost at K = 32 (:data:`CHECK_TOP`).
 
 The parts: :mod:`.config` (the settings, importable without torch), :mod:`.history`,
 :mod:`.objective` (losses and the check's score), :mod:`.loop` (set-up, one epoch, the check),
-:mod:`.callbacks` (the progress bar), :mod:`.checkpoint` (written each epoch, resumed only by the
-same fit), :mod:`.runtime` (device, threads, data-parallel ranks), :mod:`.optim` (Adam, cosine
+:mod:`.callbacks` (the progress bar), :mod:`.checkpoint` (the state after a finished epoch, resumed only
+by the same fit), :mod:`.runtime` (device, threads, data-parallel ranks), :mod:`.optim` (Adam, cosine
 schedule) and :mod:`.fitting` (the three stages).
 """
 

@@ -43,12 +43,13 @@ def fit(model: VQFlow, train, val=None, config: TrainConfig | None = None, *, ca
         config: the settings (:class:`~vqflows.training.TrainConfig`; default: its defaults).
         callbacks: called after every epoch as ``callback(epoch, model, history)`` (see
             :mod:`vqflows.training.callbacks`).
-        checkpoint: a file written atomically after every epoch (tensors and plain data, read back
-            with ``weights_only=True``); if it exists when ``fit`` starts, training resumes from it and
-            ends as an uninterrupted run would have. It records a fingerprint of the fit (its
-            settings, ``epochs`` included, the training and validation points and the initial model):
-            a checkpoint of another fit is refused with a ``ValueError`` naming what differs, as is a
-            damaged one or one holding other objects.
+        checkpoint: a file holding the state after a finished epoch, written atomically after the first
+            epoch, then at most every :data:`~vqflows.training.checkpoint.CHECKPOINT_SECONDS` seconds,
+            and when training ends (tensors and plain data, read back with ``weights_only=True``); if it
+            exists when ``fit`` starts, training resumes from it and ends as an uninterrupted run would
+            have. It records a fingerprint of the fit (its settings, ``epochs`` included, the training and
+            validation points and the initial model): a checkpoint of another fit is refused with a
+            ``ValueError`` naming what differs, as is a damaged one or one holding other objects.
         progress: progress bars on stderr: ``True``, ``False``, or ``None`` (the default) for bars only
             when a person is watching: stderr is a terminal, or the code runs in a notebook
             (:func:`~vqflows.training.interactive`).
