@@ -48,8 +48,9 @@ def train_flow(model: VQFlow, train: Data, val: Tensor | None = None, config: Tr
         callbacks: called after every epoch as ``callback(epoch, model, history)`` (see :mod:`.callbacks`).
         checkpoint: a file for the loop's state after a finished epoch (:class:`~.checkpoint.Checkpoint`:
             after the first, then at most every :data:`~.checkpoint.CHECKPOINT_SECONDS` seconds, and at the
-            end; tensors and plain data, read with ``weights_only=True``); if it exists, training resumes from it. A checkpoint written with
-            other settings, points or starting model is refused (``ValueError``).
+            end; tensors and plain data, read with ``weights_only=True``); if it exists, training resumes
+            from it. A checkpoint written with other settings, points or starting model is refused
+            (``ValueError``).
         progress: a progress bar on stderr: ``True``, ``False``, or ``None`` (the default) for one only
             when a person is watching (:func:`~vqflows.training.interactive`).
         **overrides: fields of :class:`~vqflows.training.TrainConfig` replacing ``config``'s, e.g. ``epochs=5``.
