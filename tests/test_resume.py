@@ -143,6 +143,29 @@ def test_ctrl_c_writes_the_last_finished_epoch_that_was_not_written(straight, da
     _same_models(model, resumed)
 
 
+@pytest.mark.parametrize("every", [0.0, 1e9])
+def test_a_resumed_schedule_goes_on_at_its_saved_rate(data, tmp_path, monkeypatch, every):
+    """Ctrl-C with a learning-rate schedule, epoch 2 written at once (``every=0``) or held in memory: the
+    resumed fit equals the straight one (its optimizer gets the saved rate back, not the rate of the
+    schedule's first step, which building the schedule sets)."""
+    from vqflows.training import cosine
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_SECONDS", every)
+    straight = _model()
+    whole = _fit(straight, data, tmp_path / "a.pt", scheduler=cosine)
+
+    def stop(epoch, m, h):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    written = _written(monkeypatch)
+    assert _fit(_model(), data, tmp_path / "b.pt", scheduler=cosine, callbacks=[stop]).interrupted
+    assert written == [1, 2]
+    resumed = _model()
+    again = _fit(resumed, data, tmp_path / "b.pt", scheduler=cosine)
+    assert again.resumed_at == 2 and again.train_loss == whole.train_loss
+    _same_models(straight, resumed)
+
+
 def test_a_planted_pickle_is_refused_unread(data, tmp_path):
     ck, marker = tmp_path / "ck.pt", tmp_path / "ran"
     torch.save({"epoch": Planted(marker)}, ck)

@@ -172,6 +172,9 @@ def one_epoch(state: LoopState, epoch: int) -> float:
         state.sched = config.scheduler(state.opt, math.ceil(n / config.batch_size), config.epochs)
         if state.sched_state is not None:
             state.sched.load_state_dict(state.sched_state)
+            # building the scheduler set the rate of its first step: give the optimizer the saved one back
+            for group, lr in zip(state.opt.param_groups, state.sched.get_last_lr(), strict=True):
+                group["lr"] = lr
     perm = torch.randperm(n, generator=state.gen).to(state.device)
     total = 0.0
     for b, i in enumerate(range(0, n, config.batch_size)):
